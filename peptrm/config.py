@@ -1,0 +1,220 @@
+"""Typed configuration: dataclasses here, every default value in resources/defaults.yaml.
+
+`load_config` reads the shipped defaults, overlays a user's (possibly partial) YAML
+and builds frozen dataclasses. Nothing else in PepTRM holds a default value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_PATH = Path(str(resources.files("peptrm") / "resources" / "defaults.yaml"))
+
+
+class ConfigError(ValueError):
+    """A configuration file has an unknown key or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    min_mz: float  # lowest fragment m/z kept (Th)
+    max_mz: float  # highest fragment m/z kept (Th)
+    n_peaks: int  # keep at most this many most intense peaks
+    min_peaks: int  # spectra with fewer peaks after filtering are skipped
+    remove_precursor_tol_da: float  # drop peaks this close to the precursor m/z (Da)
+    min_intensity: float  # drop peaks below this fraction of the base peak
+    intensity_scaling: str  # "sqrt", "log" or "none", before scaling to unit maximum
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dim: int  # D: width of every embedding and block
+    n_heads: int  # attention heads in every block
+    n_encoder_layers: int  # Transformer layers over the peaks
+    n_core_layers: int  # layers of the one tiny recursive network
+    max_length: int  # L: peptide positions drafted at once (tokens incl. N-term mod)
+    dropout: float  # dropout inside blocks (training only)
+    min_wavelength: float  # shortest m/z wavelength of the sinusoidal embedding (Th)
+    max_wavelength: float  # longest m/z wavelength of the sinusoidal embedding (Th)
+    gate_bias: float  # initial bias of the revision gate; negative = small first edits
+    max_charge: int  # charges above this share the last charge embedding
+
+
+@dataclass(frozen=True)
+class RecursionConfig:
+    n_latent_steps: int  # n: latent updates per improvement step
+    n_cycles: int  # T: improvement steps per forward; T-1 run without gradients
+    n_supervision: int  # N_sup: supervised improvement steps per training spectrum
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    seed: int  # seeds Python, NumPy and torch; the same seed reproduces a run
+    batch_size: int  # spectra per optimiser step
+    max_steps: int  # optimiser steps in the whole run
+    learning_rate: float  # peak AdamW learning rate
+    weight_decay: float  # AdamW weight decay
+    warmup_steps: int  # linear warm-up steps before cosine decay
+    grad_clip: float  # gradient-norm clip
+    ema_decay: float  # decay of the weight EMA used for validation and export
+    supervision_decay: float  # step weights w_k ∝ decay^(N_sup-k): last steps dominate
+    halt_loss_weight: float  # weight of the halting (draft-is-correct) loss
+    mass_loss_weight: float  # weight of the precursor-mass loss (in residue units)
+    spectrum_loss_weight: float  # weight of the matched-filter b/y spectrum loss
+    sigma_start_da: float  # spectrum-loss peak width at step 0 (Da)
+    sigma_end_da: float  # spectrum-loss peak width at the end of the curriculum (Da)
+    real_fraction_start: float  # share of real spectra in a batch at step 0
+    real_fraction_end: float  # share of real spectra in a batch at the last step
+    synthetic_difficulty_steps: (
+        int  # steps over which simulated spectra go clean -> realistic
+    )
+    val_fraction: float  # share of labelled training spectra held out for validation
+    val_every_steps: int  # run validation every this many steps
+    checkpoint_every_steps: int  # write a checkpoint every this many steps
+    num_workers: int  # data-loader worker processes (0 = in the main process)
+    precision: str  # Lightning precision: "32-true", "bf16-mixed", ...
+    compile: bool  # torch.compile the model
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    min_length: int  # shortest simulated peptide (residues)
+    max_length: int  # longest simulated peptide (residues)
+    missed_cleavages: int  # tryptic missed cleavages allowed
+    charge_weights: list[float]  # relative frequency of precursor charges 1, 2, 3, 4
+    oxidation_rate: float  # chance that a methionine is M+15.995
+    deamidation_rate: float  # chance that an N or Q is deamidated
+    n_terminal_rate: float  # chance that a peptide carries an N-terminal modification
+    fragment_tol_ppm: float  # sd of the fragment m/z error (ppm)
+    precursor_tol_ppm: float  # sd of the precursor m/z error (ppm)
+    isotope_error_rate: float  # chance that the precursor is the +1 13C peak
+    dropout: float  # chance that a b/y ion is missing, in a realistic spectrum
+    noise_peaks: int  # mean number of noise peaks, in a realistic spectrum
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    precursor_tol_ppm: float  # precursor mass tolerance for the mass constraint (ppm)
+    min_isotope: int  # lowest isotope error considered (usually 0)
+    max_isotope: int  # highest isotope error considered
+    mass_resolution_da: float  # bin width of the dynamic programme over mass (Da)
+    top_k: int  # candidates written per spectrum
+    refine_rounds: int  # rounds of feeding the constrained peptide back as the draft
+    halt_threshold: float  # stop refining once the halting probability passes this
+    batch_size: int  # spectra per inference batch
+
+
+@dataclass(frozen=True)
+class Config:
+    preprocess: PreprocessConfig
+    model: ModelConfig
+    recursion: RecursionConfig
+    training: TrainingConfig
+    simulation: SimulationConfig
+    decoding: DecodingConfig
+
+
+def _check_type(value: Any, expected: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} = {value!r} is not a list")
+        return [_check_type(v, item_type, key, source) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(expected):
+            try:
+                return _check_type(value, option, key, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: {key} = {value!r} is not {expected}")
+    if expected is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{source}: {key} = {value!r} is not null")
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} = {value!r} should be {expected.__name__}")
+    if not isinstance(value, expected):
+        raise ConfigError(
+            f"{source}: {key} = {value!r} should be {expected.__name__}, "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def _merge(base: dict, overlay: dict, source: str, prefix: str = "") -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if key not in base:
+            close = difflib.get_close_matches(key, list(base), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key {prefix + key!r}{hint}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {prefix + key} should be a section")
+            merged[key] = _merge(base[key], value, source, f"{prefix}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, values: dict, source: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in fields(cls)}
+    missing = names - set(values)
+    if missing:
+        raise ConfigError(
+            f"{source}: missing keys {sorted(prefix + m for m in missing)}"
+        )
+    for f in fields(cls):
+        expected = hints[f.name]
+        value = values[f.name]
+        if dataclasses.is_dataclass(expected):
+            kwargs[f.name] = _build(expected, value, source, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _check_type(value, expected, prefix + f.name, source)
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict | None = None
+) -> Config:
+    """Read the shipped defaults, overlay the YAML at `path`, then `overrides`.
+
+    `overrides` is a nested dict in the same shape (the CLI's flags and a model's
+    stored architecture use it).
+    """
+    values = _read_yaml(DEFAULTS_PATH)
+    if path is not None:
+        values = _merge(values, _read_yaml(Path(path)), str(path))
+    if overrides:
+        values = _merge(values, overrides, "overrides")
+    return _build(Config, values, str(path or DEFAULTS_PATH))
+
+
+def config_to_dict(config: Any) -> dict:
+    """The nested-dict form of a config (for checkpoints and model.yaml)."""
+    return dataclasses.asdict(config)
