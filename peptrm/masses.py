@@ -75,6 +75,9 @@ TOKEN_MASSES: dict[str, float] = {
     },
 }
 
+# Mean mass of the 20 residues: the unit in which the precursor-mass loss is measured.
+MEAN_RESIDUE_MASS = float(np.mean(list(RESIDUE_MASSES.values())))
+
 # The model's vocabulary. Index 0 is STOP: the position lies past the peptide's end
 # (it doubles as padding). I is folded into L: they are indistinguishable by mass.
 STOP = "$"

@@ -1,0 +1,171 @@
+"""The `peptrm` command: sequence | train | evaluate | configure | version.
+
+This module parses arguments, loads the config, calls the modules that do the
+work and sets the exit code; no science lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shutil
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from peptrm import __version__
+
+log = logging.getLogger("peptrm")
+
+DEMO = Path(str(resources.files("peptrm") / "resources" / "demo.mgf"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peptrm", description="De novo peptide sequencing with a Tiny Recursive Model."
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    seq = commands.add_parser("sequence", help="sequence MS/MS spectra (MGF, mzML, mzXML)")
+    seq.add_argument("inputs", nargs="*", help="spectrum files")
+    seq.add_argument("--demo", action="store_true", help="add the bundled demo spectra")
+    seq.add_argument("-o", "--output", required=True, help="output .mztab or .csv")
+    seq.add_argument("-m", "--model", help="model folder (default: the bundled model)")
+    seq.add_argument("-c", "--config", help="YAML overlaid on the defaults")
+    seq.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    seq.add_argument("--top-k", type=int, help="candidates per spectrum (default: config)")
+    seq.add_argument("--batch-size", type=int, help="spectra per batch (default: config)")
+    seq.add_argument("--default-charge", type=int,
+                     help="charge for spectra without one (default: skip them)")
+    seq.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    trn = commands.add_parser("train", help="train a model on labelled and simulated spectra")
+    trn.add_argument("inputs", nargs="*", help="labelled spectrum files (SEQ=)")
+    trn.add_argument("--fasta", nargs="*", default=[], help="FASTA files for simulated spectra")
+    trn.add_argument("--val", nargs="*", default=[],
+                     help="labelled validation files (default: a peptide-disjoint split)")
+    trn.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, model)")
+    trn.add_argument("-c", "--config", help="YAML overlaid on the defaults")
+    trn.add_argument("--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/last.ckpt)")
+    trn.add_argument("--max-steps", type=int, help="override training.max_steps")
+    trn.add_argument("--accelerator", default="auto", help="Lightning accelerator")
+    trn.add_argument("--devices", default="auto", help="Lightning devices (GPUs use DDP)")
+    trn.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    ev = commands.add_parser("evaluate", help="score predictions against labelled spectra")
+    ev.add_argument("predictions", help="our mzTab or CSV")
+    ev.add_argument("labelled", nargs="+", help="labelled spectrum files (SEQ=)")
+    ev.add_argument("-o", "--output", help="JSON report (default: PREDICTIONS.eval.json)")
+    ev.add_argument("--plot", help="precision-coverage PNG (default: PREDICTIONS.pc.png)")
+
+    cfg = commands.add_parser("configure", help="write the default config to edit")
+    cfg.add_argument("-o", "--output", default="peptrm.yaml", help="where to write it")
+
+    commands.add_parser("version", help="print versions")
+    return parser
+
+
+def _versions() -> str:
+    import torch
+
+    return (f"peptrm {__version__}, python {platform.python_version()}, torch "
+            f"{torch.__version__}")
+
+
+def _sequence(args: argparse.Namespace) -> int:
+    from peptrm import evaluate, sequence
+    from peptrm.weights import load_model
+
+    inputs = list(args.inputs) + ([str(DEMO)] if args.demo else [])
+    if not inputs:
+        raise ValueError("no input files: give spectrum files or --demo")
+    model, cfg = load_model(args.model, args.config)
+    if args.batch_size:
+        from dataclasses import replace
+
+        cfg = replace(cfg, decoding=replace(cfg.decoding, batch_size=args.batch_size))
+    log.info("model: %s", args.model or "bundled")
+    summary = sequence.sequence_files(inputs, args.output, model, cfg, args.device,
+                                      args.top_k, args.default_charge,
+                                      progress=not args.no_progress)
+    log.info("wrote %s: %d spectra, %d sequenced, %d skipped, %d without a mass-fitting "
+             "peptide", args.output, summary.spectra, summary.sequenced, summary.skipped,
+             summary.unconstrained)
+    for reason in summary.skip_examples:
+        log.info("skipped: %s", reason)
+    log.info("%.1f spectra/s on %s (%.1f s in all: model %.1f s, decoding %.1f s); "
+             "mean refinement steps %.2f", summary.spectra_per_second, args.device,
+             summary.seconds, summary.model_seconds, summary.decode_seconds,
+             summary.mean_steps)
+    report = evaluate.evaluate_files(args.output, inputs)
+    if report["overall"].get("n_labelled", 0):
+        sys.stderr.write(evaluate.format_table(report) + "\n")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from peptrm import train
+    from peptrm.config import load_config
+
+    overrides = {"training": {"max_steps": args.max_steps}} if args.max_steps else None
+    if args.resume and not args.config:
+        cfg = train.config_from_checkpoint(args.resume)
+        if overrides:
+            from dataclasses import replace
+
+            cfg = replace(cfg, training=replace(cfg.training, max_steps=args.max_steps))
+    else:
+        cfg = load_config(args.config, overrides)
+    log.debug("config: %s", cfg)
+    folder = train.train(cfg, args.inputs, args.fasta, args.output, args.val, args.resume,
+                         args.accelerator, args.devices, progress=not args.no_progress)
+    log.info("model written to %s (use: peptrm sequence ... -m %s)", folder, folder)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from peptrm import evaluate
+
+    stem = Path(args.predictions)
+    report = evaluate.evaluate_files(args.predictions, args.labelled)
+    sys.stdout.write(evaluate.format_table(report) + "\n")
+    json_path = args.output or str(stem.with_suffix(".eval.json"))
+    png_path = args.plot or str(stem.with_suffix(".pc.png"))
+    evaluate.write_report(report, json_path)
+    evaluate.plot_precision_coverage(report, png_path)
+    log.info("wrote %s and %s", json_path, png_path)
+    return 0
+
+
+def _configure(args: argparse.Namespace) -> int:
+    from peptrm.config import DEFAULTS_PATH
+
+    shutil.copyfile(DEFAULTS_PATH, args.output)
+    log.info("wrote %s: edit it and pass it with -c", args.output)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 error)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True,
+    )
+    if args.command == "version":
+        sys.stdout.write(_versions() + "\n")
+        return 0
+    log.info("peptrm %s", " ".join(sys.argv[1:] if argv is None else argv))
+    log.info(_versions())
+    handlers = {"sequence": _sequence, "train": _train, "evaluate": _evaluate,
+                "configure": _configure}
+    try:
+        return handlers[args.command](args)
+    except Exception as error:  # noqa: BLE001 - one line for users, traceback on --verbose
+        if args.verbose:
+            raise
+        sys.stderr.write(f"peptrm {args.command}: error: {error}\n")
+        return 1

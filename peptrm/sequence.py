@@ -1,0 +1,216 @@
+"""The inference pipeline: read -> preprocess -> model -> decode -> write.
+
+`peptrm sequence` (and any later service) calls `sequence_files`. Spectra stream
+from the inputs in batches; every input spectrum, sequenced or skipped, gets its
+rows in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from peptrm import __version__, decoding, masses, preprocess
+from peptrm.config import Config
+from peptrm.io import Prediction, Skipped, Spectrum, read_spectra, write_csv, write_mztab
+from peptrm.model import PepTRM
+
+log = logging.getLogger(__name__)
+
+DRAFT_CONFIDENCE = 5.0  # logit margin of a fed-back peptide: p ~ 0.85 after softmax
+
+
+@dataclass
+class RunSummary:
+    """What a sequencing run did, for the closing log lines."""
+
+    spectra: int = 0
+    sequenced: int = 0
+    skipped: int = 0
+    unconstrained: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    skip_examples: list[str] = field(default_factory=list)
+
+    @property
+    def spectra_per_second(self) -> float:
+        """Throughput over the whole run, reading and writing included."""
+        return self.spectra / self.seconds if self.seconds else math.nan
+
+    @property
+    def mean_steps(self) -> float:
+        """Mean supervision steps run per sequenced spectrum (adaptive halting)."""
+        return self.steps / self.sequenced if self.sequenced else math.nan
+
+
+@torch.no_grad()
+def refine(
+    model: PepTRM,
+    batch: dict[str, Tensor],
+    n_steps: int,
+    halt_threshold: float,
+    draft: Tensor | None = None,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Run up to `n_steps` supervision steps, freezing spectra once they halt.
+
+    Returns the final per-position log-probabilities (B, L, V), the steps each
+    spectrum used (B,), and the log-probabilities after every step (for the
+    refinement curve). `draft` (B, L, V logits) replaces the blank first draft.
+    """
+    x, x_padding = model.encode(batch["mz"], batch["intensity"],
+                                batch["precursor_mass"].float(), batch["charge"])
+    y, z = model.initial_state(x)
+    if draft is not None:
+        y = draft
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    history = []
+    for k in range(n_steps):
+        new_y, new_z, halt = model(x, x_padding, y, z, supervision_step=k)
+        keep = active.view(-1, 1, 1)
+        y = torch.where(keep, new_y, y)  # (B, L, V) halted spectra keep their draft
+        z = torch.where(keep, new_z, z)  # (B, L, D)
+        steps += active.long()
+        history.append(y.log_softmax(dim=-1))
+        active &= torch.sigmoid(halt) < halt_threshold
+        if not active.any():
+            break
+    return y.log_softmax(dim=-1), steps, history
+
+
+def candidates_as_draft(candidates: list[list[decoding.Candidate]], length: int) -> Tensor:
+    """Logits (B, L, V) that put a confident draft on each spectrum's best peptide."""
+    rows = []
+    for options in candidates:
+        tokens = masses.encode(options[0].tokens, length) if options else None
+        row = torch.zeros(length, len(masses.VOCAB))
+        if tokens is not None:
+            row[torch.arange(length), torch.as_tensor(tokens)] = DRAFT_CONFIDENCE
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def predict_batch(
+    model: PepTRM, spectra: Sequence[Spectrum], cfg: Config, device: str, top_k: int,
+    summary: RunSummary,
+) -> list[list[Prediction]]:
+    """Sequence one batch of preprocessed spectra; top-k predictions per spectrum."""
+    batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    started = time.perf_counter()
+    log_probs, steps, _ = refine(model, batch, cfg.recursion.n_supervision,
+                                 cfg.decoding.halt_threshold)
+    summary.model_seconds += time.perf_counter() - started
+    precursor_mass = batch["precursor_mass"].cpu()
+    started = time.perf_counter()
+    candidates = decoding.decode(log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k)
+    summary.decode_seconds += time.perf_counter() - started
+    for _ in range(cfg.decoding.refine_rounds):
+        draft = candidates_as_draft(candidates, cfg.model.max_length).to(device)
+        started = time.perf_counter()
+        log_probs, more, _ = refine(model, batch, cfg.recursion.n_cycles, 1.0, draft=draft)
+        steps = steps + more
+        summary.model_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        candidates = decoding.decode(log_probs.float().cpu(), precursor_mass, cfg.decoding,
+                                     top_k)
+        summary.decode_seconds += time.perf_counter() - started
+    out = []
+    for spectrum, options, n in zip(spectra, candidates, steps.tolist(), strict=True):
+        summary.steps += n
+        rows = []
+        for rank, candidate in enumerate(options, start=1):
+            peptide = masses.format_peptide(candidate.tokens)
+            if not candidate.constrained and rank == 1:
+                summary.unconstrained += 1
+            rows.append(Prediction(
+                ref=spectrum.ref, peptide=peptide, score=candidate.score,
+                aa_scores=list(candidate.aa_scores), charge=spectrum.charge,
+                precursor_mz=spectrum.precursor_mz,
+                calc_mz=masses.precursor_mz(candidate.tokens, spectrum.charge)
+                if candidate.tokens else None,
+                mass_error_ppm=candidate.mass_error_ppm, isotope=candidate.isotope,
+                rank=rank, status="ok" if candidate.constrained else "unconstrained",
+                n_steps=n,
+            ))
+        out.append(rows)
+    return out
+
+
+def _skipped_row(record: Skipped) -> Prediction:
+    return Prediction(ref=record.ref, peptide="", score=math.nan, charge=record.charge,
+                      precursor_mz=record.precursor_mz, status=f"skipped: {record.reason}")
+
+
+def predictions(
+    inputs: Sequence[str | Path], model: PepTRM, cfg: Config, device: str = "cpu",
+    top_k: int | None = None, default_charge: int | None = None,
+    summary: RunSummary | None = None, progress: bool = True,
+) -> Iterator[Prediction]:
+    """Stream prediction rows for every spectrum of `inputs`, in input order."""
+    summary = summary if summary is not None else RunSummary()
+    top_k = top_k or cfg.decoding.top_k
+    prepare = preprocess.pipeline(cfg.preprocess)
+    model = model.to(device).eval()
+    pending: list[Spectrum | Skipped] = []
+    bar = tqdm(desc="sequencing", unit="spectra", disable=not progress)
+
+    def flush() -> Iterator[Prediction]:
+        spectra = [r for r in pending if isinstance(r, Spectrum)]
+        results = iter(predict_batch(model, spectra, cfg, device, top_k, summary)) if spectra \
+            else iter(())
+        for record in pending:
+            if isinstance(record, Skipped):
+                summary.skipped += 1
+                if len(summary.skip_examples) < 5:
+                    summary.skip_examples.append(record.reason)
+                yield _skipped_row(record)
+            else:
+                summary.sequenced += 1
+                yield from next(results)
+        bar.update(len(pending))
+        pending.clear()
+
+    for path in inputs:
+        for record in read_spectra(path, default_charge=default_charge):
+            summary.spectra += 1
+            if isinstance(record, Spectrum):
+                record = prepare(record)
+            pending.append(record)
+            if sum(isinstance(r, Spectrum) for r in pending) >= cfg.decoding.batch_size:
+                yield from flush()
+    yield from flush()
+    bar.close()
+
+
+def sequence_files(
+    inputs: Sequence[str | Path], output: str | Path, model: PepTRM, cfg: Config,
+    device: str = "cpu", top_k: int | None = None, default_charge: int | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension)."""
+    summary = RunSummary()
+    started = time.perf_counter()
+    rows: Iterable[Prediction] = predictions(inputs, model, cfg, device, top_k,
+                                             default_charge, summary, progress)
+    output = Path(output)
+    if output.suffix.lower() == ".csv":
+        write_csv(output, rows)
+    else:
+        write_mztab(output, rows, [str(Path(p).resolve()) for p in inputs], __version__,
+                    params={"top_k": top_k or cfg.decoding.top_k,
+                            "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
+                            "isotope_errors": f"{cfg.decoding.min_isotope}.."
+                                              f"{cfg.decoding.max_isotope}"})
+    summary.seconds = time.perf_counter() - started
+    return summary

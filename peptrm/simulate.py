@@ -1,0 +1,546 @@
+"""Synthetic spectra from digested FASTA peptides, with a built-in HCD intensity model.
+
+Real HCD spectra are mostly peaks that are not b/y ions, and about half of the b/y
+ladder is missing (see the measured facts in ``shared/data/README.md``). The
+simulator therefore draws, besides the b/y ladder, the peaks that crowd a real
+spectrum: isotopes, neutral losses, a-ions, immonium ions, internal fragments,
+precursor remnants and noise. `difficulty` moves a spectrum from clean (0: the b/y
+ladder with light dropout) to realistic (1: everything at the configured rates);
+the label is always the true peptide.
+
+Everything random comes from the `numpy.random.Generator` passed in, so a seed
+reproduces every spectrum. `fragment_statistics` measures the same figures on real
+and simulated spectra, so the model below can be checked against data
+(``benchmarks/bench_simulate.py`` prints them side by side).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from pyteomics import fasta, mass, parser
+
+from peptrm import masses
+from peptrm.config import SimulationConfig
+from peptrm.io import Spectrum, SpectrumRef
+
+log = logging.getLogger(__name__)
+
+# Neutral losses and the a-ion offset. They belong in masses.py (one constant, one
+# place); they live here until that module grows them.
+CO = mass.calculate_mass(formula="CO")  # 27.994915: a = b - CO
+NH3 = mass.calculate_mass(formula="NH3")  # 17.026549
+
+# ---------------------------------------------------------------------------
+# Intensity model. Each number is a relative intensity (the strongest y ion of an
+# average site is 1) chosen to match the real train spectra; see the benchmark.
+# ---------------------------------------------------------------------------
+Y_BASE = 1.0  # HCD of tryptic peptides: the basic C-terminal K/R keeps y ions strong
+B_BASE = 0.4  # b ions are weaker and also fragment further into a-ions
+PROLINE_N_TERM = 3.0  # cleavage N-terminal to P (xP) is strongly enhanced
+PROLINE_C_TERM = 0.35  # cleavage C-terminal to P (Px) is suppressed
+ASPARTATE = {"D": 1.25, "E": 1.05}  # C-terminal to D/E; weak at mobile-proton charges
+B1 = 0.01  # b1 ions are rarely seen (they lose CO at once); b2, y1, y2 are strong
+LENGTH_SCALE = 3.0  # fragments within ~3 residues of the full peptide are weaker
+LOGNORMAL_SIGMA = 0.6  # random spread of every peak (natural log units)
+DOUBLY_CHARGED = {2: 0.15, 3: 0.4}  # 2+ vs 1+ intensity, by precursor charge (3 = 3+)
+DOUBLY_KEEP = {2: 0.25, 3: 0.4}  # 2+ ions seen, relative to the 1+ share kept
+ISOTOPE_PER_DA = 1 / 1800  # M+1/M ratio per dalton for averagine peptides
+ISOTOPE_KEEP = 0.85  # isotope peaks that survive centroiding (real: 0.8-0.9)
+NEUTRAL_LOSS = 0.3  # H2O/NH3 losses from b/y, relative to their parent
+A_ION = 0.2  # a-ions relative to their b ion (a2 is stronger, see A2)
+A2 = 0.6
+IMMONIUM = {"H": 0.3, "F": 0.25, "Y": 0.3, "W": 0.2, "L": 0.15, "I": 0.15}
+IMMONIUM_OTHER = 0.04  # immonium ion of any other residue
+INTERNAL = 0.15  # internal b-type fragments of 2-5 residues, about one per residue
+PRECURSOR = 0.2  # unfragmented precursor (and its water loss)
+NOISE_MEDIAN = 0.012  # median noise peak, relative to the base peak
+NOISE_SIGMA = 1.5  # noise peaks: many small, a few large
+CLEAN_DROPOUT = 0.1  # b/y dropout at difficulty 0
+MIN_MZ = 50.0  # nothing below this is simulated (Th)
+DETECTION = 0.005  # non-b/y ions weaker than this share of the strongest b/y are unseen
+
+# Relative frequency of the N-terminal modifications (acetylation of protein N-termini
+# is the commonest; carbamylation is a urea artefact; pyro-glu forms from N-term Q).
+N_TERMINAL_WEIGHTS = {
+    "+42.011": 0.4,
+    "+43.006": 0.3,
+    "-17.027": 0.2,
+    "+43.006-17.027": 0.1,
+}
+STANDARD_RESIDUES = frozenset(masses.AMINO_ACIDS)
+
+
+# ---------------------------------------------------------------------------
+# Peptides
+# ---------------------------------------------------------------------------
+def digest_fasta(paths: str | Path | Iterable[str | Path], cfg: SimulationConfig) -> list[str]:
+    """Tryptic peptides of every protein in the FASTA files, sorted and unique.
+
+    Cleaves with the ExPASy trypsin rule (after K/R, not before P) allowing
+    `cfg.missed_cleavages`, keeps lengths `cfg.min_length`..`cfg.max_length`, and
+    drops peptides with a non-standard letter (X, U, B, Z, O), which have no
+    single mass. Peptides are bare letters; `random_peptide` makes tokens.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    peptides: set[str] = set()
+    for path in paths:
+        with fasta.read(str(path)) as proteins:
+            for _, sequence in proteins:
+                peptides.update(
+                    parser.cleave(
+                        sequence.upper(),
+                        parser.expasy_rules["trypsin"],
+                        missed_cleavages=cfg.missed_cleavages,
+                        min_length=cfg.min_length,
+                        max_length=cfg.max_length,
+                    )
+                )
+    return sorted(p for p in peptides if STANDARD_RESIDUES.issuperset(p))
+
+
+def random_peptide(
+    peptides: Sequence[str], rng: np.random.Generator, cfg: SimulationConfig
+) -> list[str]:
+    """Pick a peptide and decorate it with variable modifications, as tokens.
+
+    C is always ``C+57.021`` (fixed carbamidomethylation); each M is oxidised with
+    `cfg.oxidation_rate`, each N/Q deamidated with `cfg.deamidation_rate`, and the
+    N-terminus modified with `cfg.n_terminal_rate` (kinds in `N_TERMINAL_WEIGHTS`).
+    I stays I (it weighs what L weighs).
+    """
+    peptide = peptides[rng.integers(len(peptides))]
+    draws = rng.random(len(peptide) + 2)
+    tokens = []
+    for residue, draw in zip(peptide, draws, strict=False):
+        if residue == "C":
+            tokens.append("C+57.021")
+        elif residue == "M" and draw < cfg.oxidation_rate:
+            tokens.append("M+15.995")
+        elif residue in "NQ" and draw < cfg.deamidation_rate:
+            tokens.append(f"{residue}+0.984")
+        else:
+            tokens.append(residue)
+    if draws[-2] < cfg.n_terminal_rate:
+        labels = list(N_TERMINAL_WEIGHTS)
+        weights = np.array(list(N_TERMINAL_WEIGHTS.values()))
+        cumulative = np.cumsum(weights) / weights.sum()
+        tokens.insert(0, labels[int(np.searchsorted(cumulative, draws[-1]))])
+    return tokens
+
+
+def charge_range(length: int) -> tuple[int, int]:
+    """Lowest and highest plausible precursor charge of a peptide of `length` residues.
+
+    Tryptic peptides carry about one proton per 8 residues plus the C-terminal
+    K/R: charge 1 only up to 10 residues, charge 3 from 8, charge 4 from 16, and
+    at least 2 above 10 and 3 above 24 residues.
+    """
+    lowest = 1 if length <= 10 else 2 if length <= 24 else 3
+    highest = 2 + length // 8
+    return lowest, max(lowest, highest)
+
+
+def sample_charge(length: int, rng: np.random.Generator, cfg: SimulationConfig) -> int:
+    """Draw a precursor charge from `cfg.charge_weights`, within `charge_range`."""
+    weights = np.asarray(cfg.charge_weights, dtype=float)
+    charges = np.arange(1, len(weights) + 1)
+    lowest, highest = charge_range(length)
+    weights = np.where((charges >= lowest) & (charges <= highest), weights, 0.0)
+    if weights.sum() == 0:  # the configured charges are all implausible: take the nearest
+        return int(np.clip(lowest, 1, len(charges)))
+    return int(rng.choice(charges, p=weights / weights.sum()))
+
+
+# ---------------------------------------------------------------------------
+# Spectra
+# ---------------------------------------------------------------------------
+def _residues(tokens: Sequence[str]) -> str:
+    """One letter per residue (N-terminal modification dropped)."""
+    return "".join(t[0] for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS)
+
+
+def ladder_intensities(residues: str) -> tuple[np.ndarray, np.ndarray]:
+    """Expected b and y 1+ intensities before random variation, by ion number.
+
+    Returns ``(b, y)`` ordered like `masses.fragment_mz` (b1.., y1..). Each
+    cleavage site k (between residues k and k+1) gets one factor shared by b_k and
+    y_(n-k): xP enhanced, Px suppressed, D/E-x enhanced. Fragments within about
+    `LENGTH_SCALE` residues of the whole peptide are weaker, and b1 is rare; the
+    real train spectra show b2, y1 and y2 among the most often seen ions, so short
+    fragments are otherwise not penalised.
+    """
+    n = len(residues)
+    left = np.frombuffer(residues[:-1].encode(), dtype=np.uint8)
+    right = np.frombuffer(residues[1:].encode(), dtype=np.uint8)
+    site = np.ones(n - 1)
+    site[right == ord("P")] *= PROLINE_N_TERM
+    site[left == ord("P")] *= PROLINE_C_TERM
+    for residue, factor in ASPARTATE.items():
+        site[left == ord(residue)] *= factor
+    k = np.arange(1, n)  # b-ion length at each site; the y ion has n - k residues
+    b = B_BASE * site * (1 - np.exp(-(n - k) / LENGTH_SCALE))
+    b[0] *= B1
+    y = Y_BASE * site * (1 - np.exp(-k / LENGTH_SCALE))
+    return b, y[::-1]  # site k holds y_(n-k): reverse to y1..
+
+
+def _rank_dropout(
+    intensity: np.ndarray, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Keep-mask that drops a `rate` share of ions on average, the weakest first.
+
+    The i-th strongest of m ions is dropped with probability r**(1/rate - 1), with
+    r = (i + 0.5) / m: the mean is `rate`, strong ions survive and weak ones go, so
+    dropout follows the intensity model's position and residue effects.
+    """
+    if intensity.size == 0:
+        return np.zeros(0, dtype=bool)
+    rate = float(np.clip(rate, 0.01, 0.99))
+    rank = np.empty(intensity.size)
+    rank[np.argsort(-intensity, kind="stable")] = np.arange(intensity.size)
+    drop = ((rank + 0.5) / intensity.size) ** (1 / rate - 1)
+    return rng.random(intensity.size) >= drop
+
+
+def _lognormal(size: int, rng: np.random.Generator) -> np.ndarray:
+    return np.exp(rng.normal(0.0, LOGNORMAL_SIGMA, size))
+
+
+def simulate_spectrum(
+    tokens: Sequence[str],
+    charge: int,
+    rng: np.random.Generator,
+    cfg: SimulationConfig,
+    difficulty: float,
+    ref: SpectrumRef | None = None,
+) -> Spectrum:
+    """Simulate the HCD MS/MS spectrum of a peptide at a precursor charge.
+
+    `difficulty` in [0, 1] scales what makes a spectrum hard: b/y dropout goes from
+    `CLEAN_DROPOUT` to `cfg.dropout`; noise peaks from none to a Poisson mean of
+    `cfg.noise_peaks`; each non-b/y ion (isotope, loss, a, immonium, internal,
+    precursor) is kept with probability `difficulty`; and the precursor is the +1
+    13C peak with probability `difficulty * cfg.isotope_error_rate`. Mass errors
+    (`cfg.fragment_tol_ppm`, `cfg.precursor_tol_ppm`, Gaussian sd) apply at every
+    difficulty. Intensities are scaled to a base peak of 1.
+    """
+    difficulty = float(np.clip(difficulty, 0.0, 1.0))
+    tokens = list(tokens)
+    residues = _residues(tokens)
+    n = len(residues)
+    neutral_mass = masses.peptide_mass(tokens)
+
+    # b/y ladder: 1+ always, 2+ for precursors of charge 2 and more.
+    b_mz, y_mz = masses.fragment_mz(tokens, charge=1)
+    b_expected, y_expected = ladder_intensities(residues)
+    ladder_mz = np.concatenate([b_mz, y_mz])
+    ladder = np.concatenate([b_expected, y_expected]) * _lognormal(2 * (n - 1), rng)
+    dropout = CLEAN_DROPOUT + (cfg.dropout - CLEAN_DROPOUT) * difficulty
+    keep = _rank_dropout(ladder, dropout, rng)
+    mz_parts = [ladder_mz[keep]]
+    intensity_parts = [ladder[keep]]
+    charge_parts = [np.ones(keep.sum())]
+    if charge >= 2:
+        ratio = DOUBLY_CHARGED[min(charge, 3)]
+        length = np.concatenate([np.arange(1, n), np.arange(1, n)])
+        doubly = ladder * ratio * (length / n) * _lognormal(ladder.size, rng)
+        seen = DOUBLY_KEEP[min(charge, 3)] * (1 - dropout)
+        keep2 = _rank_dropout(doubly, 1 - seen, rng)
+        mz_parts.append((ladder_mz[keep2] + masses.PROTON) / 2)
+        intensity_parts.append(doubly[keep2])
+        charge_parts.append(np.full(keep2.sum(), 2.0))
+
+    if difficulty > 0:
+        by_mz = np.concatenate(mz_parts)
+        by_intensity = np.concatenate(intensity_parts)
+        by_charge = np.concatenate(charge_parts)
+        extras = _extra_ions(
+            tokens, residues, charge, neutral_mass, b_mz, by_mz, by_intensity,
+            by_charge, ladder[: n - 1], rng,
+        )  # fmt: skip
+        floor = DETECTION * ladder.max()
+        for extra_mz, extra_intensity in extras:
+            chosen = rng.random(extra_mz.size) < difficulty
+            chosen &= extra_intensity >= floor
+            mz_parts.append(extra_mz[chosen])
+            intensity_parts.append(extra_intensity[chosen])
+
+    mz = np.concatenate(mz_parts)
+    mz = mz * (1 + rng.normal(0.0, cfg.fragment_tol_ppm * 1e-6, mz.size))
+    intensity = np.concatenate(intensity_parts)
+    intensity = intensity / intensity.max() if intensity.size else intensity
+
+    n_noise = rng.poisson(difficulty * cfg.noise_peaks)
+    noise_mz = rng.uniform(MIN_MZ, max(neutral_mass, MIN_MZ + 100), n_noise)
+    noise = np.minimum(NOISE_MEDIAN * np.exp(rng.normal(0, NOISE_SIGMA, n_noise)), 1)
+    mz = np.concatenate([mz, noise_mz])
+    intensity = np.concatenate([intensity, noise])
+
+    inside = mz >= MIN_MZ
+    mz, intensity = mz[inside], intensity[inside]
+    order = np.argsort(mz, kind="stable")
+    intensity = intensity[order]
+    if intensity.size:
+        intensity = intensity / intensity.max()
+
+    isotope = int(rng.random() < difficulty * cfg.isotope_error_rate)
+    precursor = masses.precursor_mz(tokens, charge) + isotope * masses.C13_SPACING / charge
+    precursor *= 1 + rng.normal(0.0, cfg.precursor_tol_ppm * 1e-6)
+    peptide = masses.format_peptide(tokens)
+    return Spectrum(
+        ref=ref or SpectrumRef("synthetic", 0, peptide),
+        mz=mz[order].astype(np.float64),
+        intensity=np.maximum(intensity, np.finfo(np.float32).tiny).astype(np.float32),
+        precursor_mz=float(precursor),
+        charge=int(charge),
+        peptide=peptide,
+    )
+
+
+def _extra_ions(
+    tokens: list[str],
+    residues: str,
+    charge: int,
+    neutral_mass: float,
+    b_mz: np.ndarray,
+    by_mz: np.ndarray,
+    by_intensity: np.ndarray,
+    by_charge: np.ndarray,
+    b_intensity: np.ndarray,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The non-b/y peaks of a realistic spectrum, as (m/z, intensity) groups.
+
+    Intensities are on the same scale as the b/y ladder: isotopes of every b/y
+    peak (averagine ratio), H2O/NH3 losses, a-ions, immonium ions, internal
+    fragments and the precursor remnants.
+    """
+    groups = []
+    # Isotopes: M+1 and M+2 of each observed b/y peak, Poisson in the fragment mass.
+    lam = (by_mz * by_charge - by_charge * masses.PROTON) * ISOTOPE_PER_DA
+    for k, factor in ((1, lam), (2, lam**2 / 2)):
+        seen = rng.random(by_mz.size) < ISOTOPE_KEEP
+        groups.append(
+            (
+                (by_mz + k * masses.C13_SPACING / by_charge)[seen],
+                (by_intensity * factor)[seen],
+            )
+        )
+    # Neutral losses (singly charged ions only) and a-ions.
+    singly = by_charge == 1
+    for loss in (masses.H2O, NH3):
+        groups.append(
+            (
+                by_mz[singly] - loss,
+                by_intensity[singly] * NEUTRAL_LOSS * _lognormal(singly.sum(), rng),
+            )
+        )
+    a_scale = np.full(b_mz.size, A_ION)
+    a_scale[1:2] = A2 / B_BASE  # a2 rivals b2 (b2 -> a2 + CO is fast)
+    groups.append((b_mz - CO, b_intensity * a_scale * _lognormal(b_mz.size, rng)))
+    # Immonium ions: residue - CO + proton, one per distinct residue.
+    present = sorted({t for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS})
+    groups.append(
+        (
+            np.array([masses.token_mass(t) - CO + masses.PROTON for t in present]),
+            np.array([IMMONIUM.get(t[0], IMMONIUM_OTHER) for t in present])
+            * _lognormal(len(present), rng),
+        )
+    )
+    # Internal b-type fragments: residues i..j-1 with 2 <= j - i <= 5, none terminal.
+    n = len(residues)
+    if n >= 4:
+        offset = 1 if tokens[0] in masses.N_TERMINAL_MODIFICATIONS else 0
+        residue_masses = np.array([masses.token_mass(t) for t in tokens[offset:]])
+        cumulative = np.concatenate([[0.0], np.cumsum(residue_masses)])
+        count = n
+        start = rng.integers(1, n - 2, count)
+        stop = np.minimum(start + rng.integers(2, 6, count), n - 1)
+        good = stop - start >= 2
+        internal = cumulative[stop[good]] - cumulative[start[good]] + masses.PROTON
+        groups.append((internal, INTERNAL * _lognormal(internal.size, rng)))
+    # Precursor remnants: the intact precursor and its water loss, at its own charge.
+    remnant = np.array([neutral_mass, neutral_mass - masses.H2O])
+    groups.append(
+        (
+            (remnant + charge * masses.PROTON) / charge,
+            PRECURSOR * _lognormal(2, rng),
+        )
+    )
+    return groups
+
+
+def simulate_batch(
+    peptides: Sequence[str],
+    n: int,
+    rng: np.random.Generator,
+    cfg: SimulationConfig,
+    difficulty: float,
+) -> list[Spectrum]:
+    """Simulate `n` spectra of random modified peptides at plausible charges.
+
+    Each spectrum's ref is ``SpectrumRef("synthetic", i, peptide)``.
+    """
+    spectra = []
+    for i in range(n):
+        tokens = random_peptide(peptides, rng, cfg)
+        charge = sample_charge(len(_residues(tokens)), rng, cfg)
+        ref = SpectrumRef("synthetic", i, masses.format_peptide(tokens))
+        spectra.append(simulate_spectrum(tokens, charge, rng, cfg, difficulty, ref))
+    return spectra
+
+
+# ---------------------------------------------------------------------------
+# Checking the model against real spectra
+# ---------------------------------------------------------------------------
+def _match_intensity(
+    mz: np.ndarray, intensity: np.ndarray, targets: np.ndarray, tol_da: float
+) -> np.ndarray:
+    """Most intense peak within `tol_da` of each target m/z (0 where none)."""
+    low = np.searchsorted(mz, targets - tol_da, side="left")
+    high = np.searchsorted(mz, targets + tol_da, side="right")
+    out = np.zeros(targets.size)
+    for i in np.flatnonzero(high > low):
+        out[i] = intensity[low[i] : high[i]].max()
+    return out
+
+
+def _explained(mz: np.ndarray, targets: np.ndarray, tol_da: float) -> np.ndarray:
+    """Which peaks lie within `tol_da` of any target m/z."""
+    targets = np.sort(targets)
+    index = np.clip(np.searchsorted(targets, mz), 1, max(targets.size - 1, 1))
+    nearest = np.minimum(
+        np.abs(mz - targets[index - 1]), np.abs(mz - targets[np.minimum(index, targets.size - 1)])
+    )
+    return nearest <= tol_da
+
+
+STATISTICS = {
+    "spectra": "spectra measured",
+    "peaks": "peaks per spectrum (median)",
+    "by_peak_fraction": "peaks explained by b/y 1+,2+ (median)",
+    "by_intensity_fraction": "intensity explained by b/y 1+,2+ (median)",
+    "by1_present": "b/y 1+ ions present (median)",
+    "b1_present": "b 1+ ions present (mean)",
+    "y1_present": "y 1+ ions present (mean)",
+    "y_share": "y share of b/y 1+ intensity (median)",
+    "b1_ion_present": "b1 present",
+    "b2_ion_present": "b2 present",
+    "y1_ion_present": "y1 present",
+    "short_present": "b/y 1+ present, fragment < 1/3 of peptide",
+    "middle_present": "b/y 1+ present, fragment 1/3-2/3 of peptide",
+    "long_present": "b/y 1+ present, fragment > 2/3 of peptide",
+    "doubly_present": "b/y 2+ present (charge >= 2)",
+    "proline_effect": "y at xP site vs other sites (mean intensity ratio)",
+    "aspartate_effect": "y at D/E-x site vs other sites (mean intensity ratio)",
+    "isotope_present": "strongest b/y 1+ ions with a +1 isotope peak",
+    "unexplained_median": "unexplained peak / base peak (median)",
+}
+
+
+def fragment_statistics(spectra: Iterable[Spectrum], tol_da: float) -> dict[str, float]:
+    """Measure how b/y ions show up in annotated spectra (real or simulated).
+
+    Peaks are matched to b/y ions within `tol_da` (the most intense peak in the
+    window counts). Per-spectrum fractions are summarised by their median; ion
+    presence by its mean over all ions. The proline (xP) and aspartate (D/E-x)
+    effects compare a y ion's intensity, relative to the mean y intensity of its
+    spectrum (0 when absent), at those sites against all other sites. Spectra
+    without a parsable peptide are skipped. Keys and meanings are in `STATISTICS`.
+    """
+    per_spectrum: dict[str, list[float]] = {
+        k: [] for k in ("peaks", "by_peak", "by_intensity", "by1", "y_share", "unexpl")
+    }
+    pooled: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("b", "y", "b1", "b2", "y1", "short", "middle", "long", "doubly")
+    }
+    pooled.update({k: [] for k in ("pro", "pro_other", "asp", "asp_other", "isotope")})
+    for spectrum in spectra:
+        try:
+            tokens = masses.parse(spectrum.peptide or "")
+        except masses.UnknownResidueError:
+            continue
+        residues = _residues(tokens)
+        n = len(residues)
+        if n < 3 or spectrum.mz.size == 0:
+            continue
+        order = np.argsort(spectrum.mz)
+        mz = np.asarray(spectrum.mz, dtype=float)[order]
+        intensity = np.asarray(spectrum.intensity, dtype=float)[order]
+        b_mz, y_mz = masses.fragment_mz(tokens, 1)
+        b = _match_intensity(mz, intensity, b_mz, tol_da)
+        y = _match_intensity(mz, intensity, y_mz, tol_da)
+        targets = np.concatenate([b_mz, y_mz])
+        if spectrum.charge >= 2:
+            doubly_mz = (targets + masses.PROTON) / 2
+            doubly = _match_intensity(mz, intensity, doubly_mz, tol_da)
+            pooled["doubly"].append(doubly > 0)
+            targets = np.concatenate([targets, doubly_mz])
+        explained = _explained(mz, targets, tol_da)
+        per_spectrum["peaks"].append(mz.size)
+        per_spectrum["by_peak"].append(explained.mean())
+        per_spectrum["by_intensity"].append(intensity[explained].sum() / intensity.sum())
+        per_spectrum["by1"].append(np.mean(np.concatenate([b, y]) > 0))
+        if b.sum() + y.sum() > 0:
+            per_spectrum["y_share"].append(y.sum() / (b.sum() + y.sum()))
+        if (~explained).any():
+            per_spectrum["unexpl"].append(np.median(intensity[~explained]) / intensity.max())
+        pooled["b"].append(b > 0)
+        pooled["y"].append(y > 0)
+        pooled["b1"].append(b[:1] > 0)
+        pooled["b2"].append(b[1:2] > 0)
+        pooled["y1"].append(y[:1] > 0)
+        length = np.concatenate([np.arange(1, n), np.arange(1, n)]) / n
+        present = np.concatenate([b, y]) > 0
+        pooled["short"].append(present[length < 1 / 3])
+        pooled["middle"].append(present[(length >= 1 / 3) & (length <= 2 / 3)])
+        pooled["long"].append(present[length > 2 / 3])
+        if y.sum() > 0:
+            relative = (y / y.mean())[::-1]  # by site k = 1..n-1 (site k holds y_(n-k))
+            proline = np.array([residues[k] == "P" for k in range(1, n)])
+            acidic = np.array([residues[k - 1] in "DE" for k in range(1, n)])
+            pooled["pro"].append(relative[proline])
+            pooled["pro_other"].append(relative[~proline])
+            pooled["asp"].append(relative[acidic])
+            pooled["asp_other"].append(relative[~acidic])
+        ions = np.concatenate([b_mz, y_mz])
+        strong = np.concatenate([b, y])
+        top = np.argsort(-strong)[: max(1, int((strong > 0).sum() // 2))]
+        top = top[strong[top] > 0]
+        isotope = _match_intensity(mz, intensity, ions[top] + masses.C13_SPACING, tol_da)
+        pooled["isotope"].append(isotope > 0)
+
+    def mean(key: str) -> float:
+        values = np.concatenate(pooled[key]) if pooled[key] else np.zeros(0)
+        return float(values.mean()) if values.size else float("nan")
+
+    def median(key: str) -> float:
+        values = per_spectrum[key]
+        return float(np.median(values)) if values else float("nan")
+
+    return {
+        "spectra": float(len(per_spectrum["peaks"])),
+        "peaks": median("peaks"),
+        "by_peak_fraction": median("by_peak"),
+        "by_intensity_fraction": median("by_intensity"),
+        "by1_present": median("by1"),
+        "b1_present": mean("b"),
+        "y1_present": mean("y"),
+        "y_share": median("y_share"),
+        "b1_ion_present": mean("b1"),
+        "b2_ion_present": mean("b2"),
+        "y1_ion_present": mean("y1"),
+        "short_present": mean("short"),
+        "middle_present": mean("middle"),
+        "long_present": mean("long"),
+        "doubly_present": mean("doubly"),
+        "proline_effect": mean("pro") / mean("pro_other"),
+        "aspartate_effect": mean("asp") / mean("asp_other"),
+        "isotope_present": mean("isotope"),
+        "unexplained_median": median("unexpl"),
+    }

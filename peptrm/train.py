@@ -1,0 +1,466 @@
+"""Training: the LightningModule (deep supervision, losses, EMA) and the data stream.
+
+Lightning owns the loop, checkpoints, resuming (`ckpt_path`), seeding, progress,
+mixed precision and multiple devices. What is ours: the deep-supervision loop
+written out in `training_step`, the physics losses, and a data stream whose
+batches are a pure function of (seed, batch index), so that a resumed run sees
+exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from peptrm import masses, preprocess, simulate
+from peptrm.config import Config, config_to_dict, load_config
+from peptrm.io import Skipped, Spectrum, read_spectra
+from peptrm.model import PepTRM, count_parameters
+from peptrm.weights import save_model
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------
+def supervision_weights(n_supervision: int, decay: float) -> list[float]:
+    """Weight of each deep-supervision step: decay^(N_sup-1-k), so the last is 1."""
+    return [decay ** (n_supervision - 1 - k) for k in range(n_supervision)]
+
+
+def expected_token_masses(probs: Tensor) -> Tensor:
+    """Expected token mass at each position (B, L) of a soft draft (B, L, V)."""
+    vocab_masses = torch.as_tensor(masses.VOCAB_MASSES, dtype=probs.dtype, device=probs.device)
+    return probs @ vocab_masses  # (B, L)
+
+
+def mass_loss(probs: Tensor, precursor_mass: Tensor) -> Tensor:
+    """Smooth-L1 distance of the soft peptide's mass from the precursor, in residues.
+
+    Dividing by the mean residue mass makes one missing residue cost about 1.
+    """
+    predicted = expected_token_masses(probs).sum(dim=1) + masses.H2O  # (B,)
+    error = (predicted - precursor_mass.to(probs.dtype)) / masses.MEAN_RESIDUE_MASS
+    return F.smooth_l1_loss(error, torch.zeros_like(error))
+
+
+def spectrum_loss(
+    probs: Tensor, precursor_mass: Tensor, mz: Tensor, intensity: Tensor, sigma_da: float
+) -> Tensor:
+    """Matched-filter loss: the share of observed intensity no soft b/y ion explains.
+
+    Recall-only: theoretical b, y, b++ and y++ ions of the soft draft are matched
+    to every observed peak with a Gaussian of width `sigma_da`; a peak counts as
+    explained by its best-matching ion, weighted by the chance that ion exists.
+    Real spectra are mostly other peaks, so the floor is well above zero.
+    """
+    prefix = torch.cumsum(expected_token_masses(probs), dim=1)  # (B, L) b neutral
+    alive = 1 - probs[..., masses.STOP_INDEX]  # (B, L) position holds a residue
+    exists = alive[:, :-1] * alive[:, 1:]  # (B, L-1) a cleavage after position i
+    b = prefix[:, :-1]  # (B, L-1)
+    y = precursor_mass.to(probs.dtype).unsqueeze(1) - b  # (B, L-1) y = M - b (neutral)
+    proton = masses.PROTON
+    ions = torch.cat([b + proton, y + proton, (b + 2 * proton) / 2, (y + 2 * proton) / 2], 1)
+    weight = exists.repeat(1, 4)  # (B, 4(L-1))
+    distance = mz.unsqueeze(2) - ions.unsqueeze(1)  # (B, P, 4(L-1))
+    match = torch.exp(-0.5 * (distance / sigma_da) ** 2) * weight.unsqueeze(1)
+    explained = match.max(dim=2).values  # (B, P)
+    share = intensity / intensity.sum(dim=1, keepdim=True).clamp_min(1e-8)  # (B, P)
+    return 1 - (share * explained).sum(dim=1).mean()
+
+
+def refinement_metrics(logits: Tensor, previous: Tensor | None, tokens: Tensor) -> dict:
+    """Token accuracy, peptide accuracy and edit rate of one draft.
+
+    Token accuracy counts the peptide's positions plus its first STOP (the end),
+    not the padding after it.
+    """
+    predicted = logits.argmax(dim=-1)  # (B, L)
+    counted = torch.ones_like(tokens, dtype=torch.bool)
+    counted[:, 1:] = tokens[:, :-1] != masses.STOP_INDEX  # up to and incl. first STOP
+    correct = (predicted == tokens) & counted
+    out = {
+        "token_accuracy": correct.sum() / counted.sum(),
+        "peptide_accuracy": (correct | ~counted).all(dim=1).float().mean(),
+    }
+    if previous is not None:
+        out["edit_rate"] = ((predicted != previous.argmax(dim=-1)) & counted).sum() / counted.sum()
+    return out
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+def peptide_key(peptide: str) -> str:
+    """Peptide identity for splits: residue letters with I = L."""
+    return masses.strip_modifications(peptide).replace("I", "L")
+
+
+def load_labelled(paths: Sequence[str | Path], cfg: Config) -> list[Spectrum]:
+    """Read, label-check and preprocess labelled spectra; log what was left out."""
+    prepare = preprocess.pipeline(cfg.preprocess)
+    kept: list[Spectrum] = []
+    problems: dict[str, int] = {}
+    examples: list[str] = []
+    for path in paths:
+        for record in read_spectra(path):
+            reason = None
+            if isinstance(record, Skipped):
+                reason = record.reason
+            elif record.peptide is None or record.label_problem:
+                reason = record.label_problem or f"{record.ref}: no SEQ"
+            elif len(masses.parse(record.peptide)) > cfg.model.max_length:
+                reason = f"{record.ref}: longer than max_length={cfg.model.max_length}"
+            else:
+                record = prepare(record)
+                if isinstance(record, Skipped):
+                    reason = record.reason
+            if reason is None:
+                kept.append(record)
+                continue
+            kind = reason.split(": ", 1)[-1].split(" (")[0][:40]
+            problems[kind] = problems.get(kind, 0) + 1
+            if len(examples) < 3:
+                examples.append(reason)
+    if problems:
+        log.info("left out of training: %s; e.g. %s", problems, examples)
+    return kept
+
+
+def split_by_peptide(
+    spectra: Sequence[Spectrum], val_fraction: float, seed: int
+) -> tuple[list[Spectrum], list[Spectrum]]:
+    """Split spectra so that no peptide (I = L) is on both sides."""
+    keys = sorted({peptide_key(s.peptide) for s in spectra})
+    rng = np.random.default_rng(seed)
+    n_val = int(round(len(keys) * val_fraction))
+    val_keys = set(rng.permutation(keys)[:n_val].tolist())
+    train = [s for s in spectra if peptide_key(s.peptide) not in val_keys]
+    val = [s for s in spectra if peptide_key(s.peptide) in val_keys]
+    return train, val
+
+
+class TrainingStream(IterableDataset):
+    """Endless batches mixing simulated and real spectra; batch b is f(seed, b).
+
+    Worker w of W makes batches start+w, start+w+W, ...; the DataLoader takes
+    them round-robin, so the order is the same for any number of workers.
+    """
+
+    def __init__(self, cfg: Config, peptides: Sequence[str], real: Sequence[Spectrum],
+                 start_batch: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.peptides = list(peptides)
+        self.real = list(real)
+        self.start_batch = start_batch
+        self.prepare = preprocess.pipeline(cfg.preprocess)
+
+    def schedule(self, batch_index: int) -> tuple[float, float]:
+        """Real-spectrum share and simulation difficulty at a batch."""
+        t = self.cfg.training
+        step = batch_index * self.cfg.recursion.n_supervision
+        progress = min(1.0, step / max(t.max_steps, 1))
+        real = t.real_fraction_start + (t.real_fraction_end - t.real_fraction_start) * progress
+        difficulty = min(1.0, step / max(t.synthetic_difficulty_steps, 1))
+        return (real if self.real else 0.0), difficulty
+
+    def make_batch(self, batch_index: int) -> dict[str, Tensor]:
+        """Build batch `batch_index` from its own seeded generator."""
+        rng = np.random.default_rng([self.cfg.training.seed, batch_index])
+        size = self.cfg.training.batch_size
+        real_share, difficulty = self.schedule(batch_index)
+        n_real = int(rng.binomial(size, real_share)) if self.peptides else size
+        spectra = [self.real[i] for i in rng.integers(0, len(self.real), n_real)]
+        while len(spectra) < size:
+            simulated = simulate.simulate_batch(
+                self.peptides, size - len(spectra), rng, self.cfg.simulation, difficulty
+            )
+            for spectrum in simulated:
+                spectrum = self.prepare(spectrum)
+                if not isinstance(spectrum, Skipped):
+                    spectra.append(spectrum)
+        return preprocess.collate(spectra, self.cfg.preprocess.n_peaks, self.cfg.model.max_length)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        batch_index = self.start_batch + worker
+        while True:
+            yield self.make_batch(batch_index)
+            batch_index += n_workers
+
+
+def fixed_batches(spectra: Sequence[Spectrum], cfg: Config) -> list[dict[str, Tensor]]:
+    """Collate a fixed list of spectra into validation batches."""
+    size = cfg.training.batch_size
+    return [
+        preprocess.collate(spectra[i : i + size], cfg.preprocess.n_peaks, cfg.model.max_length)
+        for i in range(0, len(spectra), size)
+    ]
+
+
+class DataModule(L.LightningDataModule):
+    """Simulated + real training batches; real and simulated validation sets."""
+
+    def __init__(self, cfg: Config, train_paths: Sequence[str | Path],
+                 fasta_paths: Sequence[str | Path], val_paths: Sequence[str | Path] = ()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_paths = list(train_paths)
+        self.fasta_paths = list(fasta_paths)
+        self.val_paths = list(val_paths)
+        self.start_batch = 0
+        self.peptides: list[str] = []
+        self.real: list[Spectrum] = []
+        self.val_sets: dict[str, list[Spectrum]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Digest FASTAs, read and split the labelled spectra, simulate a validation set."""
+        if self.peptides or self.real:
+            return
+        cfg = self.cfg
+        if self.fasta_paths:
+            self.peptides = simulate.digest_fasta(self.fasta_paths, cfg.simulation)
+            log.info("%d peptides digested from %d FASTA files", len(self.peptides),
+                     len(self.fasta_paths))
+        labelled = load_labelled(self.train_paths, cfg) if self.train_paths else []
+        if self.val_paths:
+            self.real, val_real = labelled, load_labelled(self.val_paths, cfg)
+        else:
+            self.real, val_real = split_by_peptide(labelled, cfg.training.val_fraction,
+                                                   cfg.training.seed)
+        if not self.peptides and not self.real:
+            raise ValueError("nothing to train on: give labelled spectra and/or --fasta")
+        log.info("real spectra: %d train, %d validation", len(self.real), len(val_real))
+        if val_real:
+            self.val_sets["real"] = val_real
+        if self.peptides:
+            rng = np.random.default_rng([cfg.training.seed, -1])
+            prepare = preprocess.pipeline(cfg.preprocess)
+            simulated = simulate.simulate_batch(self.peptides, 256, rng, cfg.simulation, 1.0)
+            self.val_sets["synthetic"] = [
+                s for s in map(prepare, simulated) if not isinstance(s, Skipped)
+            ]
+
+    def train_dataloader(self) -> DataLoader:
+        """Endless training stream starting where a resumed run left off."""
+        stream = TrainingStream(self.cfg, self.peptides, self.real, self.start_batch)
+        workers = self.cfg.training.num_workers
+        return DataLoader(stream, batch_size=None, num_workers=workers,
+                          persistent_workers=workers > 0)
+
+    def val_dataloader(self) -> list[list[dict[str, Tensor]]]:
+        """One fixed list of batches per validation set (real first)."""
+        return [fixed_batches(spectra, self.cfg) for spectra in self.val_sets.values()]
+
+
+# --------------------------------------------------------------------------
+# The LightningModule
+# --------------------------------------------------------------------------
+class PepTRMModule(L.LightningModule):
+    """PepTRM with deep supervision, physics losses and an EMA of its weights."""
+
+    def __init__(self, cfg: Config, val_names: Sequence[str] = ("real", "synthetic")) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
+        self.ema = AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.training.ema_decay), use_buffers=True
+        )
+        self.automatic_optimization = False  # one optimiser step per supervision step
+        self.weights = supervision_weights(cfg.recursion.n_supervision,
+                                           cfg.training.supervision_decay)
+        self.val_names = list(val_names)
+        self.batches_seen = 0
+        self.started = time.monotonic()
+
+    def sigma(self) -> float:
+        """Spectrum-loss peak width now: geometric from sigma_start to sigma_end."""
+        t = self.cfg.training
+        progress = min(1.0, self.global_step / max(t.max_steps, 1))
+        return t.sigma_start_da * (t.sigma_end_da / t.sigma_start_da) ** progress
+
+    def step_loss(self, y: Tensor, halt: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every loss of one supervision step (before its step weight)."""
+        t = self.cfg.training
+        tokens = batch["tokens"]
+        residue = F.cross_entropy(y.transpose(1, 2), tokens)
+        correct = (y.argmax(dim=-1) == tokens).all(dim=1).float()
+        halting = F.binary_cross_entropy_with_logits(halt, correct)
+        losses = {"residue": residue, "halt": halting}
+        total = residue + t.halt_loss_weight * halting
+        probs = y.float().softmax(dim=-1)
+        if t.mass_loss_weight > 0:
+            losses["mass"] = mass_loss(probs, batch["precursor_mass"])
+            total = total + t.mass_loss_weight * losses["mass"]
+        if t.spectrum_loss_weight > 0:
+            losses["spectrum"] = spectrum_loss(probs, batch["precursor_mass"], batch["mz"],
+                                               batch["intensity"], self.sigma())
+            total = total + t.spectrum_loss_weight * losses["spectrum"]
+        losses["total"] = total
+        return losses
+
+    def training_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
+        """Deep supervision: N_sup improvement steps, each with its own loss and update."""
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        model = self.model
+        y = z = previous = None
+        for k in range(self.cfg.recursion.n_supervision):
+            x, x_padding = model.encode(batch["mz"], batch["intensity"],
+                                        batch["precursor_mass"].float(), batch["charge"])
+            if y is None:
+                y, z = model.initial_state(x)
+            y, z, halt = model(x, x_padding, y, z, supervision_step=k)
+            losses = self.step_loss(y, halt, batch)
+            optimizer.zero_grad()
+            self.manual_backward(self.weights[k] * losses["total"])
+            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.training.grad_clip,
+                                gradient_clip_algorithm="norm")
+            optimizer.step()
+            scheduler.step()
+            self.ema.update_parameters(model)
+            y, z = y.detach(), z.detach()  # the next step starts from this draft
+            if k == self.cfg.recursion.n_supervision - 1 or k == 0:
+                with torch.no_grad():
+                    metrics = refinement_metrics(y, previous, batch["tokens"])
+                tag = "last" if k else "first"
+                self.log(f"train/token_accuracy_{tag}", metrics["token_accuracy"],
+                         prog_bar=tag == "last")
+            previous = y
+        self.batches_seen += 1
+        self.log_dict({f"train/{name}": value for name, value in losses.items()},
+                      prog_bar=False)
+        self.log("train/loss", losses["total"], prog_bar=True)
+        self.log("train/sigma_da", self.sigma())
+        self.log("train/wall_s", time.monotonic() - self.started)
+        self.log("train/lr", scheduler.get_last_lr()[0])
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Tensor], batch_index: int,
+                        dataloader_idx: int = 0) -> None:
+        """Refinement tracker with EMA weights: accuracy, edits and gain per step."""
+        name = self.val_names[dataloader_idx] if dataloader_idx < len(self.val_names) else str(
+            dataloader_idx)
+        model = self.ema.module
+        x, x_padding = model.encode(batch["mz"], batch["intensity"],
+                                    batch["precursor_mass"].float(), batch["charge"])
+        y, z = model.initial_state(x)
+        previous_accuracy = None
+        previous = None
+        for k in range(self.cfg.recursion.n_supervision):
+            y, z, halt = model(x, x_padding, y, z, supervision_step=k)
+            metrics = refinement_metrics(y, previous, batch["tokens"])
+            step = k + 1
+            self.log(f"val_{name}/token_accuracy_t{step}", metrics["token_accuracy"],
+                     add_dataloader_idx=False)
+            if "edit_rate" in metrics:
+                self.log(f"val_{name}/edit_rate_t{step}", metrics["edit_rate"],
+                         add_dataloader_idx=False)
+                self.log(f"val_{name}/improvement_t{step}",
+                         metrics["token_accuracy"] - previous_accuracy, add_dataloader_idx=False)
+            previous_accuracy = metrics["token_accuracy"]
+            previous = y
+        self.log(f"val_{name}/token_accuracy", metrics["token_accuracy"],
+                 add_dataloader_idx=False, prog_bar=True)
+        self.log(f"val_{name}/peptide_accuracy", metrics["peptide_accuracy"],
+                 add_dataloader_idx=False)
+        self.log(f"val_{name}/wall_s", time.monotonic() - self.started, add_dataloader_idx=False)
+
+    def configure_optimizers(self):
+        """AdamW with linear warm-up then cosine decay, stepped per optimiser step."""
+        t = self.cfg.training
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate,
+                                      weight_decay=t.weight_decay)
+
+        def factor(step: int) -> float:
+            if step < t.warmup_steps:
+                return (step + 1) / t.warmup_steps
+            progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the full config and the data position with the weights."""
+        checkpoint["peptrm_config"] = config_to_dict(self.cfg)
+        checkpoint["batches_seen"] = self.batches_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the data position so a resumed run sees the batches it would have."""
+        self.batches_seen = checkpoint.get("batches_seen", 0)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            datamodule.start_batch = self.batches_seen
+
+
+def config_from_checkpoint(path: str | Path) -> Config:
+    """The config stored inside a training checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return load_config(overrides=checkpoint["peptrm_config"])
+
+
+def train(
+    cfg: Config,
+    train_paths: Sequence[str | Path],
+    fasta_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    val_paths: Sequence[str | Path] = (),
+    resume: str | Path | None = None,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) a PepTRM model; export the EMA weights into `out_dir`/model.
+
+    Returns the folder holding `model.safetensors` and `model.yaml`.
+    """
+    out_dir = Path(out_dir)
+    L.seed_everything(cfg.training.seed, workers=True)
+    datamodule = DataModule(cfg, train_paths, fasta_paths, val_paths)
+    datamodule.setup()
+    module = PepTRMModule(cfg, val_names=list(datamodule.val_sets))
+    log.info("model: %d parameters (%.1f MB fp32)", count_parameters(module.model),
+             count_parameters(module.model) * 4 / 1e6)
+    if cfg.training.compile:
+        module.model = torch.compile(module.model)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", every_n_train_steps=cfg.training.checkpoint_every_steps,
+        save_last=True, save_top_k=-1,
+    )
+    batches_per_val = max(1, cfg.training.val_every_steps // cfg.recursion.n_supervision)
+    trainer = L.Trainer(
+        default_root_dir=out_dir,
+        max_steps=cfg.training.max_steps,
+        accelerator=accelerator,
+        devices=devices,
+        precision=cfg.training.precision,
+        val_check_interval=batches_per_val,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=[checkpoints],
+        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs"),
+        log_every_n_steps=max(1, min(50, batches_per_val)),
+        enable_progress_bar=progress,
+        deterministic=False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    folder = out_dir / "model"
+    save_model(module.ema.module, cfg, folder)
+    log.info("exported EMA weights to %s", folder)
+    return folder
