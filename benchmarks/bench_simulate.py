@@ -73,7 +73,9 @@ def simulate_like(
         except masses.UnknownResidueError:
             continue
         out.append(
-            simulate_spectrum(tokens, spectrum.charge, rng, cfg, difficulty, spectrum.ref)
+            simulate_spectrum(
+                tokens, spectrum.charge, rng, cfg, difficulty, spectrum.ref
+            )
         )
     return out
 
@@ -113,7 +115,8 @@ def main() -> None:
     for path in fastas:
         start = time.perf_counter()
         digested = digest_fasta(path, cfg)
-        print(f"digest {path.name}: {len(digested)} peptides in {time.perf_counter() - start:.1f} s")
+        elapsed = time.perf_counter() - start
+        print(f"digest {path.name}: {len(digested)} peptides in {elapsed:.1f} s")
         peptides.extend(digested)
     if not peptides:
         peptides = ["PEPTIDEK", "LESLIEKNR", "SAMPLERPEPTIDEK"]
@@ -127,8 +130,9 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         peaks = np.median([s.mz.size for s in spectra])
         print(
-            f"simulate difficulty {difficulty:.1f}: {args.spectra} spectra in {elapsed:.2f} s "
-            f"= {args.spectra / elapsed:.0f} spectra/s (one process), median {peaks:.0f} peaks"
+            f"simulate difficulty {difficulty:.1f}: {args.spectra} spectra in "
+            f"{elapsed:.2f} s = {args.spectra / elapsed:.0f} spectra/s (one process), "
+            f"median {peaks:.0f} peaks"
         )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory {peak_mb:.0f} MB")
@@ -154,7 +158,8 @@ def main() -> None:
     print(header)
     for key, meaning in STATISTICS.items():
         cells = "".join(
-            f"{real[key]:>11.3g} |{simulated[key]:>10.3g}" for _, real, simulated in rows
+            f"{real[key]:>11.3g} |{simulated[key]:>10.3g}"
+            for _, real, simulated in rows
         )
         print(f"{meaning[:48]:48s}{cells}")
 

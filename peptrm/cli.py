@@ -24,42 +24,80 @@ DEMO = Path(str(resources.files("peptrm") / "resources" / "demo.mgf"))
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="peptrm", description="De novo peptide sequencing with a Tiny Recursive Model."
+        prog="peptrm",
+        description="De novo peptide sequencing with a Tiny Recursive Model.",
     )
-    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument(
+        "--verbose", action="store_true", help="debug logging and tracebacks"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    seq = commands.add_parser("sequence", help="sequence MS/MS spectra (MGF, mzML, mzXML)")
+    seq = commands.add_parser(
+        "sequence", help="sequence MS/MS spectra (MGF, mzML, mzXML)"
+    )
     seq.add_argument("inputs", nargs="*", help="spectrum files")
     seq.add_argument("--demo", action="store_true", help="add the bundled demo spectra")
     seq.add_argument("-o", "--output", required=True, help="output .mztab or .csv")
     seq.add_argument("-m", "--model", help="model folder (default: the bundled model)")
     seq.add_argument("-c", "--config", help="YAML overlaid on the defaults")
-    seq.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    seq.add_argument("--top-k", type=int, help="candidates per spectrum (default: config)")
-    seq.add_argument("--batch-size", type=int, help="spectra per batch (default: config)")
-    seq.add_argument("--default-charge", type=int,
-                     help="charge for spectra without one (default: skip them)")
+    seq.add_argument(
+        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps"
+    )
+    seq.add_argument(
+        "--top-k", type=int, help="candidates per spectrum (default: config)"
+    )
+    seq.add_argument(
+        "--batch-size", type=int, help="spectra per batch (default: config)"
+    )
+    seq.add_argument(
+        "--default-charge",
+        type=int,
+        help="charge for spectra without one (default: skip them)",
+    )
     seq.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    trn = commands.add_parser("train", help="train a model on labelled and simulated spectra")
+    trn = commands.add_parser(
+        "train", help="train a model on labelled and simulated spectra"
+    )
     trn.add_argument("inputs", nargs="*", help="labelled spectrum files (SEQ=)")
-    trn.add_argument("--fasta", nargs="*", default=[], help="FASTA files for simulated spectra")
-    trn.add_argument("--val", nargs="*", default=[],
-                     help="labelled validation files (default: a peptide-disjoint split)")
-    trn.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, model)")
+    trn.add_argument(
+        "--fasta", nargs="*", default=[], help="FASTA files for simulated spectra"
+    )
+    trn.add_argument(
+        "--val",
+        nargs="*",
+        default=[],
+        help="labelled validation files (default: a peptide-disjoint split)",
+    )
+    trn.add_argument(
+        "-o", "--output", required=True, help="run folder (checkpoints, logs, model)"
+    )
     trn.add_argument("-c", "--config", help="YAML overlaid on the defaults")
-    trn.add_argument("--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/last.ckpt)")
+    trn.add_argument(
+        "--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/last.ckpt)"
+    )
     trn.add_argument("--max-steps", type=int, help="override training.max_steps")
+    trn.add_argument(
+        "--max-time",
+        help="stop after this wall-clock time, DD:HH:MM:SS (counted across resumes)",
+    )
     trn.add_argument("--accelerator", default="auto", help="Lightning accelerator")
-    trn.add_argument("--devices", default="auto", help="Lightning devices (GPUs use DDP)")
+    trn.add_argument(
+        "--devices", default="auto", help="Lightning devices (GPUs use DDP)"
+    )
     trn.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    ev = commands.add_parser("evaluate", help="score predictions against labelled spectra")
+    ev = commands.add_parser(
+        "evaluate", help="score predictions against labelled spectra"
+    )
     ev.add_argument("predictions", help="our mzTab or CSV")
     ev.add_argument("labelled", nargs="+", help="labelled spectrum files (SEQ=)")
-    ev.add_argument("-o", "--output", help="JSON report (default: PREDICTIONS.eval.json)")
-    ev.add_argument("--plot", help="precision-coverage PNG (default: PREDICTIONS.pc.png)")
+    ev.add_argument(
+        "-o", "--output", help="JSON report (default: PREDICTIONS.eval.json)"
+    )
+    ev.add_argument(
+        "--plot", help="precision-coverage PNG (default: PREDICTIONS.pc.png)"
+    )
 
     cfg = commands.add_parser("configure", help="write the default config to edit")
     cfg.add_argument("-o", "--output", default="peptrm.yaml", help="where to write it")
@@ -71,8 +109,10 @@ def _parser() -> argparse.ArgumentParser:
 def _versions() -> str:
     import torch
 
-    return (f"peptrm {__version__}, python {platform.python_version()}, torch "
-            f"{torch.__version__}")
+    return (
+        f"peptrm {__version__}, python {platform.python_version()}, torch "
+        f"{torch.__version__}"
+    )
 
 
 def _sequence(args: argparse.Namespace) -> int:
@@ -88,18 +128,37 @@ def _sequence(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, decoding=replace(cfg.decoding, batch_size=args.batch_size))
     log.info("model: %s", args.model or "bundled")
-    summary = sequence.sequence_files(inputs, args.output, model, cfg, args.device,
-                                      args.top_k, args.default_charge,
-                                      progress=not args.no_progress)
-    log.info("wrote %s: %d spectra, %d sequenced, %d skipped, %d without a mass-fitting "
-             "peptide", args.output, summary.spectra, summary.sequenced, summary.skipped,
-             summary.unconstrained)
+    summary = sequence.sequence_files(
+        inputs,
+        args.output,
+        model,
+        cfg,
+        args.device,
+        args.top_k,
+        args.default_charge,
+        progress=not args.no_progress,
+    )
+    log.info(
+        "wrote %s: %d spectra, %d sequenced, %d skipped, %d without a mass-fitting "
+        "peptide",
+        args.output,
+        summary.spectra,
+        summary.sequenced,
+        summary.skipped,
+        summary.unconstrained,
+    )
     for reason in summary.skip_examples:
         log.info("skipped: %s", reason)
-    log.info("%.1f spectra/s on %s (%.1f s in all: model %.1f s, decoding %.1f s); "
-             "mean refinement steps %.2f", summary.spectra_per_second, args.device,
-             summary.seconds, summary.model_seconds, summary.decode_seconds,
-             summary.mean_steps)
+    log.info(
+        "%.1f spectra/s on %s (%.1f s in all: model %.1f s, decoding %.1f s); "
+        "mean refinement steps %.2f",
+        summary.spectra_per_second,
+        args.device,
+        summary.seconds,
+        summary.model_seconds,
+        summary.decode_seconds,
+        summary.mean_steps,
+    )
     report = evaluate.evaluate_files(args.output, inputs)
     if report["overall"].get("n_labelled", 0):
         sys.stderr.write(evaluate.format_table(report) + "\n")
@@ -120,8 +179,18 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, overrides)
     log.debug("config: %s", cfg)
-    folder = train.train(cfg, args.inputs, args.fasta, args.output, args.val, args.resume,
-                         args.accelerator, args.devices, progress=not args.no_progress)
+    folder = train.train(
+        cfg,
+        args.inputs,
+        args.fasta,
+        args.output,
+        args.val,
+        args.resume,
+        args.accelerator,
+        args.devices,
+        progress=not args.no_progress,
+        max_time=args.max_time,
+    )
     log.info("model written to %s (use: peptrm sequence ... -m %s)", folder, folder)
     return 0
 
@@ -153,15 +222,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     if args.command == "version":
         sys.stdout.write(_versions() + "\n")
         return 0
     log.info("peptrm %s", " ".join(sys.argv[1:] if argv is None else argv))
     log.info(_versions())
-    handlers = {"sequence": _sequence, "train": _train, "evaluate": _evaluate,
-                "configure": _configure}
+    handlers = {
+        "sequence": _sequence,
+        "train": _train,
+        "evaluate": _evaluate,
+        "configure": _configure,
+    }
     try:
         return handlers[args.command](args)
     except Exception as error:  # noqa: BLE001 - one line for users, traceback on --verbose

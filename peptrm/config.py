@@ -111,6 +111,7 @@ class DecodingConfig:
     refine_rounds: int  # rounds of feeding the constrained peptide back as the draft
     halt_threshold: float  # stop refining once the halting probability passes this
     batch_size: int  # spectra per inference batch
+    max_expansions: int  # prefixes the exact search may extend per spectrum
 
 
 @dataclass(frozen=True)

@@ -92,18 +92,20 @@ def aa_match(
     tol_da: float = RESIDUE_TOL_DA,
     prefix_tol_da: float = PREFIX_TOL_DA,
 ) -> tuple[np.ndarray, bool]:
-    """Which predicted residues match the label, and whether the whole peptide does.
+    """Find which predicted residues match the label, and whether all of them do.
 
-    Residues are first aligned from the N-terminus (see `_aligned_matches`); the
-    residues after the last N-terminal match are then aligned from the C-terminus
-    the same way, so a single wrong stretch costs only its own residues.
+    Residues are aligned from the N-terminus and, separately, from the C-terminus
+    (see `_aligned_matches`). The result keeps the N-terminal matches up to some
+    point and the C-terminal matches after it, choosing the point that keeps the
+    most, so one wrong stretch costs only its own residues and no true residue is
+    matched twice.
 
-    Two details differ from Casanovo's ``aa_match_prefix_suffix``: the result has one
-    entry per *predicted* token (Casanovo's array is as long as the longer peptide and
-    is indexed by the larger of the two positions), and the C-terminal pass starts
-    after the last N-terminal match rather than at the first mismatch, so it never
-    un-matches a residue. Both give the same counts on substitutions, swaps,
-    insertions and deletions; see the tests.
+    This follows Casanovo's ``aa_match_prefix_suffix`` with two differences. The
+    result has one entry per *predicted* token (Casanovo's array is as long as the
+    longer peptide and indexed by the larger of the two positions, so its count
+    can exceed the number of predicted residues). And Casanovo starts the
+    C-terminal pass at the first N-terminal mismatch, overwriting what lies
+    beyond, where we pick the best point. Peptide verdicts are the same.
 
     Parameters
     ----------
@@ -112,7 +114,8 @@ def aa_match(
     tol_da
         Two aligned residues match within this mass difference.
     prefix_tol_da
-        Residues are aligned only while the masses before them agree within this.
+        Residues are aligned only while the masses before (or after) them agree
+        within this.
 
     Returns
     -------
@@ -130,17 +133,27 @@ def aa_match(
         matches[:] = True
         return matches, True
     prefix = _aligned_matches(pred, true, tol_da, prefix_tol_da)
-    for i, _ in prefix:
+    reversed_pairs = _aligned_matches(pred[::-1], true[::-1], tol_da, prefix_tol_da)
+    suffix = [(len(pred) - 1 - i, len(true) - 1 - j) for i, j in reversed_pairs][::-1]
+    for i, _ in _best_split(prefix, suffix):
         matches[i] = True
-    start_pred, start_true = (
-        (prefix[-1][0] + 1, prefix[-1][1] + 1) if prefix else (0, 0)
-    )
-    suffix = _aligned_matches(
-        pred[start_pred:][::-1], true[start_true:][::-1], tol_da, prefix_tol_da
-    )
-    for i, _ in suffix:
-        matches[len(pred) - 1 - i] = True
     return matches, bool(len(pred) == len(true) and matches.all())
+
+
+def _best_split(
+    prefix: list[tuple[int, int]], suffix: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Keep the first k N-terminal pairs and the C-terminal pairs beyond them, best k.
+
+    Both lists are ordered by position in both peptides, so the C-terminal pairs
+    lying beyond the k-th N-terminal pair in both peptides form a tail of `suffix`.
+    """
+    best = suffix
+    for k, (last_pred, last_true) in enumerate(prefix, start=1):
+        tail = [(i, j) for i, j in suffix if i > last_pred and j > last_true]
+        if k + len(tail) > len(best):
+            best = prefix[:k] + tail
+    return best
 
 
 def _fold_il(text: str) -> str:
@@ -593,9 +606,11 @@ def plot_precision_coverage(report: Mapping[str, Any], png_path: str | Path) -> 
         label = name
         if "aupcc" in metrics and not math.isnan(metrics["aupcc"]):
             label = f"{name} (AUPCC {metrics['aupcc']:.3f})"
-        axes.step(
-            curve["coverage"],
-            curve["precision"],
+        if not curve["coverage"]:
+            continue
+        axes.step(  # from coverage 0, where the first step begins
+            [0.0, *curve["coverage"]],
+            [curve["precision"][0], *curve["precision"]],
             where="pre",
             label=label,
             linewidth=2.0 if name == "overall" else 1.0,

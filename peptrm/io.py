@@ -180,7 +180,7 @@ def _check_charge(
     if written is None:
         return f"{ref}: no CHARGE line; {NO_CHARGE_HINT}"
     return (
-        f"{ref}: CHARGE {written!r} is not a charge from 1 to {masses.MAX_CHARGE}; "
+        f"{ref}: CHARGE {written!r} is not one charge from 1 to {masses.MAX_CHARGE}; "
         f"{NO_CHARGE_HINT}"
     )
 
@@ -364,7 +364,8 @@ def _parse_mgf_block(
 # fails to parse becomes one Skipped record instead of ending the iteration.
 # `index` is the spectrum's position among all spectra in the file (the mzML
 # `index` attribute); MS1 spectra (and MS3+) are skipped silently, so indices of
-# yielded spectra have gaps.
+# yielded spectra have gaps. The title is the mzML spectrum id (its nativeID, such
+# as "controllerType=0 controllerNumber=1 scan=2") or "scan=N" for mzXML.
 
 
 def _read_xml(
@@ -396,7 +397,8 @@ def _iterate_xml(
     counter = _PeakCounter()
     with reader:
         for index, spectrum_id in enumerate(ids):
-            ref = SpectrumRef(str(path), index, str(spectrum_id))
+            title = str(spectrum_id) if suffix == ".mzml" else f"scan={spectrum_id}"
+            ref = SpectrumRef(str(path), index, title)
             try:
                 spectrum = reader.get_by_id(spectrum_id)
             except Exception as error:  # one bad spectrum, one row

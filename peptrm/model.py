@@ -49,19 +49,23 @@ class SinusoidalEncoding(nn.Module):
 class Block(nn.Module):
     """Pre-norm Transformer block: self-attention, optional cross-attention, MLP."""
 
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_heads: int, dropout: float, cross: bool) -> None:
         super().__init__()
         self.norm_self = nn.LayerNorm(dim)
         self.self_attention = nn.MultiheadAttention(
             dim, n_heads, dropout=dropout, batch_first=True
         )
-        self.norm_cross = nn.LayerNorm(dim)
-        self.cross_attention = nn.MultiheadAttention(
-            dim, n_heads, dropout=dropout, batch_first=True
-        )
+        if cross:  # only blocks that read the spectrum carry cross-attention weights
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross_attention = nn.MultiheadAttention(
+                dim, n_heads, dropout=dropout, batch_first=True
+            )
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * dim, dim),
         )
 
     def forward(
@@ -73,12 +77,24 @@ class Block(nn.Module):
     ) -> Tensor:
         """Update `h` (B, S, D); attend to `memory` (B, M, D) when given."""
         a = self.norm_self(h)
-        h = h + self.self_attention(a, a, a, key_padding_mask=padding, need_weights=False)[0]
+        h = (
+            h
+            + self.self_attention(
+                a, a, a, key_padding_mask=padding, need_weights=False
+            )[0]
+        )
         if memory is not None:
             a = self.norm_cross(h)
-            h = h + self.cross_attention(
-                a, memory, memory, key_padding_mask=memory_padding, need_weights=False
-            )[0]
+            h = (
+                h
+                + self.cross_attention(
+                    a,
+                    memory,
+                    memory,
+                    key_padding_mask=memory_padding,
+                    need_weights=False,
+                )[0]
+            )
         return h + self.mlp(self.norm_mlp(h))  # (B, S, D)
 
 
@@ -95,12 +111,15 @@ class SpectrumEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.mz_encoding = SinusoidalEncoding(cfg.dim, cfg.min_wavelength, cfg.max_wavelength)
+        self.mz_encoding = SinusoidalEncoding(
+            cfg.dim, cfg.min_wavelength, cfg.max_wavelength
+        )
         self.mz_projection = nn.Linear(cfg.dim, cfg.dim)
         self.intensity_projection = nn.Linear(1, cfg.dim)
         self.charge_embedding = nn.Embedding(cfg.max_charge + 1, cfg.dim)
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_encoder_layers)
+            Block(cfg.dim, cfg.n_heads, cfg.dropout, cross=False)
+            for _ in range(cfg.n_encoder_layers)
         )
         self.norm = nn.LayerNorm(cfg.dim)
         self.max_charge = cfg.max_charge
@@ -135,12 +154,16 @@ class TinyNetwork(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_core_layers)
+            Block(cfg.dim, cfg.n_heads, cfg.dropout, cross=True)
+            for _ in range(cfg.n_core_layers)
         )
         self.norm = nn.LayerNorm(cfg.dim)
 
     def forward(
-        self, h: Tensor, memory: Tensor | None = None, memory_padding: Tensor | None = None
+        self,
+        h: Tensor,
+        memory: Tensor | None = None,
+        memory_padding: Tensor | None = None,
     ) -> Tensor:
         """Map h (B, L, D) to (B, L, D)."""
         for block in self.blocks:
@@ -159,7 +182,9 @@ class Heads(nn.Module):
         self.residues = nn.Linear(cfg.dim, vocab_size)
         self.gate = nn.Linear(cfg.dim, 1)
         nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, cfg.gate_bias)  # sigmoid(-2) = 0.12: earn edits
+        nn.init.constant_(
+            self.gate.bias, cfg.gate_bias
+        )  # sigmoid(-2) = 0.12: earn edits
         self.halt = nn.Linear(cfg.dim, 1)
 
     def halting(self, z: Tensor) -> Tensor:
@@ -180,13 +205,17 @@ class PepTRM(nn.Module):
     loop, inference loop), each supervision step calling `forward` once.
     """
 
-    def __init__(self, cfg: ModelConfig, recursion: RecursionConfig, vocab_size: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, recursion: RecursionConfig, vocab_size: int
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.recursion = recursion
         self.encoder = SpectrumEncoder(cfg)
         self.token_embedding = nn.Linear(vocab_size, cfg.dim, bias=False)  # soft lookup
-        self.position_embedding = nn.Parameter(torch.randn(cfg.max_length, cfg.dim) * 0.02)
+        self.position_embedding = nn.Parameter(
+            torch.randn(cfg.max_length, cfg.dim) * 0.02
+        )
         self.step_embedding = nn.Embedding(MAX_STEPS, cfg.dim)
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         self.net = TinyNetwork(cfg)
@@ -210,7 +239,9 @@ class PepTRM(nn.Module):
         """Soft embedding of the draft: probabilities x token embeddings (B, L, D)."""
         return self.token_embedding(y.softmax(dim=-1)) + self.position_embedding
 
-    def think(self, z: Tensor, y: Tensor, x: Tensor, x_padding: Tensor, step: Tensor) -> Tensor:
+    def think(
+        self, z: Tensor, y: Tensor, x: Tensor, x_padding: Tensor, step: Tensor
+    ) -> Tensor:
         """One latent update: z <- net(z + embed(y) + step, spectrum x)."""
         h = z + self.embed_draft(y) + step  # (B, L, D)
         return self.net(h, memory=x, memory_padding=x_padding)
@@ -233,14 +264,21 @@ class PepTRM(nn.Module):
         return y, z
 
     def forward(
-        self, x: Tensor, x_padding: Tensor, y: Tensor, z: Tensor, supervision_step: int = 0
+        self,
+        x: Tensor,
+        x_padding: Tensor,
+        y: Tensor,
+        z: Tensor,
+        supervision_step: int = 0,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Run T improvement cycles; only the last keeps activations for backprop.
 
         Returns the new draft y (B, L, V), latent z (B, L, D) and halting logit (B,).
         """
         first = supervision_step * self.recursion.n_cycles
-        with torch.no_grad():  # the first T-1 cycles cost compute but keep no activations
+        with (
+            torch.no_grad()
+        ):  # the first T-1 cycles cost compute but keep no activations
             for cycle in range(self.recursion.n_cycles - 1):
                 y, z = self.improve(x, x_padding, y, z, first + cycle)
         y, z = self.improve(x, x_padding, y, z, first + self.recursion.n_cycles - 1)

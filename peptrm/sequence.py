@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from peptrm import __version__, decoding, masses, preprocess
 from peptrm.config import Config
-from peptrm.io import Prediction, Skipped, Spectrum, read_spectra, write_csv, write_mztab
+from peptrm.io import (
+    Prediction,
+    Skipped,
+    Spectrum,
+    read_spectra,
+    write_csv,
+    write_mztab,
+)
 from peptrm.model import PepTRM
 
 log = logging.getLogger(__name__)
@@ -67,8 +74,12 @@ def refine(
     spectrum used (B,), and the log-probabilities after every step (for the
     refinement curve). `draft` (B, L, V logits) replaces the blank first draft.
     """
-    x, x_padding = model.encode(batch["mz"], batch["intensity"],
-                                batch["precursor_mass"].float(), batch["charge"])
+    x, x_padding = model.encode(
+        batch["mz"],
+        batch["intensity"],
+        batch["precursor_mass"].float(),
+        batch["charge"],
+    )
     y, z = model.initial_state(x)
     if draft is not None:
         y = draft
@@ -88,7 +99,9 @@ def refine(
     return y.log_softmax(dim=-1), steps, history
 
 
-def candidates_as_draft(candidates: list[list[decoding.Candidate]], length: int) -> Tensor:
+def candidates_as_draft(
+    candidates: list[list[decoding.Candidate]], length: int
+) -> Tensor:
     """Logits (B, L, V) that put a confident draft on each spectrum's best peptide."""
     rows = []
     for options in candidates:
@@ -101,29 +114,39 @@ def candidates_as_draft(candidates: list[list[decoding.Candidate]], length: int)
 
 
 def predict_batch(
-    model: PepTRM, spectra: Sequence[Spectrum], cfg: Config, device: str, top_k: int,
+    model: PepTRM,
+    spectra: Sequence[Spectrum],
+    cfg: Config,
+    device: str,
+    top_k: int,
     summary: RunSummary,
 ) -> list[list[Prediction]]:
     """Sequence one batch of preprocessed spectra; top-k predictions per spectrum."""
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
-    log_probs, steps, _ = refine(model, batch, cfg.recursion.n_supervision,
-                                 cfg.decoding.halt_threshold)
+    log_probs, steps, _ = refine(
+        model, batch, cfg.recursion.n_supervision, cfg.decoding.halt_threshold
+    )
     summary.model_seconds += time.perf_counter() - started
     precursor_mass = batch["precursor_mass"].cpu()
     started = time.perf_counter()
-    candidates = decoding.decode(log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k)
+    candidates = decoding.decode(
+        log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k
+    )
     summary.decode_seconds += time.perf_counter() - started
     for _ in range(cfg.decoding.refine_rounds):
         draft = candidates_as_draft(candidates, cfg.model.max_length).to(device)
         started = time.perf_counter()
-        log_probs, more, _ = refine(model, batch, cfg.recursion.n_cycles, 1.0, draft=draft)
+        log_probs, more, _ = refine(
+            model, batch, cfg.recursion.n_cycles, 1.0, draft=draft
+        )
         steps = steps + more
         summary.model_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        candidates = decoding.decode(log_probs.float().cpu(), precursor_mass, cfg.decoding,
-                                     top_k)
+        candidates = decoding.decode(
+            log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k
+        )
         summary.decode_seconds += time.perf_counter() - started
     out = []
     for spectrum, options, n in zip(spectra, candidates, steps.tolist(), strict=True):
@@ -133,29 +156,48 @@ def predict_batch(
             peptide = masses.format_peptide(candidate.tokens)
             if not candidate.constrained and rank == 1:
                 summary.unconstrained += 1
-            rows.append(Prediction(
-                ref=spectrum.ref, peptide=peptide, score=candidate.score,
-                aa_scores=list(candidate.aa_scores), charge=spectrum.charge,
-                precursor_mz=spectrum.precursor_mz,
-                calc_mz=masses.precursor_mz(candidate.tokens, spectrum.charge)
-                if candidate.tokens else None,
-                mass_error_ppm=candidate.mass_error_ppm, isotope=candidate.isotope,
-                rank=rank, status="ok" if candidate.constrained else "unconstrained",
-                n_steps=n,
-            ))
+            rows.append(
+                Prediction(
+                    ref=spectrum.ref,
+                    peptide=peptide,
+                    score=candidate.score,
+                    aa_scores=list(candidate.aa_scores),
+                    charge=spectrum.charge,
+                    precursor_mz=spectrum.precursor_mz,
+                    calc_mz=masses.precursor_mz(candidate.tokens, spectrum.charge)
+                    if candidate.tokens
+                    else None,
+                    mass_error_ppm=candidate.mass_error_ppm,
+                    isotope=candidate.isotope,
+                    rank=rank,
+                    status="ok" if candidate.constrained else "unconstrained",
+                    n_steps=n,
+                )
+            )
         out.append(rows)
     return out
 
 
 def _skipped_row(record: Skipped) -> Prediction:
-    return Prediction(ref=record.ref, peptide="", score=math.nan, charge=record.charge,
-                      precursor_mz=record.precursor_mz, status=f"skipped: {record.reason}")
+    return Prediction(
+        ref=record.ref,
+        peptide="",
+        score=math.nan,
+        charge=record.charge,
+        precursor_mz=record.precursor_mz,
+        status=f"skipped: {record.reason}",
+    )
 
 
 def predictions(
-    inputs: Sequence[str | Path], model: PepTRM, cfg: Config, device: str = "cpu",
-    top_k: int | None = None, default_charge: int | None = None,
-    summary: RunSummary | None = None, progress: bool = True,
+    inputs: Sequence[str | Path],
+    model: PepTRM,
+    cfg: Config,
+    device: str = "cpu",
+    top_k: int | None = None,
+    default_charge: int | None = None,
+    summary: RunSummary | None = None,
+    progress: bool = True,
 ) -> Iterator[Prediction]:
     """Stream prediction rows for every spectrum of `inputs`, in input order."""
     summary = summary if summary is not None else RunSummary()
@@ -167,8 +209,11 @@ def predictions(
 
     def flush() -> Iterator[Prediction]:
         spectra = [r for r in pending if isinstance(r, Spectrum)]
-        results = iter(predict_batch(model, spectra, cfg, device, top_k, summary)) if spectra \
+        results = (
+            iter(predict_batch(model, spectra, cfg, device, top_k, summary))
+            if spectra
             else iter(())
+        )
         for record in pending:
             if isinstance(record, Skipped):
                 summary.skipped += 1
@@ -194,23 +239,36 @@ def predictions(
 
 
 def sequence_files(
-    inputs: Sequence[str | Path], output: str | Path, model: PepTRM, cfg: Config,
-    device: str = "cpu", top_k: int | None = None, default_charge: int | None = None,
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    model: PepTRM,
+    cfg: Config,
+    device: str = "cpu",
+    top_k: int | None = None,
+    default_charge: int | None = None,
     progress: bool = True,
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension)."""
     summary = RunSummary()
     started = time.perf_counter()
-    rows: Iterable[Prediction] = predictions(inputs, model, cfg, device, top_k,
-                                             default_charge, summary, progress)
+    rows: Iterable[Prediction] = predictions(
+        inputs, model, cfg, device, top_k, default_charge, summary, progress
+    )
     output = Path(output)
     if output.suffix.lower() == ".csv":
         write_csv(output, rows)
     else:
-        write_mztab(output, rows, [str(Path(p).resolve()) for p in inputs], __version__,
-                    params={"top_k": top_k or cfg.decoding.top_k,
-                            "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
-                            "isotope_errors": f"{cfg.decoding.min_isotope}.."
-                                              f"{cfg.decoding.max_isotope}"})
+        write_mztab(
+            output,
+            rows,
+            [str(Path(p).resolve()) for p in inputs],
+            __version__,
+            params={
+                "top_k": top_k or cfg.decoding.top_k,
+                "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
+                "isotope_errors": f"{cfg.decoding.min_isotope}.."
+                f"{cfg.decoding.max_isotope}",
+            },
+        )
     summary.seconds = time.perf_counter() - started
     return summary

@@ -43,7 +43,9 @@ B_BASE = 0.4  # b ions are weaker and also fragment further into a-ions
 PROLINE_N_TERM = 3.0  # cleavage N-terminal to P (xP) is strongly enhanced
 PROLINE_C_TERM = 0.35  # cleavage C-terminal to P (Px) is suppressed
 ASPARTATE = {"D": 1.25, "E": 1.05}  # C-terminal to D/E; weak at mobile-proton charges
-B1 = 0.01  # b1 ions are rarely seen (they lose CO at once); b2, y1, y2 are strong
+B1 = 0.01  # b1 ions are rarely seen (they lose CO at once)
+B2 = 2.5  # b2 is seen in ~95% of real HCD spectra (stable oxazolone)
+Y1 = 2.0  # y1 of the C-terminal K/R is seen in ~99%
 LENGTH_SCALE = 3.0  # fragments within ~3 residues of the full peptide are weaker
 LOGNORMAL_SIGMA = 0.6  # random spread of every peak (natural log units)
 DOUBLY_CHARGED = {2: 0.15, 3: 0.4}  # 2+ vs 1+ intensity, by precursor charge (3 = 3+)
@@ -77,7 +79,9 @@ STANDARD_RESIDUES = frozenset(masses.AMINO_ACIDS)
 # ---------------------------------------------------------------------------
 # Peptides
 # ---------------------------------------------------------------------------
-def digest_fasta(paths: str | Path | Iterable[str | Path], cfg: SimulationConfig) -> list[str]:
+def digest_fasta(
+    paths: str | Path | Iterable[str | Path], cfg: SimulationConfig
+) -> list[str]:
     """Tryptic peptides of every protein in the FASTA files, sorted and unique.
 
     Cleaves with the ExPASy trypsin rule (after K/R, not before P) allowing
@@ -151,7 +155,9 @@ def sample_charge(length: int, rng: np.random.Generator, cfg: SimulationConfig) 
     charges = np.arange(1, len(weights) + 1)
     lowest, highest = charge_range(length)
     weights = np.where((charges >= lowest) & (charges <= highest), weights, 0.0)
-    if weights.sum() == 0:  # the configured charges are all implausible: take the nearest
+    if (
+        weights.sum() == 0
+    ):  # the configured charges are all implausible: take the nearest
         return int(np.clip(lowest, 1, len(charges)))
     return int(rng.choice(charges, p=weights / weights.sum()))
 
@@ -165,14 +171,14 @@ def _residues(tokens: Sequence[str]) -> str:
 
 
 def ladder_intensities(residues: str) -> tuple[np.ndarray, np.ndarray]:
-    """Expected b and y 1+ intensities before random variation, by ion number.
+    """Compute the expected b and y 1+ intensities (no random spread), by ion number.
 
     Returns ``(b, y)`` ordered like `masses.fragment_mz` (b1.., y1..). Each
     cleavage site k (between residues k and k+1) gets one factor shared by b_k and
     y_(n-k): xP enhanced, Px suppressed, D/E-x enhanced. Fragments within about
-    `LENGTH_SCALE` residues of the whole peptide are weaker, and b1 is rare; the
-    real train spectra show b2, y1 and y2 among the most often seen ions, so short
-    fragments are otherwise not penalised.
+    `LENGTH_SCALE` residues of the whole peptide are weaker, b1 is rare, and b2
+    and y1 are strong: the real train spectra show them in almost every spectrum,
+    so short fragments are otherwise not penalised.
     """
     n = len(residues)
     left = np.frombuffer(residues[:-1].encode(), dtype=np.uint8)
@@ -185,8 +191,10 @@ def ladder_intensities(residues: str) -> tuple[np.ndarray, np.ndarray]:
     k = np.arange(1, n)  # b-ion length at each site; the y ion has n - k residues
     b = B_BASE * site * (1 - np.exp(-(n - k) / LENGTH_SCALE))
     b[0] *= B1
-    y = Y_BASE * site * (1 - np.exp(-k / LENGTH_SCALE))
-    return b, y[::-1]  # site k holds y_(n-k): reverse to y1..
+    b[1:2] *= B2
+    y = (Y_BASE * site * (1 - np.exp(-k / LENGTH_SCALE)))[::-1]  # site k: y_(n-k)
+    y[0] *= Y1
+    return b, y
 
 
 def _rank_dropout(
@@ -211,6 +219,57 @@ def _lognormal(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.exp(rng.normal(0.0, LOGNORMAL_SIGMA, size))
 
 
+def _b_y_ions(
+    tokens: list[str],
+    residues: str,
+    charge: int,
+    dropout: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw the b/y peaks that survive dropout: 1+ always, 2+ from charge 2 up.
+
+    Returns their m/z, intensity and charge, and every b 1+ intensity before
+    dropout (a-ions derive from b ions whether or not the b ion is seen). 2+ ions
+    take a share of their 1+ ion that grows with the fragment's length, and only
+    `DOUBLY_KEEP` of the 1+ survival rate of them is seen.
+    """
+    n = len(residues)
+    b_mz, y_mz = masses.fragment_mz(tokens, charge=1)
+    b_expected, y_expected = ladder_intensities(residues)
+    ladder_mz = np.concatenate([b_mz, y_mz])
+    ladder = np.concatenate([b_expected, y_expected]) * _lognormal(2 * (n - 1), rng)
+    keep = _rank_dropout(ladder, dropout, rng)
+    mz, intensity = [ladder_mz[keep]], [ladder[keep]]
+    ion_charge = [np.ones(keep.sum())]
+    if charge >= 2:
+        length = np.concatenate([np.arange(1, n), np.arange(1, n)]) / n
+        ratio = DOUBLY_CHARGED[min(charge, 3)]
+        doubly = ladder * ratio * length * _lognormal(ladder.size, rng)
+        seen = DOUBLY_KEEP[min(charge, 3)] * (1 - dropout)
+        keep2 = _rank_dropout(doubly, 1 - seen, rng)
+        mz.append((ladder_mz[keep2] + masses.PROTON) / 2)
+        intensity.append(doubly[keep2])
+        ion_charge.append(np.full(keep2.sum(), 2.0))
+    return (
+        np.concatenate(mz),
+        np.concatenate(intensity),
+        np.concatenate(ion_charge),
+        ladder[: n - 1],
+    )
+
+
+def _noise(
+    count: int, neutral_mass: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw `count` noise peaks: m/z uniform up to the peptide mass, many small.
+
+    Intensities are lognormal around `NOISE_MEDIAN` of the base peak, capped at 1.
+    """
+    mz = rng.uniform(MIN_MZ, max(neutral_mass, MIN_MZ + 100), count)
+    intensity = NOISE_MEDIAN * np.exp(rng.normal(0.0, NOISE_SIGMA, count))
+    return mz, np.minimum(intensity, 1.0)
+
+
 def simulate_spectrum(
     tokens: Sequence[str],
     charge: int,
@@ -232,55 +291,34 @@ def simulate_spectrum(
     difficulty = float(np.clip(difficulty, 0.0, 1.0))
     tokens = list(tokens)
     residues = _residues(tokens)
-    n = len(residues)
     neutral_mass = masses.peptide_mass(tokens)
-
-    # b/y ladder: 1+ always, 2+ for precursors of charge 2 and more.
-    b_mz, y_mz = masses.fragment_mz(tokens, charge=1)
-    b_expected, y_expected = ladder_intensities(residues)
-    ladder_mz = np.concatenate([b_mz, y_mz])
-    ladder = np.concatenate([b_expected, y_expected]) * _lognormal(2 * (n - 1), rng)
+    b_mz, _ = masses.fragment_mz(tokens, charge=1)
     dropout = CLEAN_DROPOUT + (cfg.dropout - CLEAN_DROPOUT) * difficulty
-    keep = _rank_dropout(ladder, dropout, rng)
-    mz_parts = [ladder_mz[keep]]
-    intensity_parts = [ladder[keep]]
-    charge_parts = [np.ones(keep.sum())]
-    if charge >= 2:
-        ratio = DOUBLY_CHARGED[min(charge, 3)]
-        length = np.concatenate([np.arange(1, n), np.arange(1, n)])
-        doubly = ladder * ratio * (length / n) * _lognormal(ladder.size, rng)
-        seen = DOUBLY_KEEP[min(charge, 3)] * (1 - dropout)
-        keep2 = _rank_dropout(doubly, 1 - seen, rng)
-        mz_parts.append((ladder_mz[keep2] + masses.PROTON) / 2)
-        intensity_parts.append(doubly[keep2])
-        charge_parts.append(np.full(keep2.sum(), 2.0))
-
-    if difficulty > 0:
-        by_mz = np.concatenate(mz_parts)
-        by_intensity = np.concatenate(intensity_parts)
-        by_charge = np.concatenate(charge_parts)
+    by_mz, by_intensity, by_charge, b_intensity = _b_y_ions(
+        tokens, residues, charge, dropout, rng
+    )
+    mz_parts, intensity_parts = [by_mz], [by_intensity]
+    if difficulty > 0 and by_mz.size:
+        floor = DETECTION * max(by_intensity.max(), b_intensity.max())
         extras = _extra_ions(
             tokens, residues, charge, neutral_mass, b_mz, by_mz, by_intensity,
-            by_charge, ladder[: n - 1], rng,
+            by_charge, b_intensity, rng,
         )  # fmt: skip
-        floor = DETECTION * ladder.max()
         for extra_mz, extra_intensity in extras:
             chosen = rng.random(extra_mz.size) < difficulty
             chosen &= extra_intensity >= floor
             mz_parts.append(extra_mz[chosen])
             intensity_parts.append(extra_intensity[chosen])
-
     mz = np.concatenate(mz_parts)
     mz = mz * (1 + rng.normal(0.0, cfg.fragment_tol_ppm * 1e-6, mz.size))
     intensity = np.concatenate(intensity_parts)
     intensity = intensity / intensity.max() if intensity.size else intensity
 
-    n_noise = rng.poisson(difficulty * cfg.noise_peaks)
-    noise_mz = rng.uniform(MIN_MZ, max(neutral_mass, MIN_MZ + 100), n_noise)
-    noise = np.minimum(NOISE_MEDIAN * np.exp(rng.normal(0, NOISE_SIGMA, n_noise)), 1)
+    noise_mz, noise = _noise(
+        rng.poisson(difficulty * cfg.noise_peaks), neutral_mass, rng
+    )
     mz = np.concatenate([mz, noise_mz])
     intensity = np.concatenate([intensity, noise])
-
     inside = mz >= MIN_MZ
     mz, intensity = mz[inside], intensity[inside]
     order = np.argsort(mz, kind="stable")
@@ -289,7 +327,9 @@ def simulate_spectrum(
         intensity = intensity / intensity.max()
 
     isotope = int(rng.random() < difficulty * cfg.isotope_error_rate)
-    precursor = masses.precursor_mz(tokens, charge) + isotope * masses.C13_SPACING / charge
+    precursor = (
+        masses.precursor_mz(tokens, charge) + isotope * masses.C13_SPACING / charge
+    )
     precursor *= 1 + rng.normal(0.0, cfg.precursor_tol_ppm * 1e-6)
     peptide = masses.format_peptide(tokens)
     return Spectrum(
@@ -314,7 +354,7 @@ def _extra_ions(
     b_intensity: np.ndarray,
     rng: np.random.Generator,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The non-b/y peaks of a realistic spectrum, as (m/z, intensity) groups.
+    """Draw the non-b/y peaks of a realistic spectrum, as (m/z, intensity) groups.
 
     Intensities are on the same scale as the b/y ladder: isotopes of every b/y
     peak (averagine ratio), H2O/NH3 losses, a-ions, immonium ions, internal
@@ -415,7 +455,8 @@ def _explained(mz: np.ndarray, targets: np.ndarray, tol_da: float) -> np.ndarray
     targets = np.sort(targets)
     index = np.clip(np.searchsorted(targets, mz), 1, max(targets.size - 1, 1))
     nearest = np.minimum(
-        np.abs(mz - targets[index - 1]), np.abs(mz - targets[np.minimum(index, targets.size - 1)])
+        np.abs(mz - targets[index - 1]),
+        np.abs(mz - targets[np.minimum(index, targets.size - 1)]),
     )
     return nearest <= tol_da
 
@@ -484,12 +525,16 @@ def fragment_statistics(spectra: Iterable[Spectrum], tol_da: float) -> dict[str,
         explained = _explained(mz, targets, tol_da)
         per_spectrum["peaks"].append(mz.size)
         per_spectrum["by_peak"].append(explained.mean())
-        per_spectrum["by_intensity"].append(intensity[explained].sum() / intensity.sum())
+        per_spectrum["by_intensity"].append(
+            intensity[explained].sum() / intensity.sum()
+        )
         per_spectrum["by1"].append(np.mean(np.concatenate([b, y]) > 0))
         if b.sum() + y.sum() > 0:
             per_spectrum["y_share"].append(y.sum() / (b.sum() + y.sum()))
         if (~explained).any():
-            per_spectrum["unexpl"].append(np.median(intensity[~explained]) / intensity.max())
+            per_spectrum["unexpl"].append(
+                np.median(intensity[~explained]) / intensity.max()
+            )
         pooled["b"].append(b > 0)
         pooled["y"].append(y > 0)
         pooled["b1"].append(b[:1] > 0)
@@ -512,7 +557,9 @@ def fragment_statistics(spectra: Iterable[Spectrum], tol_da: float) -> dict[str,
         strong = np.concatenate([b, y])
         top = np.argsort(-strong)[: max(1, int((strong > 0).sum() // 2))]
         top = top[strong[top] > 0]
-        isotope = _match_intensity(mz, intensity, ions[top] + masses.C13_SPACING, tol_da)
+        isotope = _match_intensity(
+            mz, intensity, ions[top] + masses.C13_SPACING, tol_da
+        )
         pooled["isotope"].append(isotope > 0)
 
     def mean(key: str) -> float:

@@ -31,6 +31,8 @@ from peptrm.weights import save_model
 
 log = logging.getLogger(__name__)
 
+VALIDATION_STREAM = 2**32 - 1  # seed word of the simulated validation set (no batch has it)
+
 
 # --------------------------------------------------------------------------
 # Losses
@@ -42,7 +44,9 @@ def supervision_weights(n_supervision: int, decay: float) -> list[float]:
 
 def expected_token_masses(probs: Tensor) -> Tensor:
     """Expected token mass at each position (B, L) of a soft draft (B, L, V)."""
-    vocab_masses = torch.as_tensor(masses.VOCAB_MASSES, dtype=probs.dtype, device=probs.device)
+    vocab_masses = torch.as_tensor(
+        masses.VOCAB_MASSES, dtype=probs.dtype, device=probs.device
+    )
     return probs @ vocab_masses  # (B, L)
 
 
@@ -57,7 +61,11 @@ def mass_loss(probs: Tensor, precursor_mass: Tensor) -> Tensor:
 
 
 def spectrum_loss(
-    probs: Tensor, precursor_mass: Tensor, mz: Tensor, intensity: Tensor, sigma_da: float
+    probs: Tensor,
+    precursor_mass: Tensor,
+    mz: Tensor,
+    intensity: Tensor,
+    sigma_da: float,
 ) -> Tensor:
     """Matched-filter loss: the share of observed intensity no soft b/y ion explains.
 
@@ -72,7 +80,9 @@ def spectrum_loss(
     b = prefix[:, :-1]  # (B, L-1)
     y = precursor_mass.to(probs.dtype).unsqueeze(1) - b  # (B, L-1) y = M - b (neutral)
     proton = masses.PROTON
-    ions = torch.cat([b + proton, y + proton, (b + 2 * proton) / 2, (y + 2 * proton) / 2], 1)
+    ions = torch.cat(
+        [b + proton, y + proton, (b + 2 * proton) / 2, (y + 2 * proton) / 2], 1
+    )
     weight = exists.repeat(1, 4)  # (B, 4(L-1))
     distance = mz.unsqueeze(2) - ions.unsqueeze(1)  # (B, P, 4(L-1))
     match = torch.exp(-0.5 * (distance / sigma_da) ** 2) * weight.unsqueeze(1)
@@ -96,7 +106,9 @@ def refinement_metrics(logits: Tensor, previous: Tensor | None, tokens: Tensor) 
         "peptide_accuracy": (correct | ~counted).all(dim=1).float().mean(),
     }
     if previous is not None:
-        out["edit_rate"] = ((predicted != previous.argmax(dim=-1)) & counted).sum() / counted.sum()
+        out["edit_rate"] = (
+            (predicted != previous.argmax(dim=-1)) & counted
+        ).sum() / counted.sum()
     return out
 
 
@@ -159,8 +171,13 @@ class TrainingStream(IterableDataset):
     them round-robin, so the order is the same for any number of workers.
     """
 
-    def __init__(self, cfg: Config, peptides: Sequence[str], real: Sequence[Spectrum],
-                 start_batch: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        peptides: Sequence[str],
+        real: Sequence[Spectrum],
+        start_batch: int = 0,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.peptides = list(peptides)
@@ -173,7 +190,10 @@ class TrainingStream(IterableDataset):
         t = self.cfg.training
         step = batch_index * self.cfg.recursion.n_supervision
         progress = min(1.0, step / max(t.max_steps, 1))
-        real = t.real_fraction_start + (t.real_fraction_end - t.real_fraction_start) * progress
+        real = (
+            t.real_fraction_start
+            + (t.real_fraction_end - t.real_fraction_start) * progress
+        )
         difficulty = min(1.0, step / max(t.synthetic_difficulty_steps, 1))
         return (real if self.real else 0.0), difficulty
 
@@ -192,7 +212,9 @@ class TrainingStream(IterableDataset):
                 spectrum = self.prepare(spectrum)
                 if not isinstance(spectrum, Skipped):
                     spectra.append(spectrum)
-        return preprocess.collate(spectra, self.cfg.preprocess.n_peaks, self.cfg.model.max_length)
+        return preprocess.collate(
+            spectra, self.cfg.preprocess.n_peaks, self.cfg.model.max_length
+        )
 
     def __iter__(self):
         info = get_worker_info()
@@ -207,7 +229,9 @@ def fixed_batches(spectra: Sequence[Spectrum], cfg: Config) -> list[dict[str, Te
     """Collate a fixed list of spectra into validation batches."""
     size = cfg.training.batch_size
     return [
-        preprocess.collate(spectra[i : i + size], cfg.preprocess.n_peaks, cfg.model.max_length)
+        preprocess.collate(
+            spectra[i : i + size], cfg.preprocess.n_peaks, cfg.model.max_length
+        )
         for i in range(0, len(spectra), size)
     ]
 
@@ -215,8 +239,13 @@ def fixed_batches(spectra: Sequence[Spectrum], cfg: Config) -> list[dict[str, Te
 class DataModule(L.LightningDataModule):
     """Simulated + real training batches; real and simulated validation sets."""
 
-    def __init__(self, cfg: Config, train_paths: Sequence[str | Path],
-                 fasta_paths: Sequence[str | Path], val_paths: Sequence[str | Path] = ()) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        train_paths: Sequence[str | Path],
+        fasta_paths: Sequence[str | Path],
+        val_paths: Sequence[str | Path] = (),
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.train_paths = list(train_paths)
@@ -234,23 +263,31 @@ class DataModule(L.LightningDataModule):
         cfg = self.cfg
         if self.fasta_paths:
             self.peptides = simulate.digest_fasta(self.fasta_paths, cfg.simulation)
-            log.info("%d peptides digested from %d FASTA files", len(self.peptides),
-                     len(self.fasta_paths))
+            log.info(
+                "%d peptides digested from %d FASTA files",
+                len(self.peptides),
+                len(self.fasta_paths),
+            )
         labelled = load_labelled(self.train_paths, cfg) if self.train_paths else []
         if self.val_paths:
             self.real, val_real = labelled, load_labelled(self.val_paths, cfg)
         else:
-            self.real, val_real = split_by_peptide(labelled, cfg.training.val_fraction,
-                                                   cfg.training.seed)
+            self.real, val_real = split_by_peptide(
+                labelled, cfg.training.val_fraction, cfg.training.seed
+            )
         if not self.peptides and not self.real:
-            raise ValueError("nothing to train on: give labelled spectra and/or --fasta")
+            raise ValueError(
+                "nothing to train on: give labelled spectra and/or --fasta"
+            )
         log.info("real spectra: %d train, %d validation", len(self.real), len(val_real))
         if val_real:
             self.val_sets["real"] = val_real
         if self.peptides:
-            rng = np.random.default_rng([cfg.training.seed, -1])
+            rng = np.random.default_rng([cfg.training.seed, VALIDATION_STREAM])
             prepare = preprocess.pipeline(cfg.preprocess)
-            simulated = simulate.simulate_batch(self.peptides, 256, rng, cfg.simulation, 1.0)
+            simulated = simulate.simulate_batch(
+                self.peptides, 256, rng, cfg.simulation, 1.0
+            )
             self.val_sets["synthetic"] = [
                 s for s in map(prepare, simulated) if not isinstance(s, Skipped)
             ]
@@ -259,12 +296,16 @@ class DataModule(L.LightningDataModule):
         """Endless training stream starting where a resumed run left off."""
         stream = TrainingStream(self.cfg, self.peptides, self.real, self.start_batch)
         workers = self.cfg.training.num_workers
-        return DataLoader(stream, batch_size=None, num_workers=workers,
-                          persistent_workers=workers > 0)
+        return DataLoader(
+            stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0
+        )
 
-    def val_dataloader(self) -> list[list[dict[str, Tensor]]]:
-        """One fixed list of batches per validation set (real first)."""
-        return [fixed_batches(spectra, self.cfg) for spectra in self.val_sets.values()]
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader of fixed, pre-collated batches per validation set (real first)."""
+        return [
+            DataLoader(fixed_batches(spectra, self.cfg), batch_size=None)
+            for spectra in self.val_sets.values()
+        ]
 
 
 # --------------------------------------------------------------------------
@@ -273,19 +314,25 @@ class DataModule(L.LightningDataModule):
 class PepTRMModule(L.LightningModule):
     """PepTRM with deep supervision, physics losses and an EMA of its weights."""
 
-    def __init__(self, cfg: Config, val_names: Sequence[str] = ("real", "synthetic")) -> None:
+    def __init__(
+        self, cfg: Config, val_names: Sequence[str] = ("real", "synthetic")
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
         self.ema = AveragedModel(
-            self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.training.ema_decay), use_buffers=True
+            self.model,
+            multi_avg_fn=get_ema_multi_avg_fn(cfg.training.ema_decay),
+            use_buffers=True,
         )
         self.automatic_optimization = False  # one optimiser step per supervision step
-        self.weights = supervision_weights(cfg.recursion.n_supervision,
-                                           cfg.training.supervision_decay)
+        self.weights = supervision_weights(
+            cfg.recursion.n_supervision, cfg.training.supervision_decay
+        )
         self.val_names = list(val_names)
         self.batches_seen = 0
         self.started = time.monotonic()
+        self.export_dir: Path | None = None  # where each validation exports EMA weights
 
     def sigma(self) -> float:
         """Spectrum-loss peak width now: geometric from sigma_start to sigma_end."""
@@ -293,7 +340,9 @@ class PepTRMModule(L.LightningModule):
         progress = min(1.0, self.global_step / max(t.max_steps, 1))
         return t.sigma_start_da * (t.sigma_end_da / t.sigma_start_da) ** progress
 
-    def step_loss(self, y: Tensor, halt: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def step_loss(
+        self, y: Tensor, halt: Tensor, batch: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         """Every loss of one supervision step (before its step weight)."""
         t = self.cfg.training
         tokens = batch["tokens"]
@@ -307,8 +356,13 @@ class PepTRMModule(L.LightningModule):
             losses["mass"] = mass_loss(probs, batch["precursor_mass"])
             total = total + t.mass_loss_weight * losses["mass"]
         if t.spectrum_loss_weight > 0:
-            losses["spectrum"] = spectrum_loss(probs, batch["precursor_mass"], batch["mz"],
-                                               batch["intensity"], self.sigma())
+            losses["spectrum"] = spectrum_loss(
+                probs,
+                batch["precursor_mass"],
+                batch["mz"],
+                batch["intensity"],
+                self.sigma(),
+            )
             total = total + t.spectrum_loss_weight * losses["spectrum"]
         losses["total"] = total
         return losses
@@ -320,16 +374,23 @@ class PepTRMModule(L.LightningModule):
         model = self.model
         y = z = previous = None
         for k in range(self.cfg.recursion.n_supervision):
-            x, x_padding = model.encode(batch["mz"], batch["intensity"],
-                                        batch["precursor_mass"].float(), batch["charge"])
+            x, x_padding = model.encode(
+                batch["mz"],
+                batch["intensity"],
+                batch["precursor_mass"].float(),
+                batch["charge"],
+            )
             if y is None:
                 y, z = model.initial_state(x)
             y, z, halt = model(x, x_padding, y, z, supervision_step=k)
             losses = self.step_loss(y, halt, batch)
             optimizer.zero_grad()
             self.manual_backward(self.weights[k] * losses["total"])
-            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.training.grad_clip,
-                                gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.cfg.training.grad_clip,
+                gradient_clip_algorithm="norm",
+            )
             optimizer.step()
             scheduler.step()
             self.ema.update_parameters(model)
@@ -338,26 +399,38 @@ class PepTRMModule(L.LightningModule):
                 with torch.no_grad():
                     metrics = refinement_metrics(y, previous, batch["tokens"])
                 tag = "last" if k else "first"
-                self.log(f"train/token_accuracy_{tag}", metrics["token_accuracy"],
-                         prog_bar=tag == "last")
+                self.log(
+                    f"train/token_accuracy_{tag}",
+                    metrics["token_accuracy"],
+                    prog_bar=tag == "last",
+                )
             previous = y
         self.batches_seen += 1
-        self.log_dict({f"train/{name}": value for name, value in losses.items()},
-                      prog_bar=False)
+        self.log_dict(
+            {f"train/{name}": value for name, value in losses.items()}, prog_bar=False
+        )
         self.log("train/loss", losses["total"], prog_bar=True)
         self.log("train/sigma_da", self.sigma())
         self.log("train/wall_s", time.monotonic() - self.started)
         self.log("train/lr", scheduler.get_last_lr()[0])
 
     @torch.no_grad()
-    def validation_step(self, batch: dict[str, Tensor], batch_index: int,
-                        dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_index: int, dataloader_idx: int = 0
+    ) -> None:
         """Refinement tracker with EMA weights: accuracy, edits and gain per step."""
-        name = self.val_names[dataloader_idx] if dataloader_idx < len(self.val_names) else str(
-            dataloader_idx)
+        name = (
+            self.val_names[dataloader_idx]
+            if dataloader_idx < len(self.val_names)
+            else str(dataloader_idx)
+        )
         model = self.ema.module
-        x, x_padding = model.encode(batch["mz"], batch["intensity"],
-                                    batch["precursor_mass"].float(), batch["charge"])
+        x, x_padding = model.encode(
+            batch["mz"],
+            batch["intensity"],
+            batch["precursor_mass"].float(),
+            batch["charge"],
+        )
         y, z = model.initial_state(x)
         previous_accuracy = None
         previous = None
@@ -365,36 +438,66 @@ class PepTRMModule(L.LightningModule):
             y, z, halt = model(x, x_padding, y, z, supervision_step=k)
             metrics = refinement_metrics(y, previous, batch["tokens"])
             step = k + 1
-            self.log(f"val_{name}/token_accuracy_t{step}", metrics["token_accuracy"],
-                     add_dataloader_idx=False)
+            self.log(
+                f"val_{name}/token_accuracy_t{step}",
+                metrics["token_accuracy"],
+                add_dataloader_idx=False,
+            )
             if "edit_rate" in metrics:
-                self.log(f"val_{name}/edit_rate_t{step}", metrics["edit_rate"],
-                         add_dataloader_idx=False)
-                self.log(f"val_{name}/improvement_t{step}",
-                         metrics["token_accuracy"] - previous_accuracy, add_dataloader_idx=False)
+                self.log(
+                    f"val_{name}/edit_rate_t{step}",
+                    metrics["edit_rate"],
+                    add_dataloader_idx=False,
+                )
+                self.log(
+                    f"val_{name}/improvement_t{step}",
+                    metrics["token_accuracy"] - previous_accuracy,
+                    add_dataloader_idx=False,
+                )
             previous_accuracy = metrics["token_accuracy"]
             previous = y
-        self.log(f"val_{name}/token_accuracy", metrics["token_accuracy"],
-                 add_dataloader_idx=False, prog_bar=True)
-        self.log(f"val_{name}/peptide_accuracy", metrics["peptide_accuracy"],
-                 add_dataloader_idx=False)
-        self.log(f"val_{name}/wall_s", time.monotonic() - self.started, add_dataloader_idx=False)
+        self.log(
+            f"val_{name}/token_accuracy",
+            metrics["token_accuracy"],
+            add_dataloader_idx=False,
+            prog_bar=True,
+        )
+        self.log(
+            f"val_{name}/peptide_accuracy",
+            metrics["peptide_accuracy"],
+            add_dataloader_idx=False,
+        )
+        self.log(
+            f"val_{name}/wall_s",
+            time.monotonic() - self.started,
+            add_dataloader_idx=False,
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        """Export the EMA weights after every validation, so a cut run leaves a model."""
+        if self.export_dir is not None and self.trainer.is_global_zero:
+            save_model(self.ema.module, self.cfg, self.export_dir)
 
     def configure_optimizers(self):
         """AdamW with linear warm-up then cosine decay, stepped per optimiser step."""
         t = self.cfg.training
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate,
-                                      weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+        )
 
         def factor(step: int) -> float:
             if step < t.warmup_steps:
                 return (step + 1) / t.warmup_steps
-            progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+            progress = min(
+                1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+            )
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
-                                                         "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the full config and the data position with the weights."""
@@ -404,7 +507,9 @@ class PepTRMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the data position so a resumed run sees the batches it would have."""
         self.batches_seen = checkpoint.get("batches_seen", 0)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        datamodule = (
+            getattr(self.trainer, "datamodule", None) if self._trainer else None
+        )
         if datamodule is not None:
             datamodule.start_batch = self.batches_seen
 
@@ -425,6 +530,7 @@ def train(
     accelerator: str = "auto",
     devices: int | str = "auto",
     progress: bool = True,
+    max_time: str | None = None,
 ) -> Path:
     """Train (or resume) a PepTRM model; export the EMA weights into `out_dir`/model.
 
@@ -435,18 +541,27 @@ def train(
     datamodule = DataModule(cfg, train_paths, fasta_paths, val_paths)
     datamodule.setup()
     module = PepTRMModule(cfg, val_names=list(datamodule.val_sets))
-    log.info("model: %d parameters (%.1f MB fp32)", count_parameters(module.model),
-             count_parameters(module.model) * 4 / 1e6)
+    log.info(
+        "model: %d parameters (%.1f MB fp32)",
+        count_parameters(module.model),
+        count_parameters(module.model) * 4 / 1e6,
+    )
+    module.export_dir = out_dir / "model"
     if cfg.training.compile:
         module.model = torch.compile(module.model)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", every_n_train_steps=cfg.training.checkpoint_every_steps,
-        save_last=True, save_top_k=-1,
+        dirpath=out_dir / "checkpoints",
+        every_n_train_steps=cfg.training.checkpoint_every_steps,
+        save_last=True,
+        save_top_k=-1,
     )
-    batches_per_val = max(1, cfg.training.val_every_steps // cfg.recursion.n_supervision)
+    batches_per_val = max(
+        1, cfg.training.val_every_steps // cfg.recursion.n_supervision
+    )
     trainer = L.Trainer(
         default_root_dir=out_dir,
         max_steps=cfg.training.max_steps,
+        max_time=max_time,
         accelerator=accelerator,
         devices=devices,
         precision=cfg.training.precision,
@@ -460,6 +575,7 @@ def train(
         deterministic=False,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    trainer.save_checkpoint(out_dir / "checkpoints" / "end.ckpt")  # resume point, any stop
     folder = out_dir / "model"
     save_model(module.ema.module, cfg, folder)
     log.info("exported EMA weights to %s", folder)

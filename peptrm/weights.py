@@ -48,7 +48,9 @@ def load_model(
     """Load a saved model (the bundled one when `folder` is None) in eval mode."""
     folder = Path(folder) if folder is not None else BUNDLED
     if not (folder / WEIGHTS_NAME).exists():
-        raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} (expected a saved PepTRM model)")
+        raise FileNotFoundError(
+            f"{folder}: no {WEIGHTS_NAME} (expected a saved PepTRM model)"
+        )
     cfg = model_config(folder, user_config)
     model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
     model.load_state_dict(load_file(folder / WEIGHTS_NAME))

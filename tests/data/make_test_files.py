@@ -54,7 +54,9 @@ def broken_mgf(source: list[list[str]]) -> None:
             ["PEPMASS=401.267087", "CHARGE=2+"],
             [*lld[:3], "130.08926 nan", *lld[3:]],
         ),
-        block("unknown_residue", ["PEPMASS=401.267087", "CHARGE=2+", "SEQ=PEPTIDEX"], lld),
+        block(
+            "unknown_residue", ["PEPMASS=401.267087", "CHARGE=2+", "SEQ=PEPTIDEX"], lld
+        ),
         block("absurd_charge", ["PEPMASS=401.267087", "CHARGE=50+"], lld),
         block("truncated", ["PEPMASS=401.267087", "CHARGE=2+"], lld[:5], end=False),
     ]
@@ -69,7 +71,8 @@ def small_mzml() -> Path:
     body = [
         lines[0],
         *[line for line in lines[1:start] if "indexedmzML" not in line],
-        '      <spectrumList count="5" defaultDataProcessingRef="pwiz_Reader_conversion">',
+        '      <spectrumList count="5" '
+        'defaultDataProcessingRef="pwiz_Reader_conversion">',
         *lines[start + 1 : end],
         "      </spectrumList>",
         "    </run>",
@@ -89,16 +92,24 @@ def small_mzxml(mzml_path: Path) -> None:
 
     scans = []
     for spectrum in mzml.MzML(str(mzml_path)):
-        pairs = [v for pair in zip(spectrum["m/z array"], spectrum["intensity array"], strict=True) for v in pair]
+        pairs = [
+            v
+            for pair in zip(
+                spectrum["m/z array"], spectrum["intensity array"], strict=True
+            )
+            for v in pair
+        ]
         data = base64.b64encode(struct.pack(f">{len(pairs)}f", *pairs)).decode()
         level = spectrum["ms level"]
         num = spectrum["index"] + 1
         precursor = ""
         if level == 2:
-            ion = spectrum["precursorList"]["precursor"][0]["selectedIonList"]["selectedIon"][0]
+            ion = spectrum["precursorList"]["precursor"][0]["selectedIonList"][
+                "selectedIon"
+            ][0]
             precursor = (
                 f'      <precursorMz precursorCharge="{ion["charge state"]}">'
-                f'{ion["selected ion m/z"]}</precursorMz>\n'
+                f"{ion['selected ion m/z']}</precursorMz>\n"
             )
         scans.append(
             f'    <scan num="{num}" msLevel="{level}" peaksCount="{len(pairs) // 2}" '
@@ -111,7 +122,9 @@ def small_mzxml(mzml_path: Path) -> None:
     text = (
         '<?xml version="1.0" encoding="ISO-8859-1"?>\n'
         '<mzXML xmlns="http://sashimi.sourceforge.net/schema_revision/mzXML_3.2">\n'
-        f'  <msRun scanCount="{len(scans)}">\n' + "".join(scans) + "  </msRun>\n</mzXML>\n"
+        f'  <msRun scanCount="{len(scans)}">\n'
+        + "".join(scans)
+        + "  </msRun>\n</mzXML>\n"
     )
     (HERE / "small.mzXML").write_text(text)
 

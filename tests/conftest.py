@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny real spectrum files, broken ones, and the shared data set."""
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def small_mgf() -> Path:
+    """Ten MassIVE-KB HCD spectra with SEQ= annotations."""
+    return DATA / "small.mgf"
+
+
+@pytest.fixture
+def broken_mgf() -> Path:
+    """Ten spectra, each broken in one way (see tests/data/README.md)."""
+    return DATA / "broken.mgf"
+
+
+@pytest.fixture
+def small_mzml() -> Path:
+    """Five yeast spectra (index 0 is MS1, 1-4 are MS2)."""
+    return DATA / "small.mzML"
+
+
+@pytest.fixture
+def small_mzxml() -> Path:
+    """The spectra of small.mzML written as mzXML."""
+    return DATA / "small.mzXML"
+
+
+@pytest.fixture
+def truncated_mzml() -> Path:
+    """small.mzML cut off inside its last spectrum."""
+    return DATA / "truncated.mzML"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or skip when this checkout does not have it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    return SHARED_DATA

@@ -1,0 +1,234 @@
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyteomics import mgf
+
+from peptrm import masses
+from peptrm.config import load_config
+from peptrm.io import Spectrum, SpectrumRef
+from peptrm.simulate import (
+    charge_range,
+    digest_fasta,
+    fragment_statistics,
+    random_peptide,
+    sample_charge,
+    simulate_batch,
+    simulate_spectrum,
+)
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+
+# Human ubiquitin (UniProt P0CG48, one 76-residue repeat), and a made-up entry with
+# an X to check that non-standard letters are dropped.
+UBIQUITIN = (
+    "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
+)
+# Cleaved by hand after every K/R (none is followed by P), kept if 6-30 residues.
+UBIQUITIN_TRYPTIC = [
+    "EGIPPDQQR",
+    "ESTLHLVLR",
+    "LIFAGK",
+    "MQIFVK",
+    "QLEDGR",
+    "TITLEVEPSDTIENVK",
+    "TLSDYNIQK",
+]
+# Neighbouring pairs joined by one missed cleavage (LRGG is too short).
+UBIQUITIN_ONE_MISSED = [
+    "AKIQDK",
+    "EGIPPDQQRLIFAGK",
+    "ESTLHLVLRLR",
+    "IQDKEGIPPDQQR",
+    "LIFAGKQLEDGR",
+    "MQIFVKTLTGK",
+    "QLEDGRTLSDYNIQK",
+    "TITLEVEPSDTIENVKAK",
+    "TLTGKTITLEVEPSDTIENVK",
+    "TLSDYNIQKESTLHLVLR",
+]
+PEPTIDES = [
+    "PEPTIDEK",
+    "LESLIEKPEPTIDEK",
+    "GAMDCQPWLIR",
+    "SAMPLERNQVDK",
+    *UBIQUITIN_TRYPTIC,
+]
+
+
+@pytest.fixture
+def cfg():
+    return load_config().simulation
+
+
+@pytest.fixture
+def tiny_fasta(tmp_path):
+    path = tmp_path / "tiny.fasta"
+    path.write_text(
+        f">sp|P0CG48|UBC_HUMAN Polyubiquitin-C (first repeat)\n{UBIQUITIN[:40]}\n"
+        f"{UBIQUITIN[40:]}\n>made_up with X\nPEPXIDEKAAAAAAK\n"
+    )
+    return path
+
+
+def test_digest_matches_hand_cleavage(tiny_fasta, cfg):
+    peptides = digest_fasta(tiny_fasta, replace(cfg, missed_cleavages=0))
+    assert peptides == sorted([*UBIQUITIN_TRYPTIC, "AAAAAAK"])  # PEPXIDEK dropped
+
+
+def test_digest_with_missed_cleavage(tiny_fasta, cfg):
+    peptides = digest_fasta([tiny_fasta], replace(cfg, missed_cleavages=1))
+    expected = sorted([*UBIQUITIN_TRYPTIC, *UBIQUITIN_ONE_MISSED, "AAAAAAK"])
+    assert peptides == expected
+
+
+def test_random_peptide_modifications(cfg):
+    rng = np.random.default_rng(1)
+    always = replace(cfg, oxidation_rate=1.0, deamidation_rate=0.0, n_terminal_rate=0.0)
+    tokens = random_peptide(["GAMDCQPWLIR"], rng, always)
+    assert tokens == [
+        "G",
+        "A",
+        "M+15.995",
+        "D",
+        "C+57.021",
+        "Q",
+        "P",
+        "W",
+        "L",
+        "I",
+        "R",
+    ]
+    nterm = replace(cfg, n_terminal_rate=1.0)
+    labels = {random_peptide(["PEPTIDEK"], rng, nterm)[0] for _ in range(200)}
+    assert labels == set(masses.N_TERMINAL_MODIFICATIONS)
+    for _ in range(50):
+        tokens = random_peptide(PEPTIDES, rng, cfg)
+        assert masses.parse(masses.format_peptide(tokens)) == tokens
+
+
+def test_long_peptides_are_never_singly_charged(cfg):
+    rng = np.random.default_rng(2)
+    assert charge_range(7) == (1, 2)
+    assert charge_range(20) == (2, 4)
+    charges = {sample_charge(20, rng, cfg) for _ in range(300)}
+    assert 1 not in charges and 2 in charges and 3 in charges
+    assert {sample_charge(7, rng, cfg) for _ in range(300)} == {1, 2}
+
+
+def test_spectrum_record_is_well_formed(cfg):
+    rng = np.random.default_rng(3)
+    tokens = masses.parse("+42.011LESLIEKPEPTIDEK")
+    spectrum = simulate_spectrum(tokens, 3, rng, cfg, difficulty=1.0)
+    assert spectrum.peptide == "+42.011LESLIEKPEPTIDEK"
+    assert spectrum.charge == 3
+    assert spectrum.intensity.dtype == np.float32
+    assert np.all(spectrum.intensity > 0) and spectrum.intensity.max() == 1.0
+    assert np.all(np.diff(spectrum.mz) >= 0)
+    assert spectrum.mz.size > 50  # noise, isotopes and losses crowd the ladder
+
+
+def test_clean_peaks_are_b_y_ions_within_ppm_error(cfg):
+    rng = np.random.default_rng(4)
+    errors = []
+    for peptide in PEPTIDES:
+        tokens = masses.parse(peptide.replace("C", "C+57.021"))
+        b1, y1 = masses.fragment_mz(tokens, 1)
+        b2, y2 = masses.fragment_mz(tokens, 2)
+        theory = np.sort(np.concatenate([b1, y1, b2, y2]))
+        for _ in range(20):
+            spectrum = simulate_spectrum(tokens, 2, rng, cfg, difficulty=0.0)
+            nearest = theory[np.abs(spectrum.mz[:, None] - theory).argmin(axis=1)]
+            errors.append((spectrum.mz - nearest) / nearest * 1e6)
+    errors = np.concatenate(errors)
+    assert np.abs(errors).max() < 6 * cfg.fragment_tol_ppm  # every peak is a b/y ion
+    assert errors.std() == pytest.approx(cfg.fragment_tol_ppm, rel=0.1)
+
+
+@pytest.mark.parametrize("isotope", [0, 1])
+def test_precursor_mz_within_tolerance(cfg, isotope):
+    cfg = replace(cfg, isotope_error_rate=float(isotope))
+    rng = np.random.default_rng(5)
+    for peptide, charge in [("PEPTIDEK", 2), ("LESLIEKPEPTIDEK", 3)]:
+        tokens = masses.parse(peptide)
+        expected = masses.precursor_mz(tokens, charge) + isotope * 1.003355 / charge
+        for _ in range(20):
+            spectrum = simulate_spectrum(tokens, charge, rng, cfg, difficulty=1.0)
+            error = masses.ppm_error(spectrum.precursor_mz, expected)
+            assert abs(error) < 6 * cfg.precursor_tol_ppm
+
+
+def test_same_seed_same_spectra(cfg):
+    first = simulate_batch(PEPTIDES, 20, np.random.default_rng(6), cfg, 0.7)
+    second = simulate_batch(PEPTIDES, 20, np.random.default_rng(6), cfg, 0.7)
+    other = simulate_batch(PEPTIDES, 20, np.random.default_rng(7), cfg, 0.7)
+    for a, b in zip(first, second, strict=True):
+        assert a.peptide == b.peptide and a.charge == b.charge
+        assert a.precursor_mz == b.precursor_mz
+        np.testing.assert_array_equal(a.mz, b.mz)
+        np.testing.assert_array_equal(a.intensity, b.intensity)
+    assert [s.ref.index for s in first] == list(range(20))
+    assert any(a.mz.size != b.mz.size for a, b in zip(first, other, strict=True))
+
+
+def test_clean_spectra_cover_more_of_the_ladder(cfg):
+    clean = simulate_batch(PEPTIDES, 200, np.random.default_rng(8), cfg, 0.0)
+    real = simulate_batch(PEPTIDES, 200, np.random.default_rng(8), cfg, 1.0)
+    clean_stats = fragment_statistics(clean, 0.02)
+    real_stats = fragment_statistics(real, 0.02)
+    assert clean_stats["by1_present"] > 0.8
+    assert real_stats["by1_present"] < 0.65
+    assert clean_stats["by_peak_fraction"] == 1.0
+    assert real_stats["by_peak_fraction"] < 0.3
+
+
+def test_proline_and_y_ion_effects(cfg):
+    with_proline = ["LESLIEKPEPTIDEK", "EGIPPDQQR", "GAMDCQPWLIR", "AVPGLSTDEPSNK"]
+    spectra = simulate_batch(with_proline, 400, np.random.default_rng(9), cfg, 1.0)
+    stats = fragment_statistics(spectra, 0.02)
+    assert stats["proline_effect"] > 2.0  # y ion N-terminal to P is much stronger
+    assert stats["y_share"] > 0.6  # y ions dominate HCD spectra of tryptic peptides
+
+
+def test_fragment_statistics_of_hand_made_spectrum():
+    b, y = masses.fragment_mz("PEPTIDE", 1)
+    assert b[1] == pytest.approx(227.10263, abs=1e-5)
+    mz = np.sort(np.concatenate([b, y, [500.0]]))
+    intensity = np.where(mz == 500.0, 2.0, 1.0).astype(np.float32)
+    spectrum = Spectrum(SpectrumRef("x.mgf", 0), mz, intensity, 400.68726, 1, "PEPTIDE")
+    stats = fragment_statistics([spectrum], 0.02)
+    assert stats["by1_present"] == 1.0
+    assert stats["by_peak_fraction"] == pytest.approx(12 / 13)
+    assert stats["by_intensity_fraction"] == pytest.approx(12 / 14)
+    assert stats["y_share"] == pytest.approx(0.5)
+
+
+@pytest.mark.skipif(not (DATA / "train").is_dir(), reason="shared data absent")
+def test_real_spectra_statistics_resemble_simulation(cfg):
+    path = DATA / "train" / "pepnet_nist_synthetic_example.mgf"
+    real = []
+    with mgf.read(str(path), use_index=False) as reader:
+        for index, entry in zip(range(200), reader, strict=False):
+            params = entry["params"]
+            real.append(
+                Spectrum(
+                    SpectrumRef(str(path), index),
+                    entry["m/z array"],
+                    entry["intensity array"].astype(np.float32),
+                    float(params["pepmass"][0]),
+                    int(params["charge"][0]),
+                    params["seq"],
+                )
+            )
+    rng = np.random.default_rng(10)
+    simulated = [
+        simulate_spectrum(masses.parse(s.peptide), s.charge, rng, cfg, 1.0)
+        for s in real
+    ]
+    real_stats = fragment_statistics(real, 0.02)
+    simulated_stats = fragment_statistics(simulated, 0.02)
+    for key, tol in [("by_peak_fraction", 0.06), ("by_intensity_fraction", 0.1)]:
+        assert simulated_stats[key] == pytest.approx(real_stats[key], abs=tol)
+    assert real_stats["y_share"] > 0.6 and simulated_stats["y_share"] > 0.6
+    assert real_stats["proline_effect"] > 2 and simulated_stats["proline_effect"] > 2
