@@ -30,11 +30,13 @@ from peptrm import decoding, masses
 from peptrm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RESIDUES = [t for t in masses.VOCAB[1:] if masses.TOKEN_INDEX[t] in decoding.RESIDUE_INDICES]
+RESIDUES = [
+    t for t in masses.VOCAB[1:] if masses.TOKEN_INDEX[t] in decoding.RESIDUE_INDICES
+]
 
 
 def commit() -> str:
-    """The checked-out commit, read from .git without running git."""
+    """Read the checked-out commit from .git without running git."""
     head = ROOT / ".git" / "HEAD"
     if not head.exists():
         return "unknown"
@@ -53,7 +55,7 @@ def commit() -> str:
 
 
 def random_peptide(rng: np.random.Generator, max_tokens: int) -> list[str]:
-    """A tryptic-like peptide of 7..30 residues, rarely N-terminally modified."""
+    """Draw a tryptic-like peptide of 7..30 residues, rarely N-terminally modified."""
     n = int(rng.integers(7, min(30, max_tokens - 1) + 1))
     body = [str(t) for t in rng.choice(RESIDUES[:-1], size=n - 1)]
     body = [t for t in body if t not in ("K", "R")] or ["A"]
@@ -110,7 +112,11 @@ def run(name: str, log_probs: np.ndarray, precursor: np.ndarray, cfg, top_k: int
     )
     fits = np.mean([c[0].constrained for c in constrained])
     within = np.mean(
-        [abs(c[0].mass_error_ppm) <= tol * 1.0001 for c in constrained if c[0].constrained]
+        [
+            abs(c[0].mass_error_ppm) <= tol * 1.0001
+            for c in constrained
+            if c[0].constrained
+        ]
         or [np.nan]
     )
     n = len(log_probs)
@@ -145,7 +151,8 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     print(
-        f"tol {cfg.precursor_tol_ppm} ppm, isotopes {cfg.min_isotope}..{cfg.max_isotope}"
+        f"tol {cfg.precursor_tol_ppm} ppm, "
+        f"isotopes {cfg.min_isotope}..{cfg.max_isotope}"
         f", max_expansions {cfg.max_expansions}, top_k {args.top_k}, L {args.length}"
         f", confused {args.confused}, noise {args.noise}"
     )

@@ -52,11 +52,11 @@ def measure(name: str, overrides: dict, batch_size: int, device: str, seconds: f
         y = z = None
         for k in range(cfg.recursion.n_supervision):
             with autocast:
-                x, padding = model.encode(batch["mz"], batch["intensity"],
-                                          batch["precursor_mass"].float(), batch["charge"])
+                spectrum = model.encode(batch["mz"], batch["intensity"],
+                                          batch["precursor_mass"], batch["charge"])
                 if y is None:
-                    y, z = model.initial_state(x)
-                y, z, halt = model(x, padding, y, z, supervision_step=k)
+                    y, z = model.initial_state(spectrum)
+                y, z, halt = model(spectrum, y, z, supervision_step=k)
                 loss = module.step_loss(y, halt, batch)["total"]
             optimizer.zero_grad()
             loss.backward()

@@ -160,8 +160,9 @@ def _sequence(args: argparse.Namespace) -> int:
         summary.mean_steps,
     )
     report = evaluate.evaluate_files(args.output, inputs)
-    if report["overall"].get("n_labelled", 0):
-        sys.stderr.write(evaluate.format_table(report) + "\n")
+    if report["overall"].get("n_spectra", 0):  # labelled input: say how we did
+        sys.stdout.write("accuracy against the SEQ= labels in the input:\n")
+        sys.stdout.write(evaluate.format_table(report) + "\n")
     return 0
 
 

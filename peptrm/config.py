@@ -47,6 +47,7 @@ class ModelConfig:
     max_wavelength: float  # longest m/z wavelength of the sinusoidal embedding (Th)
     gate_bias: float  # initial bias of the revision gate; negative = small first edits
     max_charge: int  # charges above this share the last charge embedding
+    draft_mass_encoding: bool  # draft positions carry their predicted b/y ion m/z
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ once from `z`. This file holds the network only: no decoding, I/O or Lightning.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from peptrm import masses
 from peptrm.config import ModelConfig, RecursionConfig
 
 MAX_STEPS = 64  # step embeddings available; later steps share the last one
@@ -195,6 +197,14 @@ class Heads(nn.Module):
 # --------------------------------------------------------------------------
 # PepTRM
 # --------------------------------------------------------------------------
+class Encoded(NamedTuple):
+    """An embedded batch of spectra: what every think step looks at."""
+
+    x: Tensor  # (B, 1+P, D) precursor token + peaks
+    padding: Tensor  # (B, 1+P) True where a peak is padding
+    precursor_mass: Tensor  # (B,) neutral precursor mass (Da)
+
+
 class PepTRM(nn.Module):
     """Tiny Recursive Model for de novo peptide sequencing.
 
@@ -203,6 +213,10 @@ class PepTRM(nn.Module):
     `z` the latent reasoning state (B, L, D). n = `n_latent_steps`,
     T = `n_cycles`; N_sup (`n_supervision`) is driven from outside (training
     loop, inference loop), each supervision step calling `forward` once.
+
+    With `draft_mass_encoding`, each draft position also carries the m/z of
+    the b and y ions its soft prefix predicts, encoded exactly like the peaks,
+    so thinking can check the draft's fragment ladder against the spectrum.
     """
 
     def __init__(
@@ -221,67 +235,76 @@ class PepTRM(nn.Module):
         self.net = TinyNetwork(cfg)
         self.heads = Heads(cfg, vocab_size)
         self.vocab_size = vocab_size
+        token_masses = torch.as_tensor(masses.VOCAB_MASSES[:vocab_size], dtype=torch.float64)
+        self.register_buffer("token_masses", token_masses, persistent=False)  # (V,)
 
     def encode(
         self, mz: Tensor, intensity: Tensor, precursor_mass: Tensor, charge: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Embed a batch of spectra: x (B, 1+P, D) and its padding (B, 1+P)."""
-        return self.encoder(mz, intensity, precursor_mass, charge)
+    ) -> Encoded:
+        """Embed a batch of spectra (peaks (B, P), precursor mass and charge (B,))."""
+        x, padding = self.encoder(mz, intensity, precursor_mass, charge)
+        return Encoded(x, padding, precursor_mass)
 
-    def initial_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def initial_state(self, spectrum: Encoded) -> tuple[Tensor, Tensor]:
         """The blank draft (uniform logits) and latent state for a batch."""
-        batch = x.shape[0]
-        y = x.new_zeros(batch, self.cfg.max_length, self.vocab_size)  # (B, L, V)
+        batch = spectrum.x.shape[0]
+        y = spectrum.x.new_zeros(batch, self.cfg.max_length, self.vocab_size)  # (B, L, V)
         z = (self.z_init + self.position_embedding).expand(batch, -1, -1)  # (B, L, D)
         return y, z
 
-    def embed_draft(self, y: Tensor) -> Tensor:
+    def ladder(self, probs: Tensor, precursor_mass: Tensor) -> Tensor:
+        """Encoded b and y ion m/z after each draft position (B, L, D)."""
+        # float64: float32 resolves only ~1e-4 Da at 1000 Da, coarser than the
+        # shortest wavelength of the m/z encoding.
+        prefix = torch.cumsum(probs.double() @ self.token_masses, dim=1)  # (B, L)
+        b_mz = prefix + masses.PROTON  # (B, L) b ion ending at each position
+        y_mz = precursor_mass.double().unsqueeze(1) - prefix + masses.PROTON  # (B, L)
+        encode = self.encoder.mz_encoding
+        project = self.encoder.mz_projection
+        return project(encode(b_mz)) + project(encode(y_mz))  # (B, L, D)
+
+    def embed_draft(self, y: Tensor, spectrum: Encoded) -> Tensor:
         """Soft embedding of the draft: probabilities x token embeddings (B, L, D)."""
-        return self.token_embedding(y.softmax(dim=-1)) + self.position_embedding
+        probs = y.softmax(dim=-1)  # (B, L, V)
+        h = self.token_embedding(probs) + self.position_embedding
+        if self.cfg.draft_mass_encoding:
+            h = h + self.ladder(probs, spectrum.precursor_mass).to(h.dtype)
+        return h
 
-    def think(
-        self, z: Tensor, y: Tensor, x: Tensor, x_padding: Tensor, step: Tensor
-    ) -> Tensor:
+    def think(self, z: Tensor, y: Tensor, spectrum: Encoded, step: Tensor) -> Tensor:
         """One latent update: z <- net(z + embed(y) + step, spectrum x)."""
-        h = z + self.embed_draft(y) + step  # (B, L, D)
-        return self.net(h, memory=x, memory_padding=x_padding)
+        h = z + self.embed_draft(y, spectrum) + step  # (B, L, D)
+        return self.net(h, memory=spectrum.x, memory_padding=spectrum.padding)
 
-    def revise(self, y: Tensor, z: Tensor) -> Tensor:
+    def revise(self, y: Tensor, z: Tensor, spectrum: Encoded) -> Tensor:
         """Gated residual revision of the draft from the latent state alone."""
-        h = self.net(z + self.embed_draft(y))  # (B, L, D)
+        h = self.net(z + self.embed_draft(y, spectrum))  # (B, L, D) no spectrum x
         candidate = self.heads.residues(h)  # (B, L, V)
         gate = torch.sigmoid(self.heads.gate(h))  # (B, L, 1)
         return (1 - gate) * y + gate * candidate  # (B, L, V)
 
     def improve(
-        self, x: Tensor, x_padding: Tensor, y: Tensor, z: Tensor, step: int
+        self, spectrum: Encoded, y: Tensor, z: Tensor, step: int
     ) -> tuple[Tensor, Tensor]:
         """One improvement step: think n times about the draft, then revise it once."""
         step_vector = self.step_embedding.weight[min(step, MAX_STEPS - 1)]  # (D,)
         for _ in range(self.recursion.n_latent_steps):
-            z = self.think(z, y, x, x_padding, step_vector)  # (B, L, D)
-        y = self.revise(y, z)  # (B, L, V)
+            z = self.think(z, y, spectrum, step_vector)  # (B, L, D)
+        y = self.revise(y, z, spectrum)  # (B, L, V)
         return y, z
 
     def forward(
-        self,
-        x: Tensor,
-        x_padding: Tensor,
-        y: Tensor,
-        z: Tensor,
-        supervision_step: int = 0,
+        self, spectrum: Encoded, y: Tensor, z: Tensor, supervision_step: int = 0
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Run T improvement cycles; only the last keeps activations for backprop.
 
         Returns the new draft y (B, L, V), latent z (B, L, D) and halting logit (B,).
         """
         first = supervision_step * self.recursion.n_cycles
-        with (
-            torch.no_grad()
-        ):  # the first T-1 cycles cost compute but keep no activations
+        with torch.no_grad():  # the first T-1 cycles cost compute, keep no activations
             for cycle in range(self.recursion.n_cycles - 1):
-                y, z = self.improve(x, x_padding, y, z, first + cycle)
-        y, z = self.improve(x, x_padding, y, z, first + self.recursion.n_cycles - 1)
+                y, z = self.improve(spectrum, y, z, first + cycle)
+        y, z = self.improve(spectrum, y, z, first + self.recursion.n_cycles - 1)
         return y, z, self.heads.halting(z)
 
 

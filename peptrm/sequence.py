@@ -74,20 +74,20 @@ def refine(
     spectrum used (B,), and the log-probabilities after every step (for the
     refinement curve). `draft` (B, L, V logits) replaces the blank first draft.
     """
-    x, x_padding = model.encode(
+    spectrum = model.encode(
         batch["mz"],
         batch["intensity"],
-        batch["precursor_mass"].float(),
+        batch["precursor_mass"],
         batch["charge"],
     )
-    y, z = model.initial_state(x)
+    y, z = model.initial_state(spectrum)
     if draft is not None:
         y = draft
-    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    active = torch.ones(len(spectrum.x), dtype=torch.bool, device=spectrum.x.device)
+    steps = torch.zeros(len(spectrum.x), dtype=torch.long, device=spectrum.x.device)
     history = []
     for k in range(n_steps):
-        new_y, new_z, halt = model(x, x_padding, y, z, supervision_step=k)
+        new_y, new_z, halt = model(spectrum, y, z, supervision_step=k)
         keep = active.view(-1, 1, 1)
         y = torch.where(keep, new_y, y)  # (B, L, V) halted spectra keep their draft
         z = torch.where(keep, new_z, z)  # (B, L, D)

@@ -199,6 +199,7 @@ class TrainingStream(IterableDataset):
 
     def make_batch(self, batch_index: int) -> dict[str, Tensor]:
         """Build batch `batch_index` from its own seeded generator."""
+        log.debug("making batch %d", batch_index)
         rng = np.random.default_rng([self.cfg.training.seed, batch_index])
         size = self.cfg.training.batch_size
         real_share, difficulty = self.schedule(batch_index)
@@ -374,15 +375,15 @@ class PepTRMModule(L.LightningModule):
         model = self.model
         y = z = previous = None
         for k in range(self.cfg.recursion.n_supervision):
-            x, x_padding = model.encode(
+            spectrum = model.encode(
                 batch["mz"],
                 batch["intensity"],
-                batch["precursor_mass"].float(),
+                batch["precursor_mass"],
                 batch["charge"],
             )
             if y is None:
-                y, z = model.initial_state(x)
-            y, z, halt = model(x, x_padding, y, z, supervision_step=k)
+                y, z = model.initial_state(spectrum)
+            y, z, halt = model(spectrum, y, z, supervision_step=k)
             losses = self.step_loss(y, halt, batch)
             optimizer.zero_grad()
             self.manual_backward(self.weights[k] * losses["total"])
@@ -405,6 +406,7 @@ class PepTRMModule(L.LightningModule):
                     prog_bar=tag == "last",
                 )
             previous = y
+        self.log("train/batch", float(self.batches_seen))  # data position, exact on resume
         self.batches_seen += 1
         self.log_dict(
             {f"train/{name}": value for name, value in losses.items()}, prog_bar=False
@@ -425,17 +427,17 @@ class PepTRMModule(L.LightningModule):
             else str(dataloader_idx)
         )
         model = self.ema.module
-        x, x_padding = model.encode(
+        spectrum = model.encode(
             batch["mz"],
             batch["intensity"],
-            batch["precursor_mass"].float(),
+            batch["precursor_mass"],
             batch["charge"],
         )
-        y, z = model.initial_state(x)
+        y, z = model.initial_state(spectrum)
         previous_accuracy = None
         previous = None
         for k in range(self.cfg.recursion.n_supervision):
-            y, z, halt = model(x, x_padding, y, z, supervision_step=k)
+            y, z, halt = model(spectrum, y, z, supervision_step=k)
             metrics = refinement_metrics(y, previous, batch["tokens"])
             step = k + 1
             self.log(
@@ -507,11 +509,6 @@ class PepTRMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the data position so a resumed run sees the batches it would have."""
         self.batches_seen = checkpoint.get("batches_seen", 0)
-        datamodule = (
-            getattr(self.trainer, "datamodule", None) if self._trainer else None
-        )
-        if datamodule is not None:
-            datamodule.start_batch = self.batches_seen
 
 
 def config_from_checkpoint(path: str | Path) -> Config:
@@ -531,6 +528,7 @@ def train(
     devices: int | str = "auto",
     progress: bool = True,
     max_time: str | None = None,
+    stop_at_step: int | None = None,
 ) -> Path:
     """Train (or resume) a PepTRM model; export the EMA weights into `out_dir`/model.
 
@@ -546,6 +544,9 @@ def train(
         count_parameters(module.model),
         count_parameters(module.model) * 4 / 1e6,
     )
+    if resume:  # the stream must start at the next unseen batch, before Lightning prefetches
+        checkpoint = torch.load(resume, map_location="cpu", weights_only=False)
+        datamodule.start_batch = checkpoint.get("batches_seen", 0)
     module.export_dir = out_dir / "model"
     if cfg.training.compile:
         module.model = torch.compile(module.model)
@@ -560,7 +561,7 @@ def train(
     )
     trainer = L.Trainer(
         default_root_dir=out_dir,
-        max_steps=cfg.training.max_steps,
+        max_steps=stop_at_step or cfg.training.max_steps,  # schedules use the config's
         max_time=max_time,
         accelerator=accelerator,
         devices=devices,

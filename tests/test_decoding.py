@@ -1,0 +1,234 @@
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from peptrm import decoding, masses
+from peptrm.config import load_config
+
+V = len(masses.VOCAB)
+
+
+@pytest.fixture
+def cfg():
+    return dataclasses.replace(
+        load_config().decoding,
+        precursor_tol_ppm=20.0,
+        min_isotope=0,
+        max_isotope=1,
+        top_k=1,
+        max_expansions=20000,
+    )
+
+
+def distribution(rows: list[dict[str, float]], length: int) -> np.ndarray:
+    """(1, L, V) log-probs: the given probabilities per position, the rest of each
+    position's mass spread evenly over the other tokens; STOP (p 0.99) beyond."""
+    probs = np.zeros((length, V))
+    for i in range(length):
+        row = rows[i] if i < len(rows) else {masses.STOP: 0.99}
+        rest = (1.0 - sum(row.values())) / (V - len(row))
+        probs[i] = rest
+        for token, p in row.items():
+            probs[i, masses.TOKEN_INDEX[token]] = p
+    return np.log(probs)[None]
+
+
+def confident(peptide: str, length: int, p: float = 0.9) -> list[dict[str, float]]:
+    return [{token: p} for token in masses.parse(peptide)] + [{masses.STOP: p}]
+
+
+def fits(mass: float, precursor: float, cfg) -> bool:
+    tol = cfg.precursor_tol_ppm * precursor * 1e-6
+    return any(
+        abs(precursor - k * masses.C13_SPACING - mass) <= tol
+        for k in range(cfg.min_isotope, cfg.max_isotope + 1)
+    )
+
+
+def test_candidate_mass_is_the_pyteomics_peptide_mass(cfg):
+    log_probs = distribution(confident("PEPTLDE", 12), 12)
+    precursor = 799.35996  # PEPTIDE, monoisotopic neutral mass (I and L weigh alike)
+    (best,) = decoding.decode(torch.from_numpy(log_probs), [precursor], cfg)[0]
+    assert best.tokens == ["P", "E", "P", "T", "L", "D", "E"]
+    assert best.mass == pytest.approx(masses.peptide_mass("PEPTIDE"), abs=1e-9)
+    assert best.mass == pytest.approx(799.359964, abs=1e-6)
+    assert best.constrained and best.isotope == 0
+    assert abs(best.mass_error_ppm) < 0.1
+    assert best.aa_scores == pytest.approx([0.9] * 7)
+    # tokens at 0.9, STOP at 0.9 then 0.99 at the 4 remaining positions
+    assert best.log_score == pytest.approx(8 * math.log(0.9) + 4 * math.log(0.99))
+    assert best.score == pytest.approx(0.9)  # tokens and the ending STOP
+
+
+def test_second_best_token_is_taken_when_the_argmax_misses_the_mass(cfg):
+    rows = confident("PEPTLDEK", 12)
+    rows[3] = {"W": 0.6, "T": 0.3}  # argmax W: PEPWLDEK is 85.05 Da too heavy
+    log_probs = distribution(rows, 12)
+    precursor = masses.peptide_mass("PEPTLDEK")
+    (plain,) = decoding.greedy(log_probs)
+    assert masses.format_peptide(plain.tokens) == "PEPWLDEK"
+    assert not fits(plain.mass, precursor, cfg)
+    (best,) = decoding.decode(log_probs, [precursor], cfg)[0]
+    assert masses.format_peptide(best.tokens) == "PEPTLDEK"
+    assert best.constrained
+    assert best.log_score == pytest.approx(
+        8 * math.log(0.9) + math.log(0.3) + 3 * math.log(0.99)
+    )
+
+
+def test_isotope_error_is_found_only_when_allowed(cfg):
+    log_probs = distribution(confident("LESLLEK", 10), 10)
+    precursor = masses.peptide_mass("LESLIEK") + masses.C13_SPACING  # 2nd 13C peak
+    (best,) = decoding.decode(log_probs, [precursor], cfg)[0]
+    assert masses.format_peptide(best.tokens) == "LESLLEK"
+    assert best.constrained and best.isotope == 1
+    assert abs(best.mass_error_ppm) < 0.1
+    strict = dataclasses.replace(cfg, max_isotope=0)
+    (other,) = decoding.decode(log_probs, [precursor], strict)[0]
+    assert masses.format_peptide(other.tokens) != "LESLLEK"
+    if other.constrained:  # some other peptide weighs the observed mass itself
+        assert other.isotope == 0
+        assert fits(other.mass, precursor, strict)
+
+
+def test_n_terminal_modification_only_at_position_zero(cfg):
+    rows = confident("PEPTLDEK", 12)
+    rows[2] = {"+42.011": 0.8, "P": 0.15}  # the model wants acetyl mid-peptide
+    log_probs = distribution(rows, 12)
+    (plain,) = decoding.greedy(log_probs)
+    assert plain.tokens[2] == "P"
+    (best,) = decoding.decode(log_probs, [masses.peptide_mass("PEPTLDEK")], cfg)[0]
+    assert masses.format_peptide(best.tokens) == "PEPTLDEK"
+    assert all(t not in masses.N_TERMINAL_MODIFICATIONS for t in best.tokens)
+
+    acetyl = distribution(confident("+42.011PEPTLDEK", 12), 12)
+    precursor = masses.peptide_mass("+42.011PEPTIDEK")
+    (best,) = decoding.decode(acetyl, [precursor], cfg)[0]
+    assert best.tokens[0] == "+42.011" and best.constrained
+    assert best.mass == pytest.approx(precursor, abs=1e-9)
+
+
+def test_greedy_reads_to_the_first_stop_and_scores_the_stop_run():
+    rows = [{"G": 0.9}, {"A": 0.9}, {masses.STOP: 0.9}, {"K": 0.9}]  # K after STOP
+    log_probs = distribution(rows, 6)
+    (plain,) = decoding.greedy(log_probs)
+    assert plain.tokens == ["G", "A"]
+    rest = (1 - 0.9) / (V - 1)  # probability of STOP at position 3
+    expected = 3 * math.log(0.9) + math.log(rest) + 2 * math.log(0.99)
+    assert plain.log_score == pytest.approx(expected)
+    assert plain.isotope is None and plain.mass_error_ppm is None
+
+
+def test_greedy_never_returns_an_empty_or_modification_only_peptide():
+    rows = [{"+42.011": 0.5, "G": 0.2}, {masses.STOP: 0.9, "A": 0.05}]
+    (plain,) = decoding.greedy(distribution(rows, 4))
+    assert plain.tokens == ["+42.011", "A"]
+    rows = [{masses.STOP: 0.9, "S": 0.05}]
+    (plain,) = decoding.greedy(distribution(rows, 4))
+    assert plain.tokens == ["S"]
+
+
+def test_unconstrained_fallback_when_nothing_fits(cfg):
+    log_probs = distribution(confident("PEPTLDEK", 8), 8)
+    (plain,) = decoding.greedy(log_probs)
+    # 30 Da: no peptide of residues >= 57 Da weighs that; nan: mass unknown
+    for precursor in (30.0, float("nan")):
+        (best,) = decoding.decode(log_probs, [precursor], cfg, 3)[0]
+        assert not best.constrained
+        assert best.tokens == plain.tokens
+        assert best.log_score == pytest.approx(plain.log_score)
+
+
+def test_top_k_is_distinct_ordered_and_fits(cfg):
+    rows = confident("PEPTLDEK", 12, p=0.7)
+    rows[1] = {"E": 0.5, "Q+0.984": 0.3, "K": 0.1}  # near-isobaric alternatives
+    log_probs = distribution(rows, 12)
+    precursor = masses.peptide_mass("PEPTLDEK")
+    top = decoding.decode(log_probs, [precursor], cfg, 5)[0]
+    assert len(top) == 5
+    peptides = [masses.format_peptide(c.tokens) for c in top]
+    assert len(set(peptides)) == 5
+    assert peptides[0] == "PEPTLDEK"
+    scores = [c.log_score for c in top]
+    assert scores == sorted(scores, reverse=True)
+    assert all(c.constrained and fits(c.mass, precursor, cfg) for c in top)
+    (single,) = decoding.decode(log_probs, [precursor], cfg, 1)[0]
+    assert single.tokens == top[0].tokens
+
+
+SMALL = ["G", "A", "S", "P", "V", "+42.011"]  # a reduced vocabulary for brute force
+
+
+def brute_force(log_probs: np.ndarray, precursor: float, cfg) -> list[tuple]:
+    """Every peptide over SMALL up to L tokens that fits: (log_score, tokens)."""
+    length = log_probs.shape[0]
+    stop = log_probs[:, masses.STOP_INDEX]
+    out = []
+    for n in range(1, length + 1):
+        for tokens in itertools.product(SMALL, repeat=n):
+            if any(t in masses.N_TERMINAL_MODIFICATIONS for t in tokens[1:]):
+                continue  # N-terminal modifications only at position 0
+            if tokens[-1] in masses.N_TERMINAL_MODIFICATIONS:
+                continue  # a modification alone is no peptide
+            if not fits(masses.peptide_mass(list(tokens)), precursor, cfg):
+                continue
+            indices = [masses.TOKEN_INDEX[t] for t in tokens]
+            score = log_probs[np.arange(n), indices].sum() + stop[n:].sum()
+            out.append((score, list(tokens)))
+    return sorted(out, key=lambda x: -x[0])
+
+
+def test_exact_against_brute_force_on_random_distributions(cfg):
+    rng = np.random.default_rng(7)
+    length, batch = 5, 24
+    allowed = [masses.STOP_INDEX] + [masses.TOKEN_INDEX[t] for t in SMALL]
+    logits = np.full((batch, length, V), -np.inf)
+    logits[:, :, allowed] = rng.normal(0, 2.0, size=(batch, length, len(allowed)))
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    precursor = np.empty(batch)
+    for b in range(batch):  # a random peptide's mass, sometimes its 13C peak
+        tokens = list(rng.choice(SMALL[:-1], size=rng.integers(1, length + 1)))
+        shift = masses.C13_SPACING if b % 3 == 0 else 0.0
+        precursor[b] = masses.peptide_mass(tokens) + shift
+    precursor[-2:] = [123.0, 700.5]  # masses nothing over SMALL may fit
+    top = decoding.decode(torch.from_numpy(log_probs), precursor, cfg, 3)
+    fitted = 0
+    for b in range(batch):
+        expected = brute_force(log_probs[b], precursor[b], cfg)
+        if not expected:
+            assert len(top[b]) == 1 and not top[b][0].constrained
+            continue
+        fitted += 1
+        found = top[b]
+        assert len(found) == min(3, len(expected))
+        for candidate, (score, _) in zip(found, expected, strict=False):
+            assert candidate.constrained
+            assert fits(candidate.mass, precursor[b], cfg)
+            assert candidate.log_score == pytest.approx(score, abs=1e-9)
+        assert found[0].tokens == expected[0][1]
+    assert fitted >= batch - 4  # the comparison really ran on most spectra
+
+
+def test_bad_input_is_rejected(cfg):
+    with pytest.raises(ValueError, match="log_probs should be"):
+        decoding.decode(np.zeros((2, 5, V - 1)), [1.0, 2.0], cfg)
+    with pytest.raises(ValueError, match="2 precursor masses for 1 spectra"):
+        decoding.decode(np.log(np.full((1, 5, V), 1 / V)), [1.0, 2.0], cfg)
+    with pytest.raises(ValueError, match="positive"):
+        decoding.decode(np.ones((1, 5, V)), [1.0], cfg)
+
+
+def test_past_the_budget_only_fitting_peptides_are_called_constrained(cfg):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 1.0, size=(8, 12, V))
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    precursor = np.linspace(600.0, 1200.0, 8)
+    tight = dataclasses.replace(cfg, max_expansions=3)
+    found = decoding.decode(log_probs, precursor, tight)
+    for (best,), mass in zip(found, precursor, strict=True):
+        if best.constrained:
+            assert fits(best.mass, mass, cfg)

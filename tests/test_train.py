@@ -1,0 +1,171 @@
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from peptrm import masses, preprocess
+from peptrm.config import load_config
+from peptrm.io import Spectrum, read_spectra
+from peptrm.train import (
+    PepTRMModule,
+    TrainingStream,
+    mass_loss,
+    refinement_metrics,
+    spectrum_loss,
+    split_by_peptide,
+    supervision_weights,
+    train,
+)
+
+DATA = Path(__file__).parent / "data"
+TINY = {
+    "model": {"dim": 32, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 1},
+    "recursion": {"n_latent_steps": 1, "n_cycles": 2, "n_supervision": 2},
+    "training": {"batch_size": 8, "max_steps": 8, "warmup_steps": 2, "val_every_steps": 2,
+                 "checkpoint_every_steps": 4, "num_workers": 0},
+    "preprocess": {"n_peaks": 50},
+}
+
+
+def _real_batch(cfg, path=DATA / "overfit64.mgf"):
+    prepare = preprocess.pipeline(cfg.preprocess)
+    spectra = [prepare(s) for s in read_spectra(path) if isinstance(s, Spectrum)]
+    return preprocess.collate(spectra, cfg.preprocess.n_peaks, cfg.model.max_length)
+
+
+def _deep_supervision_step(module, optimizer, batch):
+    """The training step's loop, without Lightning (same losses, one update per step)."""
+    y = z = None
+    for k in range(module.cfg.recursion.n_supervision):
+        spectrum = module.model.encode(batch["mz"], batch["intensity"],
+                                       batch["precursor_mass"], batch["charge"])
+        if y is None:
+            y, z = module.model.initial_state(spectrum)
+        y, z, halt = module.model(spectrum, y, z, supervision_step=k)
+        loss = module.step_loss(y, halt, batch)["total"]
+        optimizer.zero_grad()
+        (module.weights[k] * loss).backward()
+        optimizer.step()
+        y, z = y.detach(), z.detach()
+    return y, loss.item()
+
+
+def test_supervision_weights_let_the_last_step_dominate():
+    assert supervision_weights(3, 0.5) == [0.25, 0.5, 1.0]
+
+
+def test_mass_loss_is_zero_for_the_right_peptide_and_one_residue_per_missing_residue():
+    tokens = torch.as_tensor(masses.encode("PEPTLDEK", 12))
+    probs = torch.nn.functional.one_hot(tokens, len(masses.VOCAB)).double().unsqueeze(0)
+    right = torch.tensor([masses.peptide_mass("PEPTLDEK")], dtype=torch.float64)
+    assert mass_loss(probs, right).item() == pytest.approx(0.0, abs=1e-9)
+    heavier = right + 3 * masses.MEAN_RESIDUE_MASS  # smooth-L1 of 3 residues = 2.5
+    assert mass_loss(probs, heavier).item() == pytest.approx(2.5, abs=1e-6)
+
+
+def test_spectrum_loss_rewards_the_true_ladder():
+    peptide = "PEPTLDEK"
+    b, y = masses.fragment_mz(peptide)
+    mz = torch.as_tensor(np.sort(np.concatenate([b, y])), dtype=torch.float64).unsqueeze(0)
+    intensity = torch.ones_like(mz)
+    precursor = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
+
+    def loss(text):
+        tokens = torch.as_tensor(masses.encode(text, 12))
+        probs = torch.nn.functional.one_hot(tokens, len(masses.VOCAB)).double()
+        return spectrum_loss(probs.unsqueeze(0), precursor, mz, intensity, 0.05).item()
+
+    assert loss(peptide) == pytest.approx(0.0, abs=1e-6)  # every peak explained
+    assert loss("PEPTLDKE") > 0.1  # a swap leaves the y1/y2 and b6/b7 peaks unexplained
+
+
+def test_refinement_metrics_count_the_end_but_not_the_padding():
+    tokens = torch.as_tensor(masses.encode("PEK", 6)).unsqueeze(0)
+    logits = torch.nn.functional.one_hot(tokens, len(masses.VOCAB)).float() * 10
+    logits[0, 5] = 0  # a padding position wrong: not counted
+    logits[0, 5, 1] = 10
+    metrics = refinement_metrics(logits, None, tokens)
+    assert metrics["token_accuracy"].item() == 1.0 and metrics["peptide_accuracy"] == 1.0
+    logits[0, 3] = 0  # the end (first STOP) wrong: counted
+    logits[0, 3, 1] = 10
+    assert refinement_metrics(logits, logits, tokens)["token_accuracy"].item() == 0.75
+
+
+def test_one_gradient_step_reduces_the_loss():
+    cfg = load_config(overrides=TINY)
+    torch.manual_seed(0)
+    module = PepTRMModule(cfg)
+    batch = _real_batch(cfg)
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=1e-3)
+    _, before = _deep_supervision_step(module, optimizer, batch)
+    _, after = _deep_supervision_step(module, optimizer, batch)
+    assert after < before
+
+
+def test_overfits_64_real_spectra():
+    """A tiny model memorises a batch of 64 real spectra: > 95 % token accuracy."""
+    cfg = load_config(overrides={
+        **TINY,
+        "model": {"dim": 64, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 2},
+        "training": {"mass_loss_weight": 0.0, "spectrum_loss_weight": 0.0},
+    })
+    torch.manual_seed(0)
+    module = PepTRMModule(cfg)
+    batch = _real_batch(cfg)
+    assert batch["tokens"].shape[0] == 64
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
+    accuracy = 0.0
+    for _ in range(400):
+        y, _ = _deep_supervision_step(module, optimizer, batch)
+        accuracy = refinement_metrics(y, None, batch["tokens"])["token_accuracy"].item()
+        if accuracy > 0.95:
+            break
+    assert accuracy > 0.95
+
+
+def test_split_by_peptide_is_disjoint():
+    spectra = [s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)]
+    spectra += spectra[:10]  # repeated peptides must stay on one side
+    train_set, val_set = split_by_peptide(spectra, 0.25, seed=1)
+    key = lambda s: masses.strip_modifications(s.peptide).replace("I", "L")  # noqa: E731
+    assert not {key(s) for s in train_set} & {key(s) for s in val_set}
+    assert len(train_set) + len(val_set) == len(spectra) and val_set
+
+
+def test_stream_batches_depend_only_on_seed_and_index():
+    cfg = load_config(overrides=TINY)
+    real = [s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)]
+    peptides = ["PEPTIDEK", "LVNELTEFAK", "AEFVEVTK", "YLYEIAR"]
+    prepare = preprocess.pipeline(cfg.preprocess)
+    real = [prepare(s) for s in real]
+    a = TrainingStream(cfg, peptides, real).make_batch(5)
+    b = TrainingStream(cfg, peptides, real, start_batch=3).make_batch(5)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    c = TrainingStream(cfg, peptides, real).make_batch(6)
+    assert not torch.equal(a["mz"], c["mz"])
+
+
+def _losses(run: Path) -> pd.Series:
+    frames = [pd.read_csv(f) for f in sorted(run.glob("logs/version_*/metrics.csv"))]
+    frame = pd.concat(frames).dropna(subset=["train/loss"])
+    return frame.groupby("train/batch")["train/loss"].last()
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    """8 steps straight equal 4 steps, a checkpoint, then 4 resumed steps."""
+    cfg = load_config(overrides=TINY)
+    fasta = tmp_path / "tiny.fasta"
+    fasta.write_text(">sp|P02769|ALBU_BOVIN\nDTHKSEIAHRFKDLGEEHFKGLVLIAFSQYLQQCPFDEHVKLVNELTEFAKTCVADESHAGCEK\n")
+    train(cfg, [DATA / "overfit64.mgf"], [fasta], tmp_path / "straight", progress=False)
+    train(cfg, [DATA / "overfit64.mgf"], [fasta], tmp_path / "resumed", progress=False,
+          stop_at_step=4)  # interrupted half way
+    train(cfg, [DATA / "overfit64.mgf"], [fasta], tmp_path / "resumed", progress=False,
+          resume=tmp_path / "resumed" / "checkpoints" / "end.ckpt")
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert len(straight) == 4 and list(straight.index) == list(resumed.index)
+    assert np.allclose(straight.values, resumed.values, rtol=1e-5), (straight, resumed)
+    assert all(math.isfinite(v) for v in straight.values)
