@@ -107,7 +107,6 @@ class DecodingConfig:
     precursor_tol_ppm: float  # precursor mass tolerance for the mass constraint (ppm)
     min_isotope: int  # lowest isotope error considered (usually 0)
     max_isotope: int  # highest isotope error considered
-    mass_resolution_da: float  # bin width of the dynamic programme over mass (Da)
     top_k: int  # candidates written per spectrum
     refine_rounds: int  # rounds of feeding the constrained peptide back as the draft
     halt_threshold: float  # stop refining once the halting probability passes this

@@ -127,9 +127,9 @@ def closest_isotope(
     best = int(np.argmin(np.abs(errors_da)))
     tol_da = masses.ppm_to_da(cfg.precursor_tol_ppm, precursor_mass)
     fits = bool(abs(errors_da[best]) <= tol_da)
-    error_ppm = masses.ppm_error(
-        precursor_mass - masses.isotope_shift(int(isotopes[best])), peptide_mass
-    )
+    # Reported in ppm of the observed precursor mass, the same reference the fit
+    # uses, so a fitting peptide never reports more than the tolerance.
+    error_ppm = errors_da[best] / precursor_mass * 1e6
     return int(isotopes[best]), float(error_ppm), fits
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from peptrm import __version__, decoding, masses, preprocess
 from peptrm.config import Config
 from peptrm.io import (
+    InputError,
     Prediction,
     Skipped,
     Spectrum,
@@ -33,6 +34,7 @@ from peptrm.model import PepTRM
 log = logging.getLogger(__name__)
 
 DRAFT_CONFIDENCE = 5.0  # logit margin of a fed-back peptide: p ~ 0.85 after softmax
+FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
 
 
 @dataclass
@@ -139,7 +141,7 @@ def predict_batch(
         draft = candidates_as_draft(candidates, cfg.model.max_length).to(device)
         started = time.perf_counter()
         log_probs, more, _ = refine(
-            model, batch, cfg.recursion.n_cycles, 1.0, draft=draft
+            model, batch, FEEDBACK_STEPS, 1.0, draft=draft
         )
         steps = steps + more
         summary.model_seconds += time.perf_counter() - started
@@ -248,18 +250,26 @@ def sequence_files(
     default_charge: int | None = None,
     progress: bool = True,
 ) -> RunSummary:
-    """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension)."""
+    """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
+
+    Every input must exist before any work starts, and the output appears only
+    when the run succeeds (it is written next to it and renamed at the end).
+    """
+    missing = [str(p) for p in inputs if not Path(p).is_file()]
+    if missing:
+        raise InputError(f"{', '.join(missing)}: no such file")
     summary = RunSummary()
     started = time.perf_counter()
     rows: Iterable[Prediction] = predictions(
         inputs, model, cfg, device, top_k, default_charge, summary, progress
     )
     output = Path(output)
+    partial = output.with_name(output.name + ".partial")
     if output.suffix.lower() == ".csv":
-        write_csv(output, rows)
+        write_csv(partial, rows)
     else:
         write_mztab(
-            output,
+            partial,
             rows,
             [str(Path(p).resolve()) for p in inputs],
             __version__,
@@ -270,5 +280,6 @@ def sequence_files(
                 f"{cfg.decoding.max_isotope}",
             },
         )
+    partial.replace(output)
     summary.seconds = time.perf_counter() - started
     return summary

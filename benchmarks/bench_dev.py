@@ -1,0 +1,168 @@
+"""Accuracy, refinement curve, decoding and calibration of a model on labelled spectra.
+
+Prints, for one model on the given labelled files (default: ../shared/data/dev):
+  * the refinement curve: AA precision, AA recall and peptide recall of the greedy
+    decode after every supervision step t = 1..N_sup (no halting);
+  * greedy vs mass-constrained vs constrained + feedback (one extra refinement
+    round with the decoded peptide as the draft): peptide recall, AA precision;
+  * the share of constrained peptides within the precursor tolerance (must be 100 %);
+  * ECE of the peptide score and of per-residue scores, and the AUPCC;
+  * halting: mean supervision steps per spectrum; model and decoding throughput.
+
+    python benchmarks/bench_dev.py [--model DIR] [--files A.mgf ...] [--no-feedback]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from peptrm import decoding, evaluate, masses, preprocess
+from peptrm.io import Spectrum, read_spectra
+from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, refine
+from peptrm.weights import load_model
+
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+
+
+def load(files: list[Path], cfg) -> list[Spectrum]:
+    """Labelled, preprocessed spectra (unusable ones are counted and left out)."""
+    prepare = preprocess.pipeline(cfg.preprocess)
+    kept, left_out = [], 0
+    for path in files:
+        for record in read_spectra(path):
+            if isinstance(record, Spectrum) and record.peptide and not record.label_problem:
+                record = prepare(record)
+                if isinstance(record, Spectrum):
+                    kept.append(record)
+                    continue
+            left_out += 1
+    print(f"spectra: {len(kept)} usable, {left_out} left out (unlabelled or unusable)")
+    return kept
+
+
+def scores(candidates: list[list[decoding.Candidate]]) -> tuple[list[str], list[float]]:
+    """Best peptide and its score per spectrum."""
+    peptides = [masses.format_peptide(c[0].tokens) if c else "" for c in candidates]
+    return peptides, [c[0].score if c else float("nan") for c in candidates]
+
+
+def metrics(peptides: list[str], truth: list[str]) -> evaluate.BatchMatch:
+    """AA and peptide match counts."""
+    return evaluate.aa_match_batch(peptides, truth)
+
+
+def residue_calibration(candidates, truth) -> float:
+    """ECE of per-residue scores against per-residue correctness."""
+    all_scores, all_correct = [], []
+    for options, label in zip(candidates, truth, strict=True):
+        if not options or not options[0].tokens:
+            continue
+        matched, _ = evaluate.aa_match(options[0].tokens, masses.parse(label))
+        all_scores += list(options[0].aa_scores[: len(matched)])
+        all_correct += list(matched)
+    return evaluate.expected_calibration_error(np.array(all_scores), np.array(all_correct))
+
+
+@torch.no_grad()
+def all_steps(model, batch, n_steps: int, threshold: float) -> tuple[list, torch.Tensor]:
+    """Log-probabilities after every step (no halting), and where halting would stop."""
+    spectrum = model.encode(batch["mz"], batch["intensity"], batch["precursor_mass"],
+                            batch["charge"])
+    y, z = model.initial_state(spectrum)
+    history, stop = [], torch.full((len(y),), n_steps)
+    for k in range(n_steps):
+        y, z, halt = model(spectrum, y, z, supervision_step=k)
+        history.append(y.log_softmax(dim=-1))
+        newly = (torch.sigmoid(halt) >= threshold) & (stop == n_steps)
+        stop[newly] = k + 1
+    return history, stop
+
+
+def main() -> None:
+    """Run every measurement and print one block of figures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", help="model folder (default: bundled)")
+    parser.add_argument("--files", nargs="*", type=Path,
+                        default=sorted(DEV.glob("*.mgf")) if DEV.is_dir() else [])
+    parser.add_argument("--no-feedback", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"commit {commit}; torch {torch.__version__}; cpu {platform.machine()}, "
+          f"{torch.get_num_threads()} threads; model {args.model or 'bundled'}")
+    model, cfg = load_model(args.model)
+    print(f"files: {', '.join(p.name for p in args.files)}")
+    spectra = load(args.files, cfg)
+    truth = [s.peptide for s in spectra]
+    n_sup = cfg.recursion.n_supervision
+    greedy_by_step: list[list[str]] = [[] for _ in range(n_sup)]
+    constrained, feedback, greedy_final = [], [], []
+    halted_steps = []
+    model_s = decode_s = 0.0
+    for start in range(0, len(spectra), args.batch_size):
+        chunk = spectra[start : start + args.batch_size]
+        batch = preprocess.collate(chunk, cfg.preprocess.n_peaks)
+        t0 = time.perf_counter()
+        history, steps = all_steps(model, batch, n_sup, cfg.decoding.halt_threshold)
+        model_s += time.perf_counter() - t0
+        halted_steps += steps.tolist()
+        for k, log_probs in enumerate(history):
+            greedy_by_step[k] += scores([[c] for c in decoding.greedy(log_probs)])[0]
+        final = history[-1]
+        greedy_final += [[c] for c in decoding.greedy(final)]
+        t0 = time.perf_counter()
+        decoded = decoding.decode(final, batch["precursor_mass"], cfg.decoding, 1)
+        decode_s += time.perf_counter() - t0
+        constrained += decoded
+        if not args.no_feedback:
+            draft = candidates_as_draft(decoded, cfg.model.max_length)
+            with torch.no_grad():
+                again, _, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft=draft)
+            feedback += decoding.decode(again, batch["precursor_mass"], cfg.decoding, 1)
+    n = len(spectra)
+    print(f"\nrefinement curve (greedy decode after each supervision step, no halting):")
+    print(f"{'step':>4} {'AA precision':>12} {'AA recall':>9} {'peptide recall':>14}")
+    for k, peptides in enumerate(greedy_by_step, start=1):
+        m = metrics(peptides, truth)
+        print(f"{k:>4} {m.aa_precision:>12.4f} {m.aa_recall:>9.4f} {m.peptide_recall:>14.4f}")
+    print(f"\n{'decoder':<26} {'peptide recall':>14} {'AA precision':>12} {'AA recall':>9} "
+          f"{'AUPCC':>6} {'ECE peptide':>11} {'ECE residue':>11}")
+    rows = [("greedy", greedy_final), ("mass-constrained", constrained)]
+    if feedback:
+        rows.append(("constrained + feedback", feedback))
+    for name, candidates in rows:
+        peptides, peptide_scores = scores(candidates)
+        m = metrics(peptides, truth)
+        report = evaluate.evaluate(zip(peptides, peptide_scores, truth, strict=True))
+        correct = np.array(m.correct, dtype=bool)
+        ece = evaluate.expected_calibration_error(np.array(peptide_scores), correct)
+        print(f"{name:<26} {m.peptide_recall:>14.4f} {m.aa_precision:>12.4f} "
+              f"{m.aa_recall:>9.4f} {report['aupcc']:>6.4f} {ece:>11.4f} "
+              f"{residue_calibration(candidates, truth):>11.4f}")
+    fits = [c[0] for c in constrained if c and c[0].constrained]
+    tol = cfg.decoding.precursor_tol_ppm
+    within = sum(abs(c.mass_error_ppm) <= tol * (1 + 1e-6) + 1e-6 for c in fits)
+    print(f"\nconstrained rows: {len(fits)} of {n} fit a peptide; {within} of them within "
+          f"{tol:g} ppm ({100 * within / max(len(fits), 1):.2f} %); "
+          f"{n - len(fits)} fell back to the unconstrained decode")
+    halting = dataclasses.replace(cfg.decoding).halt_threshold
+    print(f"halting (threshold {halting}): mean {np.mean(halted_steps):.2f} of {n_sup} "
+          f"supervision steps per spectrum")
+    print(f"model: {n / model_s:.1f} spectra/s for all {n_sup} steps; decoding: "
+          f"{n / decode_s:.1f} spectra/s; decoding share of model + decode: "
+          f"{decode_s / (model_s + decode_s):.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""End to end: train a tiny model, resume it, sequence, evaluate; and the errors."""
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from peptrm import __version__, cli
+from peptrm.config import load_config
+from peptrm.io import InputError
+
+DATA = Path(__file__).parent / "data"
+TINY = {
+    "model": {"dim": 32, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 1},
+    "recursion": {"n_latent_steps": 1, "n_cycles": 2, "n_supervision": 2},
+    "training": {
+        "batch_size": 8,
+        "max_steps": 4,
+        "warmup_steps": 2,
+        "val_every_steps": 2,
+        "checkpoint_every_steps": 2,
+        "num_workers": 0,
+    },
+    "preprocess": {"n_peaks": 50},
+}
+# Bovine serum albumin (UniProt P02769), residues 1-120.
+BSA = (
+    "MKWVTFISLLLLFSSAYSRGVFRRDTHKSEIAHRFKDLGEEHFKGLVLIAFSQYLQQCPF"
+    "DEHVKLVNELTEFAKTCVADESHAGCEKSLHTLFGDELCKVASLRETYGDMADCCEKQEP"
+)
+CSV_HEADER = [
+    "file",
+    "index",
+    "title",
+    "rank",
+    "peptide",
+    "proforma",
+    "score",
+    "aa_scores",
+    "charge",
+    "precursor_mz",
+    "calc_mz",
+    "mass_error_ppm",
+    "isotope",
+    "n_steps",
+    "status",
+]
+BROKEN_SKIPPED = {1, 2, 3, 4, 5, 8, 9}  # see tests/data/README.md
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core CPU, two make tiny models ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """`cli.main` points the root logger at this test's stderr; undo that after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _psm_rows(path: Path) -> list[dict[str, str]]:
+    """PSM rows of an mzTab file as dicts keyed by the PSH header."""
+    header, rows = [], []
+    for line in path.read_text().splitlines():
+        cells = line.split("\t")
+        if cells[0] == "PSH":
+            header = cells[1:]
+        elif cells[0] == "PSM":
+            rows.append(dict(zip(header, cells[1:], strict=True)))
+    return rows
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+def _checkpoint_step(path: Path) -> tuple[int, int]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoint["global_step"], checkpoint["batches_seen"]
+
+
+def test_train_resume_sequence_evaluate(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.yaml").write_text(yaml.safe_dump(TINY))
+    Path("tiny.fasta").write_text(
+        ">sp|P02769|ALBU_BOVIN Albumin OS=Bos taurus\n" + BSA + "\n"
+    )
+    train = [str(DATA / "overfit64.mgf"), "--fasta", "tiny.fasta", "-c", "tiny.yaml"]
+
+    # train 4 steps
+    assert cli.main(["train", *train, "-o", "RUN", "--no-progress"]) == 0
+    for name in ("model/model.safetensors", "model/model.yaml", "checkpoints/end.ckpt"):
+        assert (tmp_path / "RUN" / name).is_file(), name
+    assert (
+        yaml.safe_load(Path("RUN/model/model.yaml").read_text())["model"]["dim"] == 32
+    )
+    assert _checkpoint_step(Path("RUN/checkpoints/end.ckpt"))[0] == 4
+
+    # resume to step 8: it continues from step 4 rather than starting again
+    end = "RUN/checkpoints/end.ckpt"
+    resume = ["--resume", end, "--max-steps", "8", "--no-progress"]
+    assert cli.main(["train", *train, "-o", "RUN", *resume]) == 0
+    steps, batches = _checkpoint_step(Path(end))
+    assert steps == 8
+    assert batches == 4  # 8 optimiser steps / n_supervision 2: no batch seen twice
+
+    # sequence two files, one of them broken: one rank-1 row per spectrum
+    small, broken = str(DATA / "small.mgf"), str(DATA / "broken.mgf")
+    capsys.readouterr()
+    sequence = ["sequence", small, broken, "-m", "RUN/model", "--no-progress"]
+    assert cli.main([*sequence, "-o", "out.mztab"]) == 0
+    assert "accuracy against the SEQ= labels" in capsys.readouterr().out
+    rows = _psm_rows(Path("out.mztab"))
+    assert [r["spectra_ref"] for r in rows] == [
+        f"ms_run[{run}]:index={index}" for run in (1, 2) for index in range(10)
+    ]
+    assert all(r["opt_ms_run[1]_rank"] == "1" for r in rows)
+    for index, row in enumerate(rows[10:]):
+        status = row["opt_ms_run[1]_status"]
+        if index in BROKEN_SKIPPED:
+            assert status.startswith("skipped:")
+            assert f"broken.mgf, spectrum {index} (TITLE=" in status
+            assert row["sequence"] == "null"
+        else:
+            assert status in ("ok", "unconstrained")
+            assert row["sequence"] != "null"
+    assert all(r["opt_ms_run[1]_status"] in ("ok", "unconstrained") for r in rows[:10])
+
+    # CSV, chosen by the extension
+    assert cli.main([*sequence, "-o", "out.csv"]) == 0
+    header, csv_rows = _csv_rows(Path("out.csv"))
+    assert header == CSV_HEADER
+    assert [(Path(r["file"]).name, int(r["index"])) for r in csv_rows] == [
+        (name, index) for name in ("small.mgf", "broken.mgf") for index in range(10)
+    ]
+
+    # top-k: up to 3 ranked rows per sequenced spectrum, one per skipped one
+    assert cli.main([*sequence, "-o", "top3.csv", "--top-k", "3"]) == 0
+    _, top = _csv_rows(Path("top3.csv"))
+    by_spectrum: dict[tuple[str, str], list[int]] = {}
+    for row in top:
+        by_spectrum.setdefault((row["file"], row["index"]), []).append(int(row["rank"]))
+    assert len(by_spectrum) == 20
+    for (file, index), ranks in by_spectrum.items():
+        assert ranks == list(range(1, len(ranks) + 1)) and len(ranks) <= 3
+        if file.endswith("broken.mgf") and int(index) in BROKEN_SKIPPED:
+            assert ranks == [1]
+    assert max(len(ranks) for ranks in by_spectrum.values()) == 3
+
+    # evaluate: a table on stdout, a JSON report and a PNG curve
+    capsys.readouterr()
+    assert cli.main(["evaluate", "out.mztab", small]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == [
+        "file",
+        "spectra",
+        "peptide",
+        "recall",
+        "peptide",
+        "precision",
+        "AA",
+        "precision",
+        "AA",
+        "recall",
+        "AUPCC",
+    ]
+    assert [line.split()[:2] for line in table[1:]] == [
+        ["small.mgf", "10"],
+        ["overall", "10"],
+    ]
+    report = json.loads(Path("out.eval.json").read_text())
+    assert report["overall"]["n_spectra"] == 10
+    assert Path("out.pc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_configure_writes_a_loadable_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["configure", "-o", "x.yaml"]) == 0
+    assert load_config("x.yaml") == load_config()
+
+
+def test_version_prints_the_versions(capsys):
+    assert cli.main(["version"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"peptrm {__version__}, python ")
+    assert f"torch {torch.__version__}" in out
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "peptrm", "version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"peptrm {__version__}")
+
+
+def _error_lines(err: str, command: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith(f"peptrm {command}:")]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sequence", "missing.mgf", "-o", "out.mztab", "--no-progress"],
+        ["evaluate", "missing.mztab", str(DATA / "small.mgf")],
+    ],
+    ids=["sequence", "evaluate"],
+)
+def test_missing_input_is_one_line_and_exit_code_one(
+    tmp_path, monkeypatch, capsys, argv
+):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert _error_lines(err, argv[0]) == [
+        f"peptrm {argv[0]}: error: {argv[1]}: no such file"
+    ]
+    assert "Traceback" not in err
+
+
+def test_unknown_config_key_names_the_file_and_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("bad.yaml").write_text("recursion:\n  n_cycle: 3\n")
+    small = str(DATA / "small.mgf")
+    argv = ["sequence", small, "-c", "bad.yaml", "-o", "out.mztab", "--no-progress"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    (line,) = _error_lines(err, "sequence")
+    assert "bad.yaml" in line and "'recursion.n_cycle'" in line
+    assert "did you mean 'n_cycles'?" in line
+    assert "Traceback" not in err
+
+
+def test_verbose_reraises_with_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="missing.mgf: no such file"):
+        cli.main(["--verbose", "sequence", "missing.mgf", "-o", "x.mztab"])
+
+
+def test_a_missing_input_leaves_no_output_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["sequence", "missing.mgf", "-o", "out.mztab", "--no-progress"]
+    assert cli.main(argv) == 1
+    assert not Path("out.mztab").exists()

@@ -1,0 +1,195 @@
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from peptrm import decoding, masses, preprocess, sequence
+from peptrm.config import load_config
+from peptrm.io import Spectrum, read_spectra
+from peptrm.model import PepTRM
+from peptrm.weights import load_model
+
+TINY = {
+    "model": {"dim": 32, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 1},
+    "recursion": {"n_latent_steps": 1, "n_cycles": 2, "n_supervision": 3},
+    "preprocess": {"n_peaks": 50},
+    "decoding": {"batch_size": 4},  # several batches, and skipped spectra between
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core CPU, two make tiny models ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random-weight model and its config (n_supervision 3)."""
+    cfg = load_config(overrides=TINY)
+    torch.manual_seed(0)
+    return PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB)).eval(), cfg
+
+
+def _with_decoding(cfg, **changes):
+    return dataclasses.replace(
+        cfg, decoding=dataclasses.replace(cfg.decoding, **changes)
+    )
+
+
+def _run(model, cfg, paths, **kwargs):
+    return list(sequence.predictions(paths, model, cfg, progress=False, **kwargs))
+
+
+def _spectra_in(path) -> int:
+    """Spectra in an MGF, counted from its text rather than through our reader."""
+    return path.read_text().count("BEGIN IONS")
+
+
+def _rank_one(rows):
+    return [r for r in rows if r.rank == 1]
+
+
+def test_every_spectrum_gets_one_rank_one_row_in_input_order(
+    tiny, broken_mgf, small_mgf
+):
+    model, cfg = tiny
+    rows = _run(model, cfg, [broken_mgf, small_mgf])
+    expected = [
+        (path.name, index)
+        for path in (broken_mgf, small_mgf)
+        for index in range(_spectra_in(path))
+    ]
+    assert len(expected) == 20
+    assert [(Path(r.ref.path).name, r.ref.index) for r in rows] == expected
+    assert all(r.rank == 1 for r in rows)  # top_k 1 by default
+    skipped = {r.ref.index for r in rows if r.status.startswith("skipped:")}
+    assert rows[0].ref.title == "good" and rows[0].peptide
+    assert skipped == {1, 2, 3, 4, 5, 8, 9}  # see tests/data/README.md
+    for row in rows:
+        if row.status.startswith("skipped:"):
+            assert row.peptide == "" and math.isnan(row.score)
+            assert str(row.ref) in row.status  # names file, spectrum and title
+        else:
+            assert row.peptide and 0.0 <= row.score <= 1.0
+            assert len(row.aa_scores) == len(masses.parse(row.peptide))
+
+
+def test_top_k_gives_ranked_rows_after_one_rank_one_row(tiny, small_mgf):
+    model, cfg = tiny
+    rows = _run(model, cfg, [small_mgf], top_k=3)
+    assert len(_rank_one(rows)) == _spectra_in(small_mgf)
+    previous = None
+    for row in rows:
+        if row.rank == 1:
+            previous = row
+            continue
+        assert row.ref == previous.ref and row.rank == previous.rank + 1 <= 3
+        assert row.score <= previous.score + 1e-9  # within a spectrum, best first
+        previous = row
+    assert len(rows) > len(_rank_one(rows))  # some spectrum has a second candidate
+
+
+def test_halting_threshold_zero_stops_every_spectrum_after_one_step(tiny, small_mgf):
+    model, cfg = tiny
+    rows = _run(model, _with_decoding(cfg, halt_threshold=0.0), [small_mgf])
+    assert [r.n_steps for r in rows] == [1] * _spectra_in(small_mgf)
+
+
+def test_halting_threshold_one_runs_every_supervision_step(tiny, small_mgf):
+    model, cfg = tiny
+    summary = sequence.RunSummary()
+    rows = _run(
+        model, _with_decoding(cfg, halt_threshold=1.0), [small_mgf], summary=summary
+    )
+    assert [r.n_steps for r in rows] == [3] * _spectra_in(small_mgf)
+    assert summary.mean_steps == 3.0
+    assert (summary.spectra, summary.sequenced, summary.skipped) == (10, 10, 0)
+
+
+def _batch(cfg, path):
+    prepare = preprocess.pipeline(cfg.preprocess)
+    spectra = [prepare(s) for s in read_spectra(path) if isinstance(s, Spectrum)]
+    return preprocess.collate(spectra, cfg.preprocess.n_peaks)
+
+
+def test_refine_returns_one_history_entry_per_step_run(tiny, small_mgf):
+    model, cfg = tiny
+    batch = _batch(cfg, small_mgf)
+    log_probs, steps, history = sequence.refine(model, batch, 3, halt_threshold=1.0)
+    assert len(history) == 3 and steps.tolist() == [3] * 10
+    assert torch.equal(log_probs, history[-1])
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(10, 32))
+    assert not torch.equal(history[0], history[-1])  # later steps change the draft
+    halted, steps, history = sequence.refine(model, batch, 3, halt_threshold=0.0)
+    assert len(history) == 1 and steps.tolist() == [1] * 10
+    one_step, _, _ = sequence.refine(model, batch, 1, halt_threshold=1.0)
+    assert torch.equal(halted, one_step)  # a halted spectrum keeps its draft
+
+
+def test_ok_rows_fit_the_precursor_within_tolerance(tiny, broken_mgf, small_mgf):
+    model, cfg = tiny
+    rows = _run(model, cfg, [broken_mgf, small_mgf], top_k=3)
+    tol_ppm = cfg.decoding.precursor_tol_ppm
+    ok = [r for r in rows if r.status == "ok"]
+    assert len(ok) >= 10  # the check below has rows to look at
+    for row in ok:
+        calc_mz = masses.precursor_mz(row.peptide, row.charge)
+        assert row.calc_mz == pytest.approx(calc_mz, abs=1e-9)
+        assert cfg.decoding.min_isotope <= row.isotope <= cfg.decoding.max_isotope
+        observed = masses.mz_to_mass(row.precursor_mz, row.charge)
+        offset = row.isotope * masses.C13_SPACING
+        error_da = observed - offset - masses.peptide_mass(row.peptide)
+        assert abs(error_da) <= tol_ppm * 1e-6 * observed + 1e-9
+        assert abs(row.mass_error_ppm) <= tol_ppm + 1e-6
+    for row in rows:  # a greedy fallback is the only row of its spectrum
+        if row.status == "unconstrained":
+            assert row.rank == 1
+            assert sum(r.ref == row.ref for r in rows) == 1
+
+
+def test_a_fitting_peptide_never_reports_more_ppm_than_the_tolerance():
+    cfg = load_config().decoding  # 20 ppm, isotopes 0..1
+    length = 32
+    log_probs = np.full((1, length, len(masses.VOCAB)), math.log(1e-6))
+    log_probs[0, np.arange(length), masses.encode("PEPTIDEK", length)] = 0.0
+    mass = masses.peptide_mass("PEPTIDEK")  # 927.45 Da
+    # the +1 13C peak, 99.99 % of the way to the upper edge of the window
+    edge = 0.9999 * cfg.precursor_tol_ppm * 1e-6
+    precursor = (mass + masses.C13_SPACING) / (1 - edge)
+    ((candidate,),) = decoding.decode(log_probs, [precursor], cfg)
+    assert candidate.constrained and candidate.isotope == 1  # it fits: status "ok"
+    assert abs(candidate.mass_error_ppm) <= cfg.precursor_tol_ppm  # 20.020 ppm
+
+
+def test_one_refine_round_still_gives_one_row_per_spectrum(tiny, broken_mgf, small_mgf):
+    model, cfg = tiny
+    plain = _run(model, cfg, [broken_mgf, small_mgf])
+    refined = _run(model, _with_decoding(cfg, refine_rounds=1), [broken_mgf, small_mgf])
+    assert [(r.ref, r.rank) for r in refined] == [(r.ref, r.rank) for r in plain]
+    for before, after in zip(plain, refined, strict=True):
+        assert after.status.startswith("skipped:") == before.status.startswith(
+            "skipped:"
+        )
+        if before.n_steps is not None:
+            assert after.n_steps > before.n_steps  # the round ran more steps
+        if after.status == "ok":
+            assert abs(after.mass_error_ppm) <= cfg.decoding.precursor_tol_ppm + 1e-6
+
+
+def test_bundled_model_sequences_the_small_file(small_mgf):
+    model, cfg = load_model()
+    cfg = _with_decoding(cfg, batch_size=16)
+    rows = _run(model, cfg, [small_mgf])
+    assert [r.ref.index for r in rows] == list(range(10))
+    assert all(r.status in ("ok", "unconstrained") for r in rows)
+    for row in rows:
+        assert masses.parse(row.peptide)  # a peptide in our vocabulary
+        assert 0.0 < row.score <= 1.0
+    assert sum(r.status == "ok" for r in rows) >= 5  # the mass constraint mostly fits

@@ -1,0 +1,103 @@
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from peptrm import masses, preprocess
+from peptrm.config import load_config
+from peptrm.io import Spectrum, read_spectra
+from peptrm.model import PepTRM
+from peptrm.weights import BUNDLED, CONFIG_NAME, WEIGHTS_NAME, load_model, save_model
+
+TINY = {
+    "model": {"dim": 32, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 1},
+    "recursion": {"n_latent_steps": 1, "n_cycles": 2, "n_supervision": 2},
+    "preprocess": {"n_peaks": 50},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core CPU, two make tiny models ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_model(seed: int = 0) -> tuple[PepTRM, object]:
+    cfg = load_config(overrides=TINY)
+    torch.manual_seed(seed)
+    return PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB)).eval(), cfg
+
+
+def _outputs(model: PepTRM, cfg, path) -> torch.Tensor:
+    """Draft logits (B, L, V) after one supervision step on the spectra of `path`."""
+    prepare = preprocess.pipeline(cfg.preprocess)
+    spectra = [prepare(s) for s in read_spectra(path) if isinstance(s, Spectrum)]
+    batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
+    with torch.no_grad():
+        spectrum = model.encode(
+            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+        )
+        y, z = model.initial_state(spectrum)
+        y, _, halt = model(spectrum, y, z)
+    return torch.cat([y.flatten(), halt.flatten()])
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path, small_mgf):
+    model, cfg = _tiny_model()
+    before = _outputs(model, cfg, small_mgf)
+    weights = save_model(model, cfg, tmp_path / "model")
+    assert weights == tmp_path / "model" / WEIGHTS_NAME
+    loaded, loaded_cfg = load_model(tmp_path / "model")
+    assert not loaded.training  # eval mode: no dropout at inference
+    after = _outputs(loaded, loaded_cfg, small_mgf)
+    assert torch.equal(before, after)
+    other, _ = _tiny_model(seed=1)  # the comparison can fail: other weights differ
+    assert not torch.equal(before, _outputs(other, cfg, small_mgf))
+
+
+def test_model_yaml_carries_the_architecture_over_the_defaults(tmp_path):
+    defaults = load_config()
+    assert defaults.model.dim != 32 and defaults.recursion.n_supervision != 2
+    model, cfg = _tiny_model()
+    save_model(model, cfg, tmp_path)
+    stored = yaml.safe_load((tmp_path / CONFIG_NAME).read_text())
+    assert stored["model"]["dim"] == 32
+    assert set(stored) == {"model", "recursion", "preprocess"}  # no training state
+    loaded, loaded_cfg = load_model(tmp_path)
+    assert loaded_cfg.model == cfg.model
+    assert loaded_cfg.recursion == cfg.recursion
+    assert loaded_cfg.preprocess.n_peaks == 50  # the model was trained on 50 peaks
+    assert loaded.z_init.shape == (32,)
+
+
+def test_a_user_config_cannot_change_the_architecture_of_a_saved_model(tmp_path):
+    model, cfg = _tiny_model()
+    save_model(model, cfg, tmp_path / "model")
+    user = tmp_path / "user.yaml"
+    user.write_text("model:\n  dim: 64\ndecoding:\n  top_k: 3\n")
+    loaded, loaded_cfg = load_model(tmp_path / "model", user)
+    assert loaded_cfg.model.dim == 32  # the weights' shape wins
+    assert loaded_cfg.decoding.top_k == 3  # sequencing settings still apply
+
+
+def test_load_model_without_weights_names_the_folder(tmp_path):
+    folder = tmp_path / "empty_model"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty_model") as error:
+        load_model(folder)
+    assert WEIGHTS_NAME in str(error.value)
+
+
+def test_bundled_model_is_small_and_loads_with_its_vocabulary():
+    weights = BUNDLED / WEIGHTS_NAME
+    assert weights.stat().st_size < 25 * 2**20  # ships inside the wheel
+    with safe_open(str(weights), "pt") as handle:
+        assert handle.metadata()["vocab"].split() == list(masses.VOCAB)
+    model, cfg = load_model()
+    stored = yaml.safe_load((BUNDLED / CONFIG_NAME).read_text())
+    assert cfg.model.dim == stored["model"]["dim"]
+    assert model.z_init.shape == (stored["model"]["dim"],)
+    assert not model.training
