@@ -39,7 +39,11 @@ def load(files: list[Path], cfg) -> list[Spectrum]:
     kept, left_out = [], 0
     for path in files:
         for record in read_spectra(path):
-            if isinstance(record, Spectrum) and record.peptide and not record.label_problem:
+            if (
+                isinstance(record, Spectrum)
+                and record.peptide
+                and not record.label_problem
+            ):
                 record = prepare(record)
                 if isinstance(record, Spectrum):
                     kept.append(record)
@@ -69,14 +73,19 @@ def residue_calibration(candidates, truth) -> float:
         matched, _ = evaluate.aa_match(options[0].tokens, masses.parse(label))
         all_scores += list(options[0].aa_scores[: len(matched)])
         all_correct += list(matched)
-    return evaluate.expected_calibration_error(np.array(all_scores), np.array(all_correct))
+    return evaluate.expected_calibration_error(
+        np.array(all_scores), np.array(all_correct)
+    )
 
 
 @torch.no_grad()
-def all_steps(model, batch, n_steps: int, threshold: float) -> tuple[list, torch.Tensor]:
+def all_steps(
+    model, batch, n_steps: int, threshold: float
+) -> tuple[list, torch.Tensor]:
     """Log-probabilities after every step (no halting), and where halting would stop."""
-    spectrum = model.encode(batch["mz"], batch["intensity"], batch["precursor_mass"],
-                            batch["charge"])
+    spectrum = model.encode(
+        batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+    )
     y, z = model.initial_state(spectrum)
     history, stop = [], torch.full((len(y),), n_steps)
     for k in range(n_steps):
@@ -91,16 +100,26 @@ def main() -> None:
     """Run every measurement and print one block of figures."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="model folder (default: bundled)")
-    parser.add_argument("--files", nargs="*", type=Path,
-                        default=sorted(DEV.glob("*.mgf")) if DEV.is_dir() else [])
+    parser.add_argument(
+        "--files",
+        nargs="*",
+        type=Path,
+        default=sorted(DEV.glob("*.mgf")) if DEV.is_dir() else [],
+    )
     parser.add_argument("--no-feedback", action="store_true")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout.strip()
     print(f"command: {' '.join(sys.argv)}")
-    print(f"commit {commit}; torch {torch.__version__}; cpu {platform.machine()}, "
-          f"{torch.get_num_threads()} threads; model {args.model or 'bundled'}")
+    print(
+        f"commit {commit}; torch {torch.__version__}; cpu {platform.machine()}, "
+        f"{torch.get_num_threads()} threads; model {args.model or 'bundled'}"
+    )
     model, cfg = load_model(args.model)
     print(f"files: {', '.join(p.name for p in args.files)}")
     spectra = load(args.files, cfg)
@@ -131,13 +150,19 @@ def main() -> None:
                 again, _, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft=draft)
             feedback += decoding.decode(again, batch["precursor_mass"], cfg.decoding, 1)
     n = len(spectra)
-    print(f"\nrefinement curve (greedy decode after each supervision step, no halting):")
+    print("\nrefinement curve (greedy decode after each supervision step, no halting):")
     print(f"{'step':>4} {'AA precision':>12} {'AA recall':>9} {'peptide recall':>14}")
     for k, peptides in enumerate(greedy_by_step, start=1):
         m = metrics(peptides, truth)
-        print(f"{k:>4} {m.aa_precision:>12.4f} {m.aa_recall:>9.4f} {m.peptide_recall:>14.4f}")
-    print(f"\n{'decoder':<26} {'peptide recall':>14} {'AA precision':>12} {'AA recall':>9} "
-          f"{'AUPCC':>6} {'ECE peptide':>11} {'ECE residue':>11}")
+        print(
+            f"{k:>4} {m.aa_precision:>12.4f} {m.aa_recall:>9.4f} "
+            f"{m.peptide_recall:>14.4f}"
+        )
+    print(
+        f"\n{'decoder':<26} {'peptide recall':>14} {'AA precision':>12} "
+        f"{'AA recall':>9} "
+        f"{'AUPCC':>6} {'ECE peptide':>11} {'ECE residue':>11}"
+    )
     rows = [("greedy", greedy_final), ("mass-constrained", constrained)]
     if feedback:
         rows.append(("constrained + feedback", feedback))
@@ -147,21 +172,30 @@ def main() -> None:
         report = evaluate.evaluate(zip(peptides, peptide_scores, truth, strict=True))
         correct = np.array(m.correct, dtype=bool)
         ece = evaluate.expected_calibration_error(np.array(peptide_scores), correct)
-        print(f"{name:<26} {m.peptide_recall:>14.4f} {m.aa_precision:>12.4f} "
-              f"{m.aa_recall:>9.4f} {report['aupcc']:>6.4f} {ece:>11.4f} "
-              f"{residue_calibration(candidates, truth):>11.4f}")
+        print(
+            f"{name:<26} {m.peptide_recall:>14.4f} {m.aa_precision:>12.4f} "
+            f"{m.aa_recall:>9.4f} {report['aupcc']:>6.4f} {ece:>11.4f} "
+            f"{residue_calibration(candidates, truth):>11.4f}"
+        )
     fits = [c[0] for c in constrained if c and c[0].constrained]
     tol = cfg.decoding.precursor_tol_ppm
     within = sum(abs(c.mass_error_ppm) <= tol * (1 + 1e-6) + 1e-6 for c in fits)
-    print(f"\nconstrained rows: {len(fits)} of {n} fit a peptide; {within} of them within "
-          f"{tol:g} ppm ({100 * within / max(len(fits), 1):.2f} %); "
-          f"{n - len(fits)} fell back to the unconstrained decode")
+    print(
+        f"\nconstrained rows: {len(fits)} of {n} fit a peptide; "
+        f"{within} of them within "
+        f"{tol:g} ppm ({100 * within / max(len(fits), 1):.2f} %); "
+        f"{n - len(fits)} fell back to the unconstrained decode"
+    )
     halting = dataclasses.replace(cfg.decoding).halt_threshold
-    print(f"halting (threshold {halting}): mean {np.mean(halted_steps):.2f} of {n_sup} "
-          f"supervision steps per spectrum")
-    print(f"model: {n / model_s:.1f} spectra/s for all {n_sup} steps; decoding: "
-          f"{n / decode_s:.1f} spectra/s; decoding share of model + decode: "
-          f"{decode_s / (model_s + decode_s):.1%}")
+    print(
+        f"halting (threshold {halting}): mean {np.mean(halted_steps):.2f} of {n_sup} "
+        f"supervision steps per spectrum"
+    )
+    print(
+        f"model: {n / model_s:.1f} spectra/s for all {n_sup} steps; decoding: "
+        f"{n / decode_s:.1f} spectra/s; decoding share of model + decode: "
+        f"{decode_s / (model_s + decode_s):.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Typed configuration: dataclasses here, every default value in resources/defaults.yaml.
+"""Typed configuration: dataclasses here, every default in resources/defaults.yaml.
 
 `load_config` reads the shipped defaults, overlays a user's (possibly partial) YAML
 and builds frozen dataclasses. Nothing else in PepTRM holds a default value.
@@ -26,6 +26,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PreprocessConfig:
+    """Peak filtering and scaling before the model sees a spectrum."""
+
     min_mz: float  # lowest fragment m/z kept (Th)
     max_mz: float  # highest fragment m/z kept (Th)
     n_peaks: int  # keep at most this many most intense peaks
@@ -37,6 +39,8 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Network architecture (carried by every saved model)."""
+
     dim: int  # D: width of every embedding and block
     n_heads: int  # attention heads in every block
     n_encoder_layers: int  # Transformer layers over the peaks
@@ -52,6 +56,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RecursionConfig:
+    """The TRM recursion: n, T and N_sup."""
+
     n_latent_steps: int  # n: latent updates per improvement step
     n_cycles: int  # T: improvement steps per forward; T-1 run without gradients
     n_supervision: int  # N_sup: supervised improvement steps per training spectrum
@@ -59,6 +65,8 @@ class RecursionConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    """Optimisation, losses, curricula and logging of `peptrm train`."""
+
     seed: int  # seeds Python, NumPy and torch; the same seed reproduces a run
     batch_size: int  # spectra per optimiser step
     max_steps: int  # optimiser steps in the whole run
@@ -88,6 +96,8 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
+    """Synthetic spectra: peptides, modifications, charges, noise and errors."""
+
     min_length: int  # shortest simulated peptide (residues)
     max_length: int  # longest simulated peptide (residues)
     missed_cleavages: int  # tryptic missed cleavages allowed
@@ -104,6 +114,8 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class DecodingConfig:
+    """Mass-constrained decoding and inference batching."""
+
     precursor_tol_ppm: float  # precursor mass tolerance for the mass constraint (ppm)
     min_isotope: int  # lowest isotope error considered (usually 0)
     max_isotope: int  # highest isotope error considered
@@ -116,6 +128,8 @@ class DecodingConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, one section per concern."""
+
     preprocess: PreprocessConfig
     model: ModelConfig
     recursion: RecursionConfig

@@ -213,7 +213,8 @@ def encode(peptide: str | Sequence[str], length: int) -> np.ndarray:
     tokens = _tokens(peptide)
     if len(tokens) > length:
         raise ValueError(
-            f"peptide {format_peptide(tokens)!r} has {len(tokens)} tokens, more than {length}"
+            f"peptide {format_peptide(tokens)!r} has {len(tokens)} tokens, "
+            f"more than {length}"
         )
     out = np.full(length, STOP_INDEX, dtype=np.int64)
     out[: len(tokens)] = [TOKEN_INDEX["L" if t == "I" else t] for t in tokens]
@@ -253,7 +254,7 @@ def precursor_mz(peptide: str | Sequence[str], charge: int) -> float:
 def fragment_mz(
     peptide: str | Sequence[str], charge: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """b and y ion m/z at `charge`, each ordered by ion number (b1.., y1..).
+    """B and y ion m/z at `charge`, each ordered by ion number (b1.., y1..).
 
     A peptide of n residues has n-1 of each; an N-terminal modification rides on
     every b ion and on no y ion.

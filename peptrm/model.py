@@ -235,7 +235,9 @@ class PepTRM(nn.Module):
         self.net = TinyNetwork(cfg)
         self.heads = Heads(cfg, vocab_size)
         self.vocab_size = vocab_size
-        token_masses = torch.as_tensor(masses.VOCAB_MASSES[:vocab_size], dtype=torch.float64)
+        token_masses = torch.as_tensor(
+            masses.VOCAB_MASSES[:vocab_size], dtype=torch.float64
+        )
         self.register_buffer("token_masses", token_masses, persistent=False)  # (V,)
 
     def encode(
@@ -248,7 +250,9 @@ class PepTRM(nn.Module):
     def initial_state(self, spectrum: Encoded) -> tuple[Tensor, Tensor]:
         """The blank draft (uniform logits) and latent state for a batch."""
         batch = spectrum.x.shape[0]
-        y = spectrum.x.new_zeros(batch, self.cfg.max_length, self.vocab_size)  # (B, L, V)
+        y = spectrum.x.new_zeros(
+            batch, self.cfg.max_length, self.vocab_size
+        )  # (B, L, V)
         z = (self.z_init + self.position_embedding).expand(batch, -1, -1)  # (B, L, D)
         return y, z
 

@@ -140,9 +140,7 @@ def predict_batch(
     for _ in range(cfg.decoding.refine_rounds):
         draft = candidates_as_draft(candidates, cfg.model.max_length).to(device)
         started = time.perf_counter()
-        log_probs, more, _ = refine(
-            model, batch, FEEDBACK_STEPS, 1.0, draft=draft
-        )
+        log_probs, more, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft=draft)
         steps = steps + more
         summary.model_seconds += time.perf_counter() - started
         started = time.perf_counter()

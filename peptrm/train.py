@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
+import lightning as L  # noqa: N812 - the Lightning convention
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -31,7 +31,9 @@ from peptrm.weights import save_model
 
 log = logging.getLogger(__name__)
 
-VALIDATION_STREAM = 2**32 - 1  # seed word of the simulated validation set (no batch has it)
+VALIDATION_STREAM = (
+    2**32 - 1
+)  # seed word of the simulated validation set (no batch has it)
 
 
 # --------------------------------------------------------------------------
@@ -258,7 +260,7 @@ class DataModule(L.LightningDataModule):
         self.val_sets: dict[str, list[Spectrum]] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        """Digest FASTAs, read and split the labelled spectra, simulate a validation set."""
+        """Digest FASTAs, read and split labelled spectra, simulate a validation set."""
         if self.peptides or self.real:
             return
         cfg = self.cfg
@@ -369,7 +371,7 @@ class PepTRMModule(L.LightningModule):
         return losses
 
     def training_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
-        """Deep supervision: N_sup improvement steps, each with its own loss and update."""
+        """Deep supervision: N_sup improvement steps, each with its own loss, update."""
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         model = self.model
@@ -406,7 +408,9 @@ class PepTRMModule(L.LightningModule):
                     prog_bar=tag == "last",
                 )
             previous = y
-        self.log("train/batch", float(self.batches_seen))  # data position, exact on resume
+        self.log(
+            "train/batch", float(self.batches_seen)
+        )  # data position, exact on resume
         self.batches_seen += 1
         self.log_dict(
             {f"train/{name}": value for name, value in losses.items()}, prog_bar=False
@@ -476,7 +480,7 @@ class PepTRMModule(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        """Export the EMA weights after every validation, so a cut run leaves a model."""
+        """Export EMA weights after every validation, so a cut run leaves a model."""
         if self.export_dir is not None and self.trainer.is_global_zero:
             save_model(self.ema.module, self.cfg, self.export_dir)
 
@@ -544,7 +548,9 @@ def train(
         count_parameters(module.model),
         count_parameters(module.model) * 4 / 1e6,
     )
-    if resume:  # the stream must start at the next unseen batch, before Lightning prefetches
+    if (
+        resume
+    ):  # the stream must start at the next unseen batch, before Lightning prefetches
         checkpoint = torch.load(resume, map_location="cpu", weights_only=False)
         datamodule.start_batch = checkpoint.get("batches_seen", 0)
     module.export_dir = out_dir / "model"
@@ -576,7 +582,9 @@ def train(
         deterministic=False,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    trainer.save_checkpoint(out_dir / "checkpoints" / "end.ckpt")  # resume point, any stop
+    trainer.save_checkpoint(
+        out_dir / "checkpoints" / "end.ckpt"
+    )  # resume point, any stop
     folder = out_dir / "model"
     save_model(module.ema.module, cfg, folder)
     log.info("exported EMA weights to %s", folder)

@@ -1,4 +1,4 @@
-"""Model weights on disk: safetensors plus the YAML of the config they were trained with.
+"""Model weights on disk: safetensors plus the YAML of the config, as trained.
 
 A saved model is a folder (or the package's resources) holding `model.safetensors`
 and `model.yaml`; the YAML carries the architecture so the weights always load
@@ -24,7 +24,7 @@ _ARCHITECTURE = ("model", "recursion", "preprocess")  # sections a model carries
 
 
 def save_model(model: PepTRM, cfg: Config, folder: str | Path) -> Path:
-    """Write `model.safetensors` and `model.yaml` into `folder`; return the weights path."""
+    """Write `model.safetensors` and `model.yaml` into `folder`; return the weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -36,7 +36,7 @@ def save_model(model: PepTRM, cfg: Config, folder: str | Path) -> Path:
 
 
 def model_config(folder: str | Path, user_config: str | Path | None = None) -> Config:
-    """The config of a saved model: defaults, then the user's file, then its architecture."""
+    """A saved model's config: defaults, the user's file, then its architecture."""
     with open(Path(folder) / CONFIG_NAME) as handle:
         architecture = yaml.safe_load(handle)
     return load_config(user_config, overrides=architecture)

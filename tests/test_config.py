@@ -45,19 +45,25 @@ def test_partial_overlay_changes_only_its_keys(tmp_path):
 def test_unknown_key_names_file_and_closest_key(tmp_path):
     path = tmp_path / "my.yaml"
     path.write_text("recursion:\n  n_cycle: 3\n")
-    with pytest.raises(config.ConfigError, match=r"my.yaml: unknown key 'recursion.n_cycle' "
-                                                 r"\(did you mean 'n_cycles'\?\)"):
+    with pytest.raises(
+        config.ConfigError,
+        match=r"my.yaml: unknown key 'recursion.n_cycle' "
+        r"\(did you mean 'n_cycles'\?\)",
+    ):
         config.load_config(path)
 
 
 def test_wrong_type_names_key_value_and_type(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  dim: wide\n")
-    with pytest.raises(config.ConfigError, match=r"bad.yaml: model.dim = 'wide' should be int"):
+    with pytest.raises(
+        config.ConfigError, match=r"bad.yaml: model.dim = 'wide' should be int"
+    ):
         config.load_config(path)
 
 
 def test_integers_are_accepted_for_floats():
     cfg = config.load_config(overrides={"decoding": {"precursor_tol_ppm": 10}})
     assert cfg.decoding.precursor_tol_ppm == 10.0 and isinstance(
-        cfg.decoding.precursor_tol_ppm, float)
+        cfg.decoding.precursor_tol_ppm, float
+    )

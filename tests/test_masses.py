@@ -19,8 +19,10 @@ def test_constants_match_physics():
     assert masses.C13_SPACING == pytest.approx(1.003355, abs=1e-6)
 
 
-@pytest.mark.parametrize("label", list(masses.SIDE_CHAIN_MODIFICATIONS) + list(
-    masses.N_TERMINAL_MODIFICATIONS))
+@pytest.mark.parametrize(
+    "label",
+    list(masses.SIDE_CHAIN_MODIFICATIONS) + list(masses.N_TERMINAL_MODIFICATIONS),
+)
 def test_modification_labels_agree_with_their_chemistry(label):
     """Each label's number is its computed delta to three decimals."""
     if label in masses.SIDE_CHAIN_MODIFICATIONS:
@@ -29,15 +31,21 @@ def test_modification_labels_agree_with_their_chemistry(label):
         written = float(label[1:])
     else:
         delta = masses.TOKEN_MASSES[label]
-        written = sum(float(p) for p in label.replace("-", " -").replace("+", " +").split())
+        written = sum(
+            float(p) for p in label.replace("-", " -").replace("+", " +").split()
+        )
     assert round(delta, 3) == pytest.approx(written, abs=1e-9)
 
 
 def test_peptide_mass_agrees_with_pyteomics_for_modified_peptides():
-    # +42.011 acetyl, M+15.995 oxidation, C+57.021 carbamidomethyl, via pyteomics formulae.
+    # +42.011 acetyl, M+15.995 oxidation, C+57.021 carbamidomethyl: pyteomics formulae
     ours = masses.peptide_mass("+42.011M+15.995PEC+57.021K")
-    reference = (mass.calculate_mass(sequence="MPECK") + mass.calculate_mass(formula="C2H2O")
-                 + mass.calculate_mass(formula="O") + mass.calculate_mass(formula="C2H3NO"))
+    reference = (
+        mass.calculate_mass(sequence="MPECK")
+        + mass.calculate_mass(formula="C2H2O")
+        + mass.calculate_mass(formula="O")
+        + mass.calculate_mass(formula="C2H3NO")
+    )
     assert ours == pytest.approx(reference, abs=1e-6)
 
 
@@ -46,9 +54,11 @@ def test_fragment_ladder_agrees_with_pyteomics_ion_formulas():
     b, y = masses.fragment_mz(peptide, charge=2)
     for i in range(1, len(peptide)):
         assert b[i - 1] == pytest.approx(
-            mass.fast_mass(peptide[:i], ion_type="b", charge=2), abs=1e-6)
+            mass.fast_mass(peptide[:i], ion_type="b", charge=2), abs=1e-6
+        )
         assert y[i - 1] == pytest.approx(
-            mass.fast_mass(peptide[-i:], ion_type="y", charge=2), abs=1e-6)
+            mass.fast_mass(peptide[-i:], ion_type="y", charge=2), abs=1e-6
+        )
 
 
 def test_real_precursors_match_their_annotation(shared_data):
@@ -60,8 +70,15 @@ def test_real_precursors_match_their_annotation(shared_data):
         if not isinstance(record, Spectrum):
             continue
         theoretical = masses.precursor_mz(record.peptide, record.charge)
-        errors = [abs(masses.ppm_error(record.precursor_mz - k * masses.C13_SPACING
-                                       / record.charge, theoretical)) for k in (0, 1)]
+        errors = [
+            abs(
+                masses.ppm_error(
+                    record.precursor_mz - k * masses.C13_SPACING / record.charge,
+                    theoretical,
+                )
+            )
+            for k in (0, 1)
+        ]
         assert min(errors) < 20, (str(record.ref), record.peptide)
         checked += 1
     assert checked > 400
@@ -70,14 +87,24 @@ def test_real_precursors_match_their_annotation(shared_data):
 def test_parse_casanovo_notation_and_back():
     text = "+43.006-17.027Q+0.984TC+57.021IN+0.984M+15.995K"
     tokens = masses.parse(text)
-    assert tokens == ["+43.006-17.027", "Q+0.984", "T", "C+57.021", "I", "N+0.984",
-                      "M+15.995", "K"]
+    assert tokens == [
+        "+43.006-17.027",
+        "Q+0.984",
+        "T",
+        "C+57.021",
+        "I",
+        "N+0.984",
+        "M+15.995",
+        "K",
+    ]
     assert masses.format_peptide(tokens) == text
     assert masses.strip_modifications(tokens) == "QTCINMK"
 
 
-@pytest.mark.parametrize("bad, residue", [("PEPTIDEX", "X"), ("PEPCK", "C"),
-                                          ("PEPS+79.966K", "S+79.966"), ("", "(empty)")])
+@pytest.mark.parametrize(
+    "bad, residue",
+    [("PEPTIDEX", "X"), ("PEPCK", "C"), ("PEPS+79.966K", "S+79.966"), ("", "(empty)")],
+)
 def test_unknown_residues_are_named(bad, residue):
     with pytest.raises(masses.UnknownResidueError) as error:
         masses.parse(bad)
@@ -86,9 +113,11 @@ def test_unknown_residues_are_named(bad, residue):
 
 def test_proforma_and_mztab_modifications():
     assert masses.to_proforma("+42.011M+15.995C+57.021K") == (
-        "[Acetyl]-M[Oxidation]C[Carbamidomethyl]K")
+        "[Acetyl]-M[Oxidation]C[Carbamidomethyl]K"
+    )
     assert masses.mztab_modifications("+42.011M+15.995C+57.021K") == (
-        "0-UNIMOD:1,1-UNIMOD:35,2-UNIMOD:4")
+        "0-UNIMOD:1,1-UNIMOD:35,2-UNIMOD:4"
+    )
     assert masses.mztab_modifications("PEPTIDE") == "null"
 
 

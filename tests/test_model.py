@@ -12,10 +12,12 @@ V = len(masses.VOCAB)
 
 @pytest.fixture
 def tiny():
-    cfg = load_config(overrides={
-        "model": {"dim": 32, "n_heads": 4, "max_length": 12},
-        "recursion": {"n_latent_steps": 2, "n_cycles": 2, "n_supervision": 2},
-    })
+    cfg = load_config(
+        overrides={
+            "model": {"dim": 32, "n_heads": 4, "max_length": 12},
+            "recursion": {"n_latent_steps": 2, "n_cycles": 2, "n_supervision": 2},
+        }
+    )
     torch.manual_seed(0)
     return PepTRM(cfg.model, cfg.recursion, V).eval(), cfg
 
@@ -24,7 +26,12 @@ def _batch(n_peaks=20, batch=3, seed=1):
     g = torch.Generator().manual_seed(seed)
     mz = torch.sort(torch.rand(batch, n_peaks, generator=g) * 1500 + 100).values
     intensity = torch.rand(batch, n_peaks, generator=g)
-    return mz, intensity, torch.tensor([1200.5, 900.25, 2000.0]), torch.tensor([2, 3, 2])
+    return (
+        mz,
+        intensity,
+        torch.tensor([1200.5, 900.25, 2000.0]),
+        torch.tensor([2, 3, 2]),
+    )
 
 
 def test_shapes(tiny):
@@ -86,7 +93,8 @@ def test_gate_starts_small(tiny):
     """Initial revision gate is sigmoid(gate_bias): the first draft moves ~12 %."""
     model, cfg = tiny
     assert torch.sigmoid(model.heads.gate.bias).item() == pytest.approx(
-        torch.sigmoid(torch.tensor(cfg.model.gate_bias)).item())
+        torch.sigmoid(torch.tensor(cfg.model.gate_bias)).item()
+    )
 
 
 def test_sinusoidal_encoding_separates_close_peaks():
@@ -117,5 +125,6 @@ def test_draft_ladder_is_the_b_and_y_series_of_a_confident_draft(tiny):
     b, y = masses.fragment_mz("PEPTLDE")
     encode, project = model.encoder.mz_encoding, model.encoder.mz_projection
     expected = project(encode(torch.tensor(b[1]))) + project(encode(torch.tensor(y[4])))
-    torch.testing.assert_close(model.ladder(probs, precursor)[0, 1], expected,
-                               atol=1e-3, rtol=1e-3)  # b2 and y5 after position 2
+    torch.testing.assert_close(
+        model.ladder(probs, precursor)[0, 1], expected, atol=1e-3, rtol=1e-3
+    )  # b2 and y5 after position 2

@@ -24,8 +24,14 @@ DATA = Path(__file__).parent / "data"
 TINY = {
     "model": {"dim": 32, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 1},
     "recursion": {"n_latent_steps": 1, "n_cycles": 2, "n_supervision": 2},
-    "training": {"batch_size": 8, "max_steps": 8, "warmup_steps": 2, "val_every_steps": 2,
-                 "checkpoint_every_steps": 4, "num_workers": 0},
+    "training": {
+        "batch_size": 8,
+        "max_steps": 8,
+        "warmup_steps": 2,
+        "val_every_steps": 2,
+        "checkpoint_every_steps": 4,
+        "num_workers": 0,
+    },
     "preprocess": {"n_peaks": 50},
 }
 
@@ -37,11 +43,12 @@ def _real_batch(cfg, path=DATA / "overfit64.mgf"):
 
 
 def _deep_supervision_step(module, optimizer, batch):
-    """The training step's loop, without Lightning (same losses, one update per step)."""
+    """The training step's loop without Lightning (same losses, one update a step)."""
     y = z = None
     for k in range(module.cfg.recursion.n_supervision):
-        spectrum = module.model.encode(batch["mz"], batch["intensity"],
-                                       batch["precursor_mass"], batch["charge"])
+        spectrum = module.model.encode(
+            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+        )
         if y is None:
             y, z = module.model.initial_state(spectrum)
         y, z, halt = module.model(spectrum, y, z, supervision_step=k)
@@ -69,7 +76,9 @@ def test_mass_loss_is_zero_for_the_right_peptide_and_one_residue_per_missing_res
 def test_spectrum_loss_rewards_the_true_ladder():
     peptide = "PEPTLDEK"
     b, y = masses.fragment_mz(peptide)
-    mz = torch.as_tensor(np.sort(np.concatenate([b, y])), dtype=torch.float64).unsqueeze(0)
+    mz = torch.as_tensor(
+        np.sort(np.concatenate([b, y])), dtype=torch.float64
+    ).unsqueeze(0)
     intensity = torch.ones_like(mz)
     precursor = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
 
@@ -88,7 +97,9 @@ def test_refinement_metrics_count_the_end_but_not_the_padding():
     logits[0, 5] = 0  # a padding position wrong: not counted
     logits[0, 5, 1] = 10
     metrics = refinement_metrics(logits, None, tokens)
-    assert metrics["token_accuracy"].item() == 1.0 and metrics["peptide_accuracy"] == 1.0
+    assert (
+        metrics["token_accuracy"].item() == 1.0 and metrics["peptide_accuracy"] == 1.0
+    )
     logits[0, 3] = 0  # the end (first STOP) wrong: counted
     logits[0, 3, 1] = 10
     assert refinement_metrics(logits, logits, tokens)["token_accuracy"].item() == 0.75
@@ -107,11 +118,18 @@ def test_one_gradient_step_reduces_the_loss():
 
 def test_overfits_64_real_spectra():
     """A tiny model memorises a batch of 64 real spectra: > 95 % token accuracy."""
-    cfg = load_config(overrides={
-        **TINY,
-        "model": {"dim": 64, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 2},
-        "training": {"mass_loss_weight": 0.0, "spectrum_loss_weight": 0.0},
-    })
+    cfg = load_config(
+        overrides={
+            **TINY,
+            "model": {
+                "dim": 64,
+                "n_heads": 4,
+                "n_encoder_layers": 1,
+                "n_core_layers": 2,
+            },
+            "training": {"mass_loss_weight": 0.0, "spectrum_loss_weight": 0.0},
+        }
+    )
     torch.manual_seed(0)
     module = PepTRMModule(cfg)
     batch = _real_batch(cfg)
@@ -127,7 +145,9 @@ def test_overfits_64_real_spectra():
 
 
 def test_split_by_peptide_is_disjoint():
-    spectra = [s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)]
+    spectra = [
+        s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)
+    ]
     spectra += spectra[:10]  # repeated peptides must stay on one side
     train_set, val_set = split_by_peptide(spectra, 0.25, seed=1)
     key = lambda s: masses.strip_modifications(s.peptide).replace("I", "L")  # noqa: E731
@@ -159,12 +179,26 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     """8 steps straight equal 4 steps, a checkpoint, then 4 resumed steps."""
     cfg = load_config(overrides=TINY)
     fasta = tmp_path / "tiny.fasta"
-    fasta.write_text(">sp|P02769|ALBU_BOVIN\nDTHKSEIAHRFKDLGEEHFKGLVLIAFSQYLQQCPFDEHVKLVNELTEFAKTCVADESHAGCEK\n")
+    fasta.write_text(
+        ">sp|P02769|ALBU_BOVIN\nDTHKSEIAHRFKDLGEEHFKGLVLIAFSQYLQQCPFDEHVKLVNELTEFAKTCVADESHAGCEK\n"
+    )
     train(cfg, [DATA / "overfit64.mgf"], [fasta], tmp_path / "straight", progress=False)
-    train(cfg, [DATA / "overfit64.mgf"], [fasta], tmp_path / "resumed", progress=False,
-          stop_at_step=4)  # interrupted half way
-    train(cfg, [DATA / "overfit64.mgf"], [fasta], tmp_path / "resumed", progress=False,
-          resume=tmp_path / "resumed" / "checkpoints" / "end.ckpt")
+    train(
+        cfg,
+        [DATA / "overfit64.mgf"],
+        [fasta],
+        tmp_path / "resumed",
+        progress=False,
+        stop_at_step=4,
+    )  # interrupted half way
+    train(
+        cfg,
+        [DATA / "overfit64.mgf"],
+        [fasta],
+        tmp_path / "resumed",
+        progress=False,
+        resume=tmp_path / "resumed" / "checkpoints" / "end.ckpt",
+    )
     straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
     assert len(straight) == 4 and list(straight.index) == list(resumed.index)
     assert np.allclose(straight.values, resumed.values, rtol=1e-5), (straight, resumed)
