@@ -148,7 +148,13 @@ def _sequence(args: argparse.Namespace) -> int:
         summary.unconstrained,
     )
     for reason in summary.skip_examples:
-        log.info("skipped: %s", reason)
+        log.warning("skipped: %s", reason)
+    if summary.skipped > len(summary.skip_examples):
+        log.warning(
+            "... and %d more skipped spectra: see the status column of %s",
+            summary.skipped - len(summary.skip_examples),
+            args.output,
+        )
     log.info(
         "%.1f spectra/s on %s (%.1f s in all: model %.1f s, decoding %.1f s); "
         "mean refinement steps %.2f",

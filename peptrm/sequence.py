@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DRAFT_CONFIDENCE = 5.0  # logit margin of a fed-back peptide: p ~ 0.85 after softmax
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
+MAX_SKIP_MESSAGES = 50  # skipped spectra named one by one in the log; the rest counted
 
 
 @dataclass
@@ -217,7 +218,7 @@ def predictions(
         for record in pending:
             if isinstance(record, Skipped):
                 summary.skipped += 1
-                if len(summary.skip_examples) < 5:
+                if len(summary.skip_examples) < MAX_SKIP_MESSAGES:
                     summary.skip_examples.append(record.reason)
                 yield _skipped_row(record)
             else:
