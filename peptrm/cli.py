@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     trn.add_argument("-c", "--config", help="YAML overlaid on the defaults")
     trn.add_argument(
-        "--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/last.ckpt)"
+        "--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/end.ckpt)"
     )
     trn.add_argument("--max-steps", type=int, help="override training.max_steps")
     trn.add_argument(
