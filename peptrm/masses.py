@@ -18,6 +18,8 @@ from pyteomics import mass
 H2O = mass.calculate_mass(formula="H2O")  # 18.010565
 PROTON = mass.nist_mass["H+"][0][0]  # 1.007276
 C13_SPACING = mass.nist_mass["C"][13][0] - mass.nist_mass["C"][12][0]  # 1.003355
+CO = mass.calculate_mass(formula="CO")  # 27.994915: an a ion is its b ion - CO
+NH3 = mass.calculate_mass(formula="NH3")  # 17.026549: ammonia loss
 MAX_CHARGE = 10  # highest precursor charge we accept; beyond is treated as absurd
 
 # The 20 residues; I and L share a composition, so they share a mass.

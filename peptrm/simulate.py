@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from pyteomics import fasta, mass, parser
+from pyteomics import fasta, parser
 
 from peptrm import masses
 from peptrm.config import SimulationConfig
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 # Neutral losses and the a-ion offset. They belong in masses.py (one constant, one
 # place); they live here until that module grows them.
-CO = mass.calculate_mass(formula="CO")  # 27.994915: a = b - CO
-NH3 = mass.calculate_mass(formula="NH3")  # 17.026549
 
 # ---------------------------------------------------------------------------
 # Intensity model. Each number is a relative intensity (the strongest y ion of an
@@ -373,7 +371,7 @@ def _extra_ions(
         )
     # Neutral losses (singly charged ions only) and a-ions.
     singly = by_charge == 1
-    for loss in (masses.H2O, NH3):
+    for loss in (masses.H2O, masses.NH3):
         groups.append(
             (
                 by_mz[singly] - loss,
@@ -382,12 +380,16 @@ def _extra_ions(
         )
     a_scale = np.full(b_mz.size, A_ION)
     a_scale[1:2] = A2 / B_BASE  # a2 rivals b2 (b2 -> a2 + CO is fast)
-    groups.append((b_mz - CO, b_intensity * a_scale * _lognormal(b_mz.size, rng)))
+    groups.append(
+        (b_mz - masses.CO, b_intensity * a_scale * _lognormal(b_mz.size, rng))
+    )
     # Immonium ions: residue - CO + proton, one per distinct residue.
     present = sorted({t for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS})
     groups.append(
         (
-            np.array([masses.token_mass(t) - CO + masses.PROTON for t in present]),
+            np.array(
+                [masses.token_mass(t) - masses.CO + masses.PROTON for t in present]
+            ),
             np.array([IMMONIUM.get(t[0], IMMONIUM_OTHER) for t in present])
             * _lognormal(len(present), rng),
         )
