@@ -83,9 +83,7 @@ def all_steps(
     model, batch, n_steps: int, threshold: float
 ) -> tuple[list, torch.Tensor]:
     """Log-probabilities after every step (no halting), and where halting would stop."""
-    spectrum = model.encode(
-        batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
-    )
+    spectrum = model.encode_batch(batch)
     y, z = model.initial_state(spectrum)
     history, stop = [], torch.full((len(y),), n_steps)
     for k in range(n_steps):

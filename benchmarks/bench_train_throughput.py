@@ -75,12 +75,7 @@ def measure(
         y = z = None
         for k in range(cfg.recursion.n_supervision):
             with autocast:
-                spectrum = model.encode(
-                    batch["mz"],
-                    batch["intensity"],
-                    batch["precursor_mass"],
-                    batch["charge"],
-                )
+                spectrum = model.encode_batch(batch)
                 if y is None:
                     y, z = model.initial_state(spectrum)
                 y, z, halt = model(spectrum, y, z, supervision_step=k)

@@ -14,6 +14,7 @@ once from `z`. This file holds the network only: no decoding, I/O or Lightning.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -246,6 +247,12 @@ class PepTRM(nn.Module):
         """Embed a batch of spectra (peaks (B, P), precursor mass and charge (B,))."""
         x, padding = self.encoder(mz, intensity, precursor_mass, charge)
         return Encoded(x, padding, precursor_mass)
+
+    def encode_batch(self, batch: Mapping[str, Tensor]) -> Encoded:
+        """Embed a batch as `preprocess.collate` builds it (keys mz, intensity, ...)."""
+        return self.encode(
+            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+        )
 
     def initial_state(self, spectrum: Encoded) -> tuple[Tensor, Tensor]:
         """The blank draft (uniform logits) and latent state for a batch."""

@@ -77,12 +77,7 @@ def refine(
     spectrum used (B,), and the log-probabilities after every step (for the
     refinement curve). `draft` (B, L, V logits) replaces the blank first draft.
     """
-    spectrum = model.encode(
-        batch["mz"],
-        batch["intensity"],
-        batch["precursor_mass"],
-        batch["charge"],
-    )
+    spectrum = model.encode_batch(batch)
     y, z = model.initial_state(spectrum)
     if draft is not None:
         y = draft

@@ -377,12 +377,7 @@ class PepTRMModule(L.LightningModule):
         model = self.model
         y = z = previous = None
         for k in range(self.cfg.recursion.n_supervision):
-            spectrum = model.encode(
-                batch["mz"],
-                batch["intensity"],
-                batch["precursor_mass"],
-                batch["charge"],
-            )
+            spectrum = model.encode_batch(batch)
             if y is None:
                 y, z = model.initial_state(spectrum)
             y, z, halt = model(spectrum, y, z, supervision_step=k)
@@ -431,12 +426,7 @@ class PepTRMModule(L.LightningModule):
             else str(dataloader_idx)
         )
         model = self.ema.module
-        spectrum = model.encode(
-            batch["mz"],
-            batch["intensity"],
-            batch["precursor_mass"],
-            batch["charge"],
-        )
+        spectrum = model.encode_batch(batch)
         y, z = model.initial_state(spectrum)
         previous_accuracy = None
         previous = None

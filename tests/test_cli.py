@@ -55,15 +55,6 @@ BROKEN_SKIPPED = {1, 2, 3, 4, 5, 8, 9}  # see tests/data/README.md
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core CPU, two make tiny models ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def restore_logging():
     """`cli.main` points the root logger at this test's stderr; undo that after."""
     root = logging.getLogger()

@@ -46,9 +46,7 @@ def _deep_supervision_step(module, optimizer, batch):
     """The training step's loop without Lightning (same losses, one update a step)."""
     y = z = None
     for k in range(module.cfg.recursion.n_supervision):
-        spectrum = module.model.encode(
-            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
-        )
+        spectrum = module.model.encode_batch(batch)
         if y is None:
             y, z = module.model.initial_state(spectrum)
         y, z, halt = module.model(spectrum, y, z, supervision_step=k)

@@ -16,15 +16,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core CPU, two make tiny models ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_model(seed: int = 0) -> tuple[PepTRM, object]:
     cfg = load_config(overrides=TINY)
     torch.manual_seed(seed)
@@ -37,9 +28,7 @@ def _outputs(model: PepTRM, cfg, path) -> torch.Tensor:
     spectra = [prepare(s) for s in read_spectra(path) if isinstance(s, Spectrum)]
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     with torch.no_grad():
-        spectrum = model.encode(
-            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
-        )
+        spectrum = model.encode_batch(batch)
         y, z = model.initial_state(spectrum)
         y, _, halt = model(spectrum, y, z)
     return torch.cat([y.flatten(), halt.flatten()])
