@@ -1,0 +1,36 @@
+"""Spectrum and result records; MGF/mzML/mzXML readers; mzTab and CSV writers.
+
+Readers stream: a file is read one spectrum at a time, so its size does not
+matter. Every spectrum in a file gives exactly one record, in file order: a
+`Spectrum` when it can be sequenced, a `Skipped` (with a reason that starts with
+the spectrum's `SpectrumRef`) when it cannot. Only a file that cannot be read at
+all raises `InputError`.
+"""
+
+from peptrm.io.readers import NO_CHARGE_HINT, read_labelled, read_spectra
+from peptrm.io.records import InputError, Prediction, Skipped, Spectrum, SpectrumRef
+from peptrm.io.results import (
+    CSV_COLUMNS,
+    NULL,
+    PSM_COLUMNS,
+    read_predictions,
+    write_csv,
+    write_mztab,
+)
+
+__all__ = [
+    "CSV_COLUMNS",
+    "NO_CHARGE_HINT",
+    "NULL",
+    "PSM_COLUMNS",
+    "InputError",
+    "Prediction",
+    "Skipped",
+    "Spectrum",
+    "SpectrumRef",
+    "read_labelled",
+    "read_predictions",
+    "read_spectra",
+    "write_csv",
+    "write_mztab",
+]
