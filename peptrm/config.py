@@ -124,6 +124,9 @@ class DecodingConfig:
     halt_threshold: float  # stop refining once the halting probability passes this
     batch_size: int  # spectra per inference batch
     max_expansions: int  # prefixes the exact search may extend per spectrum
+    beam_width: int  # prefixes per position of the beam search run past the budget
+    evidence_weight: float  # of each cleavage's fragment evidence vs log-probs
+    fragment_tol_da: float  # fragment m/z tolerance of the evidence (Da)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from peptrm import masses
 from peptrm.config import DecodingConfig
+from peptrm.evidence import FragmentEvidence
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Candidate:
     isotope: int | None  # 13C isotope error used to match the precursor
     mass_error_ppm: float | None  # (observed - isotope offset - mass) / mass
     constrained: bool  # False: nothing fitted, this is the unconstrained reading
+    search_score: float = float("nan")  # what the search ranked by: log_score plus
+    # the fragment evidence of its cleavages (`peptrm.evidence`), times its weight
 
 
 # --------------------------------------------------------------------------------
@@ -139,8 +142,12 @@ def make_candidate(
     precursor_mass: float | None,
     cfg: DecodingConfig | None,
     constrained: bool,
+    search_score: float | None = None,
 ) -> Candidate:
-    """Score the peptide `indices` (tokens, then STOP) under (L, V) log-probs."""
+    """Score the peptide `indices` (tokens, then STOP) under (L, V) log-probs.
+
+    `search_score` is the search's own ranking score; None means the log-score.
+    """
     length = log_probs.shape[0]
     n = len(indices)
     token_scores = log_probs[np.arange(n), list(indices)]
@@ -150,16 +157,18 @@ def make_candidate(
     isotope = error_ppm = None
     if precursor_mass is not None and cfg is not None and np.isfinite(precursor_mass):
         isotope, error_ppm, _ = closest_isotope(mass, precursor_mass, cfg)
+    log_score = float(token_scores.sum() + stop_scores.sum())
     return Candidate(
         tokens=[masses.VOCAB[i] for i in indices],
         indices=[int(i) for i in indices],
-        log_score=float(token_scores.sum() + stop_scores.sum()),
+        log_score=log_score,
         score=float(np.exp(ending.mean())),
         aa_scores=[float(p) for p in np.exp(token_scores)],
         mass=mass,
         isotope=isotope,
         mass_error_ppm=error_ppm,
         constrained=constrained,
+        search_score=log_score if search_score is None else float(search_score),
     )
 
 
@@ -231,7 +240,10 @@ BIN_DA, RESIDUE_SHIFTS, RESIDUAL_MIN_DA, RESIDUAL_MAX_DA = _bound_bin_width()
 
 
 def completion_bounds(
-    residue_log_probs: np.ndarray, stop_suffix: np.ndarray, n_bins: int
+    residue_log_probs: np.ndarray,
+    stop_suffix: np.ndarray,
+    n_bins: int,
+    cleavage: np.ndarray | None = None,
 ) -> np.ndarray:
     """Best completion score from each position for each mass-bin total.
 
@@ -252,6 +264,10 @@ def completion_bounds(
         (B, L+1) from `stop_suffix_scores`.
     n_bins
         S, the mass bins kept (covering the heaviest precursor of the batch).
+    cleavage
+        (B, S) or None: an upper bound on the evidence bonus of a cleavage
+        before a completion whose bins sum to s (`_cleavage_bounds`); it is
+        added at every cleavage inside a completion. Column 0 must be 0.
 
     Returns
     -------
@@ -266,6 +282,8 @@ def completion_bounds(
     for i in range(length - 1, 0, -1):
         reach = min(n_bins, (length - i) * widest + 1)  # heavier is unreachable
         current, following = bounds[:, i, :reach], bounds[:, i + 1, :reach]
+        if cleavage is not None:  # a cleavage between position i and the rest
+            following = following + cleavage[:, :reach]
         for r, shift in enumerate(RESIDUE_SHIFTS.tolist()):
             if shift >= reach:
                 continue
@@ -304,6 +322,8 @@ class _Spectrum:
     table: np.ndarray  # (J, L+1, S) range-max table of the extension bounds
     targets: np.ndarray  # (I,) residue-sum targets, one per isotope (Da)
     tol_da: float
+    evidence: FragmentEvidence | None = None  # peaks, to score cleavages
+    weight: float = 0.0  # of the evidence against the model's log-probs
 
     def __post_init__(self) -> None:
         # A completion of k <= L-row tokens whose bins sum to s weighs within
@@ -333,6 +353,21 @@ def _extension_bound(spec: _Spectrum, row: int, prefix_mass: np.ndarray) -> np.n
     end = np.maximum(hi.astype(np.intp) - (1 << level) + 1, 0)
     best = np.maximum(table[level, row, start], table[level, row, end])
     return np.where(width >= 1, best, -np.inf).max(axis=1)
+
+
+def _cleavage_bonus(
+    spec: _Spectrum, position: int, tokens: np.ndarray, child_mass: np.ndarray
+) -> np.ndarray:
+    """Evidence bonus of the cleavage after each child that goes on (C,).
+
+    None after an N-terminal modification alone: it is not a residue boundary.
+    """
+    if spec.evidence is None or spec.weight == 0:
+        return np.zeros(child_mass.shape)
+    bonus = spec.weight * spec.evidence.score(child_mass)
+    if position == 0:
+        bonus = np.where(IS_N_TERMINAL[tokens], 0.0, bonus)
+    return bonus
 
 
 def _fits(spec: _Spectrum, residue_mass: np.ndarray) -> np.ndarray:
@@ -415,6 +450,7 @@ class _Search:
             heapq.heappush(self.fitting, score)
             if len(self.fitting) > self.top_k:
                 heapq.heappop(self.fitting)
+        child_g = child_g + _cleavage_bonus(spec, position, tokens, child_mass)
         bound = child_g + _extension_bound(spec, position + 1, child_mass)
         keep = np.flatnonzero(bound >= max(self._floor(), -1e300))
         if len(keep) == 0:
@@ -470,6 +506,102 @@ class _Search:
         return found, False
 
 
+def _short_sums(most: int) -> list[np.ndarray]:
+    """Sorted residue sums of exactly k residues, k = 1..most (Da)."""
+    residue_masses = masses.VOCAB_MASSES[RESIDUE_INDICES]
+    out, sums = [], np.zeros(1)
+    for _ in range(most):
+        sums = np.unique(np.round((sums[:, None] + residue_masses).ravel(), 9))
+        out.append(sums)
+    return out
+
+
+SHORT_SUMS = _short_sums(3)  # 22, 253 and 1,771 distinct masses
+
+
+def _short_completion(spec: _Spectrum, mass: np.ndarray, rows_left: int) -> np.ndarray:
+    """Whether each prefix can still fit exactly, as far as 1-3 residues tell.
+
+    A prefix whose remaining mass is within reach of three residues must hit a
+    sum of one, two or three residues within tolerance; a heavier remainder is
+    assumed reachable (the bound table has already checked it to ~1 Da).
+    """
+    remaining = spec.targets[None, :] - mass[:, None]  # (C, I)
+    ok = remaining > SHORT_SUMS[-1][-1] + spec.tol_da
+    for sums in SHORT_SUMS[:rows_left]:
+        at = np.searchsorted(sums, remaining).clip(1, len(sums) - 1)
+        nearest = np.minimum(
+            np.abs(sums[at] - remaining), np.abs(sums[at - 1] - remaining)
+        )
+        ok |= nearest <= spec.tol_da
+    return ok.any(axis=1)
+
+
+def _beam(spec: _Spectrum, width: int, top_k: int) -> list[tuple[float, list[int]]]:
+    """Beam search over the exact search's scores and bound: [(score, indices)].
+
+    Position by position, keeps the `width` prefixes with the best prefix score
+    plus completion bound, one per mass (a lighter-scoring prefix of the same
+    mass has the same completions). Every kept prefix can still reach the
+    precursor (its bound is finite), so a fitting peptide is found unless the
+    beam drops all of them. Not exact: it is the second chance when the exact
+    search runs out of budget.
+    """
+    prefix_mass, g, paths = np.zeros(1), np.zeros(1), [None]
+    finished: list[tuple[float, tuple]] = []
+    for position in range(spec.log_probs.shape[0]):
+        tokens = FIRST_INDICES if position == 0 else RESIDUE_INDICES
+        child_g = (g[:, None] + spec.log_probs[position, tokens][None, :]).ravel()
+        child_mass = (prefix_mass[:, None] + masses.VOCAB_MASSES[tokens]).ravel()
+        child_token = np.tile(tokens, len(g))
+        parent = np.repeat(np.arange(len(g)), len(tokens))
+        ends = _fits(spec, child_mass)
+        if position == 0:
+            ends &= ~IS_N_TERMINAL[child_token]
+        stop = child_g + spec.stop_suffix[position + 1]
+        for c in np.flatnonzero(ends).tolist():
+            finished.append((float(stop[c]), (int(child_token[c]), paths[parent[c]])))
+        child_g = child_g + _cleavage_bonus(spec, position, child_token, child_mass)
+        f = child_g + _extension_bound(spec, position + 1, child_mass)
+        rows_left = spec.log_probs.shape[0] - position - 1
+        f[~_short_completion(spec, child_mass, rows_left)] = -np.inf
+        alive = np.flatnonzero(np.isfinite(f))
+        if len(alive) == 0:
+            break
+        alive = alive[np.argsort(-f[alive], kind="stable")]
+        keys = np.rint(child_mass[alive] / MASS_KEY_DA).astype(np.int64)
+        _, first = np.unique(keys, return_index=True)  # the best of each mass
+        alive = alive[np.sort(first)][:width]
+        g, prefix_mass = child_g[alive], child_mass[alive]
+        paths = [(int(child_token[c]), paths[parent[c]]) for c in alive.tolist()]
+    finished.sort(key=lambda entry: -entry[0])
+    return [(score, _path(node)) for score, node in finished[:top_k]]
+
+
+def _cleavage_bounds(
+    evidence: FragmentEvidence, spec: _Spectrum, n_bins: int, weight: float
+) -> np.ndarray:
+    """(S,) bound on the bonus of a cleavage before a completion of s bins.
+
+    A completion of k <= L-1 tokens whose bins sum to s weighs s*w plus k
+    residuals, and the peptide's residues sum to a target within tolerance, so
+    the cleavage lies in a window of prefix mass per isotope target.
+    """
+    suffix = np.arange(n_bins) * BIN_DA
+    tokens = spec.log_probs.shape[0] - 1
+    below = spec.tol_da + tokens * RESIDUAL_MAX_DA
+    above = spec.tol_da - tokens * RESIDUAL_MIN_DA
+    best = np.full(n_bins, -np.inf)
+    for target in spec.targets.tolist():
+        window = evidence.window_bounds(
+            target - suffix - below, target - suffix + above
+        )
+        best = np.maximum(best, window)
+    out = weight * best
+    out[0] = 0.0  # s = 0: the peptide ends, no cleavage
+    return out
+
+
 def _bins_needed(precursor_mass: float, length: int, cfg: DecodingConfig) -> int:
     """Mass bins S that cover every residue sum the search can ask about."""
     heaviest = (
@@ -498,8 +630,9 @@ def mass_constrained(
     precursor_mass: Tensor | np.ndarray | Sequence[float],
     cfg: DecodingConfig,
     top_k: int | None = None,
+    evidence: Sequence[FragmentEvidence | None] | None = None,
 ) -> list[list[Candidate]]:
-    """Find the `top_k` most probable peptides that fit each precursor mass.
+    """Find the `top_k` best-scoring peptides that fit each precursor mass.
 
     A peptide fits when |precursor - k * C13_SPACING - mass| <= precursor_tol_ppm
     * precursor * 1e-6 for an isotope error k in [min_isotope, max_isotope]. The
@@ -539,6 +672,11 @@ def mass_constrained(
         Tolerance, isotope range and search budget.
     top_k
         Peptides per spectrum; None takes `cfg.top_k`.
+    evidence
+        Per spectrum, its peaks (`peptrm.evidence`) or None. With
+        `cfg.evidence_weight` > 0 a peptide scores its log-score plus that
+        weight times the evidence of each of its cleavages, and the bound
+        carries the evidence too, so the search stays exact for that score.
 
     Returns
     -------
@@ -560,34 +698,54 @@ def mass_constrained(
     stop_suffix = stop_suffix_scores(array)
     fallback = greedy_indices(array)
     out: list[list[Candidate]] = [[] for _ in range(len(array))]
+    weighted = cfg.evidence_weight > 0 and evidence is not None
+    if weighted and len(evidence) != len(array):
+        raise ValueError(f"evidence for {len(evidence)} spectra, not {len(array)}")
+    beamed = 0
     usable = np.flatnonzero(np.isfinite(precursor) & (precursor > 0))
     order = usable[np.argsort(precursor[usable])]  # similar masses share a table
     exhausted = 0
     for start in range(0, len(order), CHUNK):
         chunk = order[start : start + CHUNK]
         heaviest = float(precursor[chunk].max())
-        bounds = completion_bounds(
-            array[chunk][:, :, RESIDUE_INDICES],
-            stop_suffix[chunk],
-            _bins_needed(heaviest, length, cfg),
-        )
-        bounds[..., 0] = -np.inf  # stopping now is scored exactly, as a terminal
-        bounds *= 1 - 1e-5  # all <= 0, so this raises them: covers float32 rounding
-        bounds += 1e-6
-        table = range_max_table(bounds, _widest_window(heaviest, length, cfg))
-        for j, b in enumerate(chunk.tolist()):
-            spec = _Spectrum(
+        n_bins = _bins_needed(heaviest, length, cfg)
+        specs = [
+            _Spectrum(
                 log_probs=array[b],
                 stop_suffix=stop_suffix[b],
-                table=table[:, j],
+                table=np.empty(0),  # filled below, once the bounds are known
                 targets=precursor[b] - _isotopes(cfg) * masses.C13_SPACING - masses.H2O,
                 tol_da=masses.ppm_to_da(cfg.precursor_tol_ppm, float(precursor[b])),
+                evidence=evidence[b] if weighted else None,
+                weight=cfg.evidence_weight if weighted else 0.0,
             )
+            for b in chunk.tolist()
+        ]
+        cleavage = None
+        if weighted:
+            cleavage = np.zeros((len(chunk), n_bins), dtype=np.float32)
+            for j, spec in enumerate(specs):
+                if spec.evidence is not None:
+                    cleavage[j] = _cleavage_bounds(
+                        spec.evidence, spec, n_bins, spec.weight
+                    )
+        bounds = completion_bounds(
+            array[chunk][:, :, RESIDUE_INDICES], stop_suffix[chunk], n_bins, cleavage
+        )
+        bounds[..., 0] = -np.inf  # stopping now is scored exactly, as a terminal
+        finite = np.isfinite(bounds)  # raise every bound: covers float32 rounding
+        bounds[finite] += np.abs(bounds[finite]) * 1e-5 + 1e-6
+        table = range_max_table(bounds, _widest_window(heaviest, length, cfg))
+        for j, (b, spec) in enumerate(zip(chunk.tolist(), specs, strict=True)):
+            spec.table = table[:, j]
             found, ran_out = _Search(spec, top_k).run(cfg.max_expansions)
             exhausted += ran_out
+            if (ran_out or not found) and cfg.beam_width > 0:
+                beamed += 1
+                found = _merge(found, _beam(spec, cfg.beam_width, top_k), top_k)
             out[b] = [
-                make_candidate(array[b], indices, float(precursor[b]), cfg, True)
-                for _, indices in found
+                make_candidate(array[b], indices, float(precursor[b]), cfg, True, score)
+                for score, indices in found
             ]
     unconstrained = 0
     for b, candidates in enumerate(out):
@@ -595,12 +753,28 @@ def mass_constrained(
             unconstrained += 1
             out[b] = [make_candidate(array[b], fallback[b], precursor[b], cfg, False)]
     log.debug(
-        "decoded %d spectra: %d with no fitting peptide, %d past the search budget",
+        "decoded %d spectra: %d with no fitting peptide, %d past the search budget"
+        " (%d searched again by beam)",
         len(array),
         unconstrained,
         exhausted,
+        beamed,
     )
     return out
+
+
+def _merge(
+    first: list[tuple[float, list[int]]],
+    second: list[tuple[float, list[int]]],
+    top_k: int,
+) -> list[tuple[float, list[int]]]:
+    """The best `top_k` distinct peptides of two searches' results."""
+    best: dict[tuple[int, ...], float] = {}
+    for score, indices in first + second:
+        key = tuple(indices)
+        best[key] = max(score, best.get(key, -np.inf))
+    ranked = sorted(best.items(), key=lambda item: -item[1])[:top_k]
+    return [(score, list(key)) for key, score in ranked]
 
 
 def decode(
@@ -608,9 +782,11 @@ def decode(
     precursor_mass: Tensor | np.ndarray | Sequence[float],
     cfg: DecodingConfig,
     top_k: int | None = None,
+    evidence: Sequence[FragmentEvidence | None] | None = None,
 ) -> list[list[Candidate]]:
     """Decode a batch for the pipeline: mass-constrained, greedy when none fits.
 
-    See `mass_constrained`; this is the one entry point `sequence` calls.
+    See `mass_constrained`; this is the one entry point `sequence` calls, with
+    `evidence.from_batch` of the collated batch.
     """
-    return mass_constrained(log_probs, precursor_mass, cfg, top_k)
+    return mass_constrained(log_probs, precursor_mass, cfg, top_k, evidence)

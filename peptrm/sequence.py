@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from peptrm import __version__, decoding, masses, preprocess
+from peptrm import __version__, decoding, evidence, masses, preprocess
 from peptrm.config import Config
 from peptrm.io import (
     InputError,
@@ -128,9 +128,10 @@ def predict_batch(
     )
     summary.model_seconds += time.perf_counter() - started
     precursor_mass = batch["precursor_mass"].cpu()
+    peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
     started = time.perf_counter()
     candidates = decoding.decode(
-        log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k
+        log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k, peaks
     )
     summary.decode_seconds += time.perf_counter() - started
     for _ in range(cfg.decoding.refine_rounds):
@@ -141,7 +142,7 @@ def predict_batch(
         summary.model_seconds += time.perf_counter() - started
         started = time.perf_counter()
         candidates = decoding.decode(
-            log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k
+            log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k, peaks
         )
         summary.decode_seconds += time.perf_counter() - started
     out = []

@@ -8,6 +8,7 @@ import torch
 
 from peptrm import decoding, masses
 from peptrm.config import load_config
+from peptrm.evidence import FragmentEvidence
 
 V = len(masses.VOCAB)
 
@@ -232,3 +233,90 @@ def test_past_the_budget_only_fitting_peptides_are_called_constrained(cfg):
     for (best,), mass in zip(found, precursor, strict=True):
         if best.constrained:
             assert fits(best.mass, mass, cfg)
+
+
+def evidence_score(tokens: list[str], evidence, weight: float) -> float:
+    """weight * evidence of every cleavage inside the peptide (not after a lone
+    N-terminal modification, which is no residue boundary)."""
+    total, prefix = 0.0, 0.0
+    for i, token in enumerate(tokens[:-1]):
+        prefix += float(masses.VOCAB_MASSES[masses.TOKEN_INDEX[token]])
+        if i == 0 and token in masses.N_TERMINAL_MODIFICATIONS:
+            continue
+        total += weight * float(evidence.score(np.array([prefix]))[0])
+    return total
+
+
+def test_exact_with_fragment_evidence_against_brute_force(cfg):
+    rng = np.random.default_rng(11)
+    length, batch, weight = 5, 16, 0.8
+    weighted = dataclasses.replace(cfg, evidence_weight=weight, fragment_tol_da=0.02)
+    allowed = [masses.STOP_INDEX] + [masses.TOKEN_INDEX[t] for t in SMALL]
+    logits = np.full((batch, length, V), -np.inf)
+    logits[:, :, allowed] = rng.normal(0, 1.5, size=(batch, length, len(allowed)))
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    precursor, peaks = np.empty(batch), []
+    for b in range(batch):  # a random peptide, some of its b/y ions and noise
+        tokens = list(rng.choice(SMALL[:-1], size=rng.integers(2, length + 1)))
+        precursor[b] = masses.peptide_mass(tokens)
+        ions = np.concatenate(masses.fragment_mz(tokens, 1))
+        mz = np.concatenate(
+            [rng.choice(ions, size=len(ions) // 2), rng.uniform(50, 500, 6)]
+        )
+        peaks.append(
+            FragmentEvidence(mz, rng.uniform(0.1, 1, len(mz)), precursor[b], 2, 0.02)
+        )
+    top = decoding.decode(log_probs, precursor, weighted, 3, peaks)
+    for b in range(batch):
+        expected = sorted(
+            (
+                (score + evidence_score(tokens, peaks[b], weight), tokens)
+                for score, tokens in brute_force(log_probs[b], precursor[b], cfg)
+            ),
+            key=lambda x: -x[0],
+        )
+        assert [c.tokens for c in top[b]] == [t for _, t in expected[:3]]
+        for candidate, (score, _) in zip(top[b], expected, strict=False):
+            assert candidate.search_score == pytest.approx(score, abs=1e-9)
+    # without evidence the same call ranks by log-score alone
+    plain = decoding.decode(log_probs, precursor, cfg, 3, peaks)
+    assert all(c.search_score == c.log_score for row in plain for c in row)
+    assert any(p[0].tokens != w[0].tokens for p, w in zip(plain, top, strict=True))
+
+
+def test_evidence_finds_the_peptide_a_flat_model_cannot(cfg):
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    length = 12
+    flat = distribution([{}] * len(peptide), length)  # uniform over tokens
+    precursor = masses.peptide_mass(peptide)
+    b, y = masses.fragment_mz(peptide, 1)
+    mz = np.concatenate([b[:-1], y[:-1]])
+    peaks = [FragmentEvidence(mz, np.ones(len(mz)), precursor, 2, 0.02)]
+    model_only = decoding.decode(flat, [precursor], cfg, 1, peaks)[0][0]
+    weighted = dataclasses.replace(
+        cfg, evidence_weight=1.0, fragment_tol_da=0.02, max_expansions=2000
+    )
+    (best,) = decoding.decode(flat, [precursor], weighted, 1, peaks)[0]
+    assert best.tokens == peptide
+    assert model_only.tokens != peptide
+    assert best.constrained and best.search_score > best.log_score
+
+
+def test_beam_second_chance_finds_a_fitting_peptide_past_the_budget(cfg):
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 0.5, size=(6, 16, V))  # near-flat: the budget runs out
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    residues = [t for t in masses.VOCAB if t.isalpha() and t != masses.STOP]
+    precursor = np.array(  # masses of random 8-12-residue peptides
+        [
+            masses.peptide_mass(list(rng.choice(residues, size=rng.integers(8, 13))))
+            for _ in range(6)
+        ]
+    )
+    tight = dataclasses.replace(cfg, max_expansions=5, beam_width=0)
+    beam = dataclasses.replace(cfg, max_expansions=5, beam_width=32)
+    without = decoding.decode(log_probs, precursor, tight)
+    found = decoding.decode(log_probs, precursor, beam)
+    assert sum(row[0].constrained for row in without) < len(precursor)
+    for (best,), mass in zip(found, precursor, strict=True):
+        assert best.constrained and fits(best.mass, mass, cfg)
