@@ -334,7 +334,7 @@ class PepTRMModule(L.LightningModule):
         )
         self.val_names = list(val_names)
         self.batches_seen = 0
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # less the wall-clock of earlier runs
         self.export_dir: Path | None = None  # where each validation exports EMA weights
 
     def sigma(self) -> float:
@@ -499,10 +499,15 @@ class PepTRMModule(L.LightningModule):
         """Store the full config and the data position with the weights."""
         checkpoint["peptrm_config"] = config_to_dict(self.cfg)
         checkpoint["batches_seen"] = self.batches_seen
+        checkpoint["wall_s"] = time.monotonic() - self.started
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the data position so a resumed run sees the batches it would have."""
+        """Restore the data position and the training wall-clock so far.
+
+        A resumed run then sees the batches it would have, and `wall_s` goes on.
+        """
         self.batches_seen = checkpoint.get("batches_seen", 0)
+        self.started = time.monotonic() - checkpoint.get("wall_s", 0.0)
 
 
 def config_from_checkpoint(path: str | Path) -> Config:

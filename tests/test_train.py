@@ -210,3 +210,11 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
         resumed,
     )
     assert all(math.isfinite(v) for v in values)
+    # the resumed run's clock goes on from the interrupted one's, not from 0
+    clock = [
+        float(row["train/wall_s"])
+        for path in sorted((tmp_path / "resumed").glob("logs/version_*/metrics.csv"))
+        for row in csv.DictReader(open(path))
+        if row.get("train/wall_s")
+    ]
+    assert len(clock) == 4 and clock == sorted(clock) and clock[0] > 0
