@@ -99,6 +99,24 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", help="precision-coverage PNG (default: PREDICTIONS.pc.png)"
     )
 
+    cal = commands.add_parser(
+        "calibrate",
+        help="fit calibrated peptide and residue scores on labelled spectra",
+    )
+    cal.add_argument("inputs", nargs="+", help="labelled spectrum files (SEQ=)")
+    cal.add_argument("-m", "--model", help="model folder (default: the bundled model)")
+    cal.add_argument(
+        "--held-out",
+        action="store_true",
+        help="use only the peptide-disjoint validation split that `peptrm train` "
+        "holds out of these files (for calibrating on the training files)",
+    )
+    cal.add_argument(
+        "-o", "--output", help="folder for calibration.yaml (default: the model's)"
+    )
+    cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
+    cal.add_argument("--device", default="cpu", help="torch device")
+
     cfg = commands.add_parser("configure", help="write the default config to edit")
     cfg.add_argument("-o", "--output", default="peptrm.yaml", help="where to write it")
 
@@ -117,12 +135,14 @@ def _versions() -> str:
 
 def _sequence(args: argparse.Namespace) -> int:
     from peptrm import evaluate, sequence
-    from peptrm.weights import load_model
+    from peptrm.confidence import load_calibration
+    from peptrm.weights import BUNDLED, load_model
 
     inputs = list(args.inputs) + ([str(DEMO)] if args.demo else [])
     if not inputs:
         raise ValueError("no input files: give spectrum files or --demo")
     model, cfg = load_model(args.model, args.config)
+    calibration = load_calibration(args.model or BUNDLED)
     if args.batch_size:
         from dataclasses import replace
 
@@ -137,6 +157,7 @@ def _sequence(args: argparse.Namespace) -> int:
         args.top_k,
         args.default_charge,
         progress=not args.no_progress,
+        calibration=calibration,
     )
     log.info(
         "wrote %s: %d spectra, %d sequenced, %d skipped, %d without a mass-fitting "
@@ -202,6 +223,60 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from peptrm import confidence, evaluate, masses, sequence, train
+    from peptrm.weights import BUNDLED, load_model
+
+    model, cfg = load_model(args.model, args.config)
+    spectra = train.load_labelled(args.inputs, cfg)
+    if args.held_out:
+        _, spectra = train.split_by_peptide(
+            spectra, cfg.training.val_fraction, cfg.training.seed
+        )
+    if not spectra:
+        raise ValueError(f"{', '.join(args.inputs)}: no usable labelled spectra")
+    candidates, peaks, summary = [], [], sequence.RunSummary()
+    size = cfg.decoding.batch_size
+    for start in range(0, len(spectra), size):
+        found, found_peaks, _ = sequence.decode_batch(
+            model, spectra[start : start + size], cfg, args.device, 1, summary
+        )
+        candidates += [options[0] for options in found]
+        peaks += found_peaks
+    labels = [s.peptide for s in spectra]
+    names = ", ".join(Path(p).name for p in args.inputs)
+    fitted = confidence.fit(
+        candidates,
+        peaks,
+        labels,
+        fitted_on=f"{len(spectra)} spectra of {names}"
+        + (" (held-out split)" if args.held_out else ""),
+    )
+    path = fitted.save(args.output or args.model or BUNDLED)
+    correct = np.array(
+        [
+            evaluate.aa_match(c.tokens, masses.parse(label))[1]
+            for c, label in zip(candidates, labels, strict=True)
+        ]
+    )
+    raw = np.array([c.score for c in candidates])
+    calibrated = np.array(
+        [fitted.apply(c, p)[0] for c, p in zip(candidates, peaks, strict=True)]
+    )
+    log.info(
+        "calibrated on %d spectra (%d peptides right): peptide-score ECE %.3f raw, "
+        "%.3f calibrated (on the fitting set); wrote %s",
+        len(spectra),
+        int(correct.sum()),
+        evaluate.expected_calibration_error(raw, correct),
+        evaluate.expected_calibration_error(calibrated, correct),
+        path,
+    )
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from peptrm import evaluate
 
@@ -241,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sequence": _sequence,
         "train": _train,
         "evaluate": _evaluate,
+        "calibrate": _calibrate,
         "configure": _configure,
     }
     try:

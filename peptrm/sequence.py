@@ -19,7 +19,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from peptrm import __version__, decoding, evidence, masses, preprocess
+from peptrm.confidence import Calibration
 from peptrm.config import Config
+from peptrm.evidence import FragmentEvidence
 from peptrm.io import (
     InputError,
     Prediction,
@@ -111,15 +113,20 @@ def candidates_as_draft(
     return torch.stack(rows)
 
 
-def predict_batch(
+def decode_batch(
     model: PepTRM,
     spectra: Sequence[Spectrum],
     cfg: Config,
     device: str,
     top_k: int,
     summary: RunSummary,
-) -> list[list[Prediction]]:
-    """Sequence one batch of preprocessed spectra; top-k predictions per spectrum."""
+    calibration: Calibration | None = None,
+) -> tuple[list[list[decoding.Candidate]], list[FragmentEvidence], Tensor]:
+    """Refine, decode (and feed back) one batch: candidates, peaks, steps run.
+
+    With a `calibration` the candidates' scores are its calibrated probabilities;
+    either way each spectrum's candidates are ordered by score, best first.
+    """
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
@@ -145,6 +152,29 @@ def predict_batch(
             log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k, peaks
         )
         summary.decode_seconds += time.perf_counter() - started
+    for options, peaks_of in zip(candidates, peaks, strict=True):
+        if calibration is not None:
+            for candidate in options:
+                candidate.score, candidate.aa_scores = calibration.apply(
+                    candidate, peaks_of
+                )
+        options.sort(key=lambda c: -c.score)  # ranks follow the score users see
+    return candidates, peaks, steps
+
+
+def predict_batch(
+    model: PepTRM,
+    spectra: Sequence[Spectrum],
+    cfg: Config,
+    device: str,
+    top_k: int,
+    summary: RunSummary,
+    calibration: Calibration | None = None,
+) -> list[list[Prediction]]:
+    """Sequence one batch of preprocessed spectra; top-k predictions per spectrum."""
+    candidates, _, steps = decode_batch(
+        model, spectra, cfg, device, top_k, summary, calibration
+    )
     out = []
     for spectrum, options, n in zip(spectra, candidates, steps.tolist(), strict=True):
         summary.steps += n
@@ -195,6 +225,7 @@ def predictions(
     default_charge: int | None = None,
     summary: RunSummary | None = None,
     progress: bool = True,
+    calibration: Calibration | None = None,
 ) -> Iterator[Prediction]:
     """Stream prediction rows for every spectrum of `inputs`, in input order."""
     summary = summary if summary is not None else RunSummary()
@@ -207,7 +238,9 @@ def predictions(
     def flush() -> Iterator[Prediction]:
         spectra = [r for r in pending if isinstance(r, Spectrum)]
         results = (
-            iter(predict_batch(model, spectra, cfg, device, top_k, summary))
+            iter(
+                predict_batch(model, spectra, cfg, device, top_k, summary, calibration)
+            )
             if spectra
             else iter(())
         )
@@ -244,6 +277,7 @@ def sequence_files(
     top_k: int | None = None,
     default_charge: int | None = None,
     progress: bool = True,
+    calibration: Calibration | None = None,
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
 
@@ -256,7 +290,15 @@ def sequence_files(
     summary = RunSummary()
     started = time.perf_counter()
     rows: Iterable[Prediction] = predictions(
-        inputs, model, cfg, device, top_k, default_charge, summary, progress
+        inputs,
+        model,
+        cfg,
+        device,
+        top_k,
+        default_charge,
+        summary,
+        progress,
+        calibration,
     )
     output = Path(output)
     partial = output.with_name(output.name + ".partial")
@@ -273,6 +315,9 @@ def sequence_files(
                 "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
                 "isotope_errors": f"{cfg.decoding.min_isotope}.."
                 f"{cfg.decoding.max_isotope}",
+                "fragment_evidence_weight": cfg.decoding.evidence_weight,
+                "fragment_tol_da": cfg.decoding.fragment_tol_da,
+                "scores": "calibrated" if calibration else "model probabilities",
             },
         )
     partial.replace(output)

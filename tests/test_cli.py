@@ -161,6 +161,17 @@ def test_train_resume_sequence_evaluate(tmp_path, monkeypatch, capsys):
             assert ranks == [1]
     assert max(len(ranks) for ranks in by_spectrum.values()) == 3
 
+    # calibrate on labelled spectra: the model folder gains calibration.yaml and
+    # sequencing with it writes the calibrated probabilities as scores
+    assert cli.main(["calibrate", small, "-m", "RUN/model"]) == 0
+    assert Path("RUN/model/calibration.yaml").is_file()
+    assert cli.main([*sequence, "-o", "calibrated.csv"]) == 0
+    _, calibrated = _csv_rows(Path("calibrated.csv"))
+    raw = {(r["file"], r["index"]): r["score"] for r in csv_rows if r["score"]}
+    new = {(r["file"], r["index"]): r["score"] for r in calibrated if r["score"]}
+    assert raw.keys() == new.keys() and raw != new
+    assert all(0 <= float(v) <= 1 for v in new.values())
+
     # evaluate: a table on stdout, a JSON report and a PNG curve
     capsys.readouterr()
     assert cli.main(["evaluate", "out.mztab", small]) == 0
