@@ -3,8 +3,10 @@
 Prints, for one model on the given labelled files (default: ../shared/data/dev):
   * the refinement curve: AA precision, AA recall and peptide recall of the greedy
     decode after every supervision step t = 1..N_sup (no halting);
-  * greedy vs mass-constrained vs constrained + feedback (one extra refinement
-    round with the decoded peptide as the draft): peptide recall, AA precision;
+  * greedy vs mass-constrained on the model alone vs constrained with fragment
+    evidence (the configured decoder), its calibrated scores when the model has a
+    calibration.yaml, and constrained + feedback (one extra refinement round with
+    the decoded peptide as the draft): peptide recall, AA precision and recall;
   * the share of constrained peptides within the precursor tolerance (must be 100 %);
   * ECE of the peptide score and of per-residue scores, and the AUPCC;
   * halting: mean supervision steps per spectrum; model and decoding throughput.
@@ -25,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peptrm import decoding, evaluate, masses, preprocess
+from peptrm import decoding, evaluate, evidence, masses, preprocess
+from peptrm.confidence import load_calibration
 from peptrm.io import Spectrum, read_spectra
 from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, refine
-from peptrm.weights import load_model
+from peptrm.weights import BUNDLED, load_model
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
@@ -119,12 +122,14 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; model {args.model or 'bundled'}"
     )
     model, cfg = load_model(args.model)
+    calibration = load_calibration(args.model or BUNDLED)
+    model_only = dataclasses.replace(cfg.decoding, evidence_weight=0.0)
     print(f"files: {', '.join(p.name for p in args.files)}")
     spectra = load(args.files, cfg)
     truth = [s.peptide for s in spectra]
     n_sup = cfg.recursion.n_supervision
     greedy_by_step: list[list[str]] = [[] for _ in range(n_sup)]
-    constrained, feedback, greedy_final = [], [], []
+    constrained, feedback, greedy_final, plain, calibrated = [], [], [], [], []
     halted_steps = []
     model_s = decode_s = 0.0
     for start in range(0, len(spectra), args.batch_size):
@@ -138,15 +143,27 @@ def main() -> None:
             greedy_by_step[k] += scores([[c] for c in decoding.greedy(log_probs)])[0]
         final = history[-1]
         greedy_final += [[c] for c in decoding.greedy(final)]
+        plain += decoding.decode(final, batch["precursor_mass"], model_only, 1)
         t0 = time.perf_counter()
-        decoded = decoding.decode(final, batch["precursor_mass"], cfg.decoding, 1)
+        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
+        decoded = decoding.decode(
+            final, batch["precursor_mass"], cfg.decoding, 1, peaks
+        )
         decode_s += time.perf_counter() - t0
         constrained += decoded
+        if calibration is not None:
+            for (candidate,), peaks_of in zip(decoded, peaks, strict=True):
+                score, residues = calibration.apply(candidate, peaks_of)
+                calibrated.append(
+                    [dataclasses.replace(candidate, score=score, aa_scores=residues)]
+                )
         if not args.no_feedback:
             draft = candidates_as_draft(decoded, cfg.model.max_length)
             with torch.no_grad():
                 again, _, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft=draft)
-            feedback += decoding.decode(again, batch["precursor_mass"], cfg.decoding, 1)
+            feedback += decoding.decode(
+                again, batch["precursor_mass"], cfg.decoding, 1, peaks
+            )
     n = len(spectra)
     print("\nrefinement curve (greedy decode after each supervision step, no halting):")
     print(f"{'step':>4} {'AA precision':>12} {'AA recall':>9} {'peptide recall':>14}")
@@ -157,11 +174,18 @@ def main() -> None:
             f"{m.peptide_recall:>14.4f}"
         )
     print(
-        f"\n{'decoder':<26} {'peptide recall':>14} {'AA precision':>12} "
+        f"\n{'decoder':<28} {'peptide recall':>14} {'AA precision':>12} "
         f"{'AA recall':>9} "
         f"{'AUPCC':>6} {'ECE peptide':>11} {'ECE residue':>11}"
     )
-    rows = [("greedy", greedy_final), ("mass-constrained", constrained)]
+    weight = cfg.decoding.evidence_weight
+    rows = [
+        ("greedy", greedy_final),
+        ("constrained, model only", plain),
+        (f"constrained + evidence {weight:g}", constrained),
+    ]
+    if calibration is not None:
+        rows.append(("  same, calibrated scores", calibrated))
     if feedback:
         rows.append(("constrained + feedback", feedback))
     for name, candidates in rows:
@@ -171,7 +195,7 @@ def main() -> None:
         correct = np.array(m.correct, dtype=bool)
         ece = evaluate.expected_calibration_error(np.array(peptide_scores), correct)
         print(
-            f"{name:<26} {m.peptide_recall:>14.4f} {m.aa_precision:>12.4f} "
+            f"{name:<28} {m.peptide_recall:>14.4f} {m.aa_precision:>12.4f} "
             f"{m.aa_recall:>9.4f} {report['aupcc']:>6.4f} {ece:>11.4f} "
             f"{residue_calibration(candidates, truth):>11.4f}"
         )
