@@ -43,15 +43,6 @@ TRAIN_FILES = [
 ]
 
 
-def held_out_split(cfg) -> list:
-    """The validation split of the training files, as training made it."""
-    labelled = train.load_labelled([TRAIN / name for name in TRAIN_FILES], cfg)
-    _, val = train.split_by_peptide(
-        labelled, cfg.training.val_fraction, cfg.training.seed
-    )
-    return val
-
-
 def main() -> None:
     """Decode one model's output with every setting; print one table."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -80,7 +71,7 @@ def main() -> None:
         spectra = train.load_labelled(args.files, cfg)
         where = ", ".join(p.name for p in args.files)
     else:
-        spectra = held_out_split(cfg)
+        spectra = train.held_out_split([TRAIN / name for name in TRAIN_FILES], cfg)
         where = "held-out split of ../shared/data/train"
     rng = np.random.default_rng(0)
     if len(spectra) > args.limit:

@@ -230,11 +230,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     from peptrm.weights import BUNDLED, load_model
 
     model, cfg = load_model(args.model, args.config)
-    spectra = train.load_labelled(args.inputs, cfg)
     if args.held_out:
-        _, spectra = train.split_by_peptide(
-            spectra, cfg.training.val_fraction, cfg.training.seed
-        )
+        spectra = train.held_out_split(args.inputs, cfg)
+    else:
+        spectra = train.load_labelled(args.inputs, cfg)
     if not spectra:
         raise ValueError(f"{', '.join(args.inputs)}: no usable labelled spectra")
     candidates, peaks, summary = [], [], sequence.RunSummary()

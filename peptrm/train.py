@@ -166,6 +166,18 @@ def split_by_peptide(
     return train, val
 
 
+def held_out_split(paths: Sequence[str | Path], cfg: Config) -> list[Spectrum]:
+    """The peptide-disjoint validation split that training holds out of `paths`.
+
+    The same files, `training.val_fraction` and seed give the same split, so
+    decoder settings and calibration can be chosen on it rather than on dev.
+    """
+    _, val = split_by_peptide(
+        load_labelled(paths, cfg), cfg.training.val_fraction, cfg.training.seed
+    )
+    return val
+
+
 class TrainingStream(IterableDataset):
     """Endless batches mixing simulated and real spectra; batch b is f(seed, b).
 

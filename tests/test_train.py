@@ -10,8 +10,10 @@ from peptrm import masses, preprocess
 from peptrm.config import load_config
 from peptrm.io import Spectrum, read_spectra
 from peptrm.train import (
+    DataModule,
     PepTRMModule,
     TrainingStream,
+    held_out_split,
     mass_loss,
     refinement_metrics,
     spectrum_loss,
@@ -218,3 +220,12 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
         if row.get("train/wall_s")
     ]
     assert len(clock) == 4 and clock == sorted(clock) and clock[0] > 0
+
+
+def test_held_out_split_is_what_training_validates_on():
+    cfg = load_config(overrides=TINY)
+    module = DataModule(cfg, [DATA / "overfit64.mgf"], [], [])
+    module.setup()
+    held_out = held_out_split([DATA / "overfit64.mgf"], cfg)
+    assert held_out and len(held_out) < 64
+    assert [s.ref for s in held_out] == [s.ref for s in module.val_sets["real"]]
