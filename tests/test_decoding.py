@@ -22,6 +22,7 @@ def cfg():
         max_isotope=1,
         top_k=1,
         max_expansions=20000,
+        evidence_weight=0.0,  # the model's log-probs alone unless a test adds peaks
     )
 
 
