@@ -18,29 +18,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import TRAIN_FILES, print_provenance
 
 from peptrm import decoding, evaluate, evidence, masses, preprocess, train
 from peptrm.sequence import refine
 from peptrm.weights import load_model
-
-TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
-# The files `peptrm train` used for the bundled model (pominova_mouse_small.mgf
-# is left out: its labels do not match its spectra).
-TRAIN_FILES = [
-    "mzlib_yeast_mzid.mgf",
-    "nist_bsa_consensus_iontrap.mgf",
-    "pepnet_nist_synthetic_example.mgf",
-    "pepnet_nist_synthetic_trainval.mgf",
-    "proteometools_kuester_cluster.mgf",
-]
 
 
 def main() -> None:
@@ -55,23 +42,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parent,
-    ).stdout.strip()
-    print(f"command: {' '.join(sys.argv)}")
-    print(
-        f"commit {commit}; torch {torch.__version__}; cpu {platform.machine()}, "
-        f"{torch.get_num_threads()} threads; model {args.model or 'bundled'}"
-    )
+    print_provenance(args.model)
     model, cfg = load_model(args.model)
     if args.files:
         spectra = train.load_labelled(args.files, cfg)
         where = ", ".join(p.name for p in args.files)
     else:
-        spectra = train.held_out_split([TRAIN / name for name in TRAIN_FILES], cfg)
+        spectra = train.held_out_split(TRAIN_FILES, cfg)
         where = "held-out split of ../shared/data/train"
     rng = np.random.default_rng(0)
     if len(spectra) > args.limit:

@@ -11,29 +11,26 @@ Prints, for one model on the given labelled files (default: ../shared/data/dev):
   * ECE of the peptide score and of per-residue scores, and the AUPCC;
   * halting: mean supervision steps per spectrum; model and decoding throughput.
 
-    python benchmarks/bench_dev.py [--model DIR] [--files A.mgf ...] [--no-feedback]
+    python benchmarks/bench_dev.py [--model DIR] [--files A.mgf ... | --held-out]
+        [--no-feedback]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEV, TRAIN_FILES, print_provenance
 
-from peptrm import decoding, evaluate, evidence, masses, preprocess
+from peptrm import decoding, evaluate, evidence, masses, preprocess, train
 from peptrm.confidence import load_calibration
 from peptrm.io import Spectrum, read_spectra
 from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, refine
 from peptrm.weights import BUNDLED, load_model
-
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
 
 def load(files: list[Path], cfg) -> list[Spectrum]:
@@ -107,25 +104,24 @@ def main() -> None:
         type=Path,
         default=sorted(DEV.glob("*.mgf")) if DEV.is_dir() else [],
     )
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="the held-out split of ../shared/data/train instead (to choose settings)",
+    )
     parser.add_argument("--no-feedback", action="store_true")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parent,
-    ).stdout.strip()
-    print(f"command: {' '.join(sys.argv)}")
-    print(
-        f"commit {commit}; torch {torch.__version__}; cpu {platform.machine()}, "
-        f"{torch.get_num_threads()} threads; model {args.model or 'bundled'}"
-    )
+    print_provenance(args.model)
     model, cfg = load_model(args.model)
     calibration = load_calibration(args.model or BUNDLED)
     model_only = dataclasses.replace(cfg.decoding, evidence_weight=0.0)
-    print(f"files: {', '.join(p.name for p in args.files)}")
-    spectra = load(args.files, cfg)
+    if args.held_out:
+        print("files: the held-out split of the training files")
+        spectra = train.held_out_split(TRAIN_FILES, cfg)
+    else:
+        print(f"files: {', '.join(p.name for p in args.files)}")
+        spectra = load(args.files, cfg)
     truth = [s.peptide for s in spectra]
     n_sup = cfg.recursion.n_supervision
     greedy_by_step: list[list[str]] = [[] for _ in range(n_sup)]

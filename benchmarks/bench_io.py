@@ -6,33 +6,18 @@ Run from the repository root: ``python benchmarks/bench_io.py [--repeats N]``.
 import argparse
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import commit
 
 import peptrm
 from peptrm import io, preprocess
 from peptrm.config import load_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def commit() -> str:
-    """Return the short git commit of this checkout ("unknown" outside git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def measure(path: Path, repeats: int) -> tuple[int, int, float]:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
-import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from common import commit
 from pyteomics import mgf
 
 from peptrm import masses
@@ -78,20 +78,6 @@ def simulate_like(
             )
         )
     return out
-
-
-def commit() -> str:
-    """Git commit of the working tree, or 'unknown'."""
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
