@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,7 +145,8 @@ def load_labelled(paths: Sequence[str | Path], cfg: Config) -> list[Spectrum]:
             if reason is None:
                 kept.append(record)
                 continue
-            kind = reason.split(": ", 1)[-1].split(" (")[0][:40]
+            kind = re.sub(r"'[^']*'", "'...'", reason.split(": ", 1)[-1])
+            kind = kind.split(" (")[0][:60]  # SEQ '...' has unknown residue '...'
             problems[kind] = problems.get(kind, 0) + 1
             if len(examples) < 3:
                 examples.append(reason)
