@@ -53,6 +53,8 @@ class FragmentEvidence:
         self.mz = np.asarray(mz[keep], np.float64)[order]  # (K,) sorted
         peak = np.asarray(intensity[keep], np.float64)[order]
         self.weight = peak / peak.max() if len(peak) and peak.max() > 0 else peak
+        self._padded_mz = np.concatenate([[-1e9], self.mz, [1e9]])
+        self._padded_weight = np.concatenate([[0.0], self.weight, [0.0]])
         self.precursor_mass = float(precursor_mass)
         self.tol_da = float(tol_da)
         # Doubly charged fragments only when the precursor can carry two charges
@@ -63,34 +65,29 @@ class FragmentEvidence:
 
     def _match(self, ion_mz: np.ndarray) -> np.ndarray:
         """1 + weight of the nearest peak within tolerance of each ion, else 0."""
-        if len(self.mz) == 0:
-            return np.zeros(ion_mz.shape)
-        right = np.searchsorted(self.mz, ion_mz).clip(1, len(self.mz) - 1)
+        # Sentinels far outside any m/z let every ion have a left and a right peak.
+        right = np.searchsorted(self._padded_mz, ion_mz)
         left = right - 1
-        if len(self.mz) == 1:
-            left = right = np.zeros_like(right)
-        pick = np.where(
-            np.abs(self.mz[left] - ion_mz) <= np.abs(self.mz[right] - ion_mz),
-            left,
-            right,
-        )
-        hit = np.abs(self.mz[pick] - ion_mz) <= self.tol_da
-        return np.where(hit, 1.0 + self.weight[pick], 0.0)
+        to_left = np.abs(self._padded_mz[left] - ion_mz)
+        to_right = np.abs(self._padded_mz[right] - ion_mz)
+        pick = np.where(to_left <= to_right, left, right)
+        distance = np.minimum(to_left, to_right)
+        return np.where(distance <= self.tol_da, 1.0 + self._padded_weight[pick], 0.0)
 
     def score(self, prefix_mass: np.ndarray) -> np.ndarray:
         """(C,) support for a cleavage after prefixes of residue sum `prefix_mass`."""
         prefix_mass = np.asarray(prefix_mass, np.float64)
         suffix_mass = self.precursor_mass - prefix_mass  # y ion's neutral mass
-        b_side = np.zeros(prefix_mass.shape)
-        y_side = np.zeros(prefix_mass.shape)
-        for z in self.charges:
-            b_side = np.maximum(
-                b_side, self._match((prefix_mass + z * masses.PROTON) / z)
-            )
-            y_side = np.maximum(
-                y_side, self._match((suffix_mass + z * masses.PROTON) / z)
-            )
-        return b_side + y_side - 1.0
+        charges = np.array(self.charges, np.float64)[:, None]  # (Z, 1)
+        ions = np.concatenate(  # (2Z, C): b ions at each charge, then y ions
+            [
+                (prefix_mass[None, :] + charges * masses.PROTON) / charges,
+                (suffix_mass[None, :] + charges * masses.PROTON) / charges,
+            ]
+        )
+        matched = self._match(ions)
+        n = len(self.charges)
+        return matched[:n].max(axis=0) + matched[n:].max(axis=0) - 1.0
 
     # ---------------------------------------------------------------- the bound
 
