@@ -10,8 +10,8 @@ peptide-disjoint validation split of ../shared/data/train that `peptrm train`
 holds out (same files, `val_fraction` and seed), subsampled to --limit spectra.
 
     python benchmarks/bench_decoders.py [--model DIR] [--files A.mgf ...]
-        [--weights 0 0.5 1 2] [--beam-widths 0 64] [--tolerances 0.01 0.02]
-        [--budgets 2000 300] [--limit 600]
+        [--weights 0 2] [--workers 1 2] [--beam-widths 0 64] [--tolerances 0.01 0.02]
+        [--budgets 1000 300] [--limit 2000]
 """
 
 from __future__ import annotations
@@ -35,11 +35,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="model folder (default: bundled)")
     parser.add_argument("--files", nargs="*", type=Path, help="labelled MGF files")
-    parser.add_argument("--weights", nargs="*", type=float, default=[0, 0.5, 1, 2])
+    parser.add_argument("--weights", nargs="*", type=float, default=[0, 2])
     parser.add_argument("--beam-widths", nargs="*", type=int, default=[64])
     parser.add_argument("--tolerances", nargs="*", type=float, default=[0.01])
-    parser.add_argument("--budgets", nargs="*", type=int, default=[2000])
-    parser.add_argument("--limit", type=int, default=600)
+    parser.add_argument("--budgets", nargs="*", type=int, default=[1000])
+    parser.add_argument(
+        "--workers", nargs="*", type=int, default=[1], help="decoding processes"
+    )
+    parser.add_argument("--limit", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     print_provenance(args.model)
@@ -57,11 +60,12 @@ def main() -> None:
     print(f"spectra: {len(spectra)} from {where}")
     truth = [s.peptide for s in spectra]
     settings = [
-        (w, beam, tol, budget)
+        (w, beam, tol, budget, workers)
         for w in args.weights
         for beam in args.beam_widths
         for tol in args.tolerances
         for budget in args.budgets
+        for workers in args.workers
     ]
     decoded = {s: [] for s in settings}
     seconds = dict.fromkeys(settings, 0.0)
@@ -71,13 +75,14 @@ def main() -> None:
         with torch.no_grad():
             log_probs, _, _ = refine(model, batch, cfg.recursion.n_supervision, 1.0)
         for setting in settings:
-            weight, beam, tol, budget = setting
+            weight, beam, tol, budget, workers = setting
             options = dataclasses.replace(
                 cfg.decoding,
                 evidence_weight=weight,
                 beam_width=beam,
                 fragment_tol_da=tol,
                 max_expansions=budget,
+                workers=workers,
             )
             t0 = time.perf_counter()
             peaks = evidence.from_batch(batch, tol)
@@ -87,7 +92,8 @@ def main() -> None:
             seconds[setting] += time.perf_counter() - t0
             decoded[setting] += found
     print(
-        f"\n{'weight':>6} {'beam':>4} {'tol Da':>6} {'budget':>6} {'pep recall':>10} "
+        f"\n{'weight':>6} {'beam':>4} {'tol Da':>6} {'budget':>6} {'procs':>5} "
+        f"{'pep recall':>10} "
         f"{'AA prec':>7} {'AA rec':>6} {'fitted':>6} {'spectra/s':>9}"
     )
     for setting in settings:
@@ -95,9 +101,10 @@ def main() -> None:
         peptides = [masses.format_peptide(c[0].tokens) for c in found]
         m = evaluate.aa_match_batch(peptides, truth)
         fitted = sum(c[0].constrained for c in found)
-        weight, beam, tol, budget = setting
+        weight, beam, tol, budget, workers = setting
         print(
-            f"{weight:>6g} {beam:>4d} {tol:>6g} {budget:>6d} {m.peptide_recall:>10.4f} "
+            f"{weight:>6g} {beam:>4d} {tol:>6g} {budget:>6d} {workers:>5d} "
+            f"{m.peptide_recall:>10.4f} "
             f"{m.aa_precision:>7.4f} {m.aa_recall:>6.4f} {fitted:>6d} "
             f"{len(found) / seconds[setting]:>9.1f}"
         )

@@ -127,6 +127,7 @@ class DecodingConfig:
     beam_width: int  # prefixes per position of the beam search run past the budget
     evidence_weight: float  # of each cleavage's fragment evidence vs log-probs
     fragment_tol_da: float  # fragment m/z tolerance of the evidence (Da)
+    workers: int  # processes that decode (0 = one per CPU core)
 
 
 @dataclass(frozen=True)

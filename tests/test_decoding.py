@@ -321,3 +321,20 @@ def test_beam_second_chance_finds_a_fitting_peptide_past_the_budget(cfg):
     assert sum(row[0].constrained for row in without) < len(precursor)
     for (best,), mass in zip(found, precursor, strict=True):
         assert best.constrained and fits(best.mass, mass, cfg)
+
+
+def test_worker_processes_decode_exactly_as_one_process(cfg):
+    rng = np.random.default_rng(9)
+    peptides = [
+        list(rng.choice(list("ADEFGHKLMNPQRSTVWY"), size=rng.integers(7, 12)))
+        for _ in range(70)  # three chunks of up to 32 spectra
+    ]
+    log_probs = np.concatenate(
+        [distribution(confident("".join(p), 14, p=0.5), 14) for p in peptides]
+    )
+    precursor = [masses.peptide_mass(p) for p in peptides]
+    one = decoding.decode(log_probs, precursor, dataclasses.replace(cfg, workers=1))
+    two = decoding.decode(log_probs, precursor, dataclasses.replace(cfg, workers=2))
+    assert [c[0].tokens for c in one] == [c[0].tokens for c in two]
+    assert [c[0].log_score for c in one] == [c[0].log_score for c in two]
+    assert sum(c[0].tokens == p for c, p in zip(one, peptides, strict=True)) >= 60
