@@ -2,7 +2,8 @@
 
 Prints, for one model on the given labelled files (default: ../shared/data/dev):
   * the refinement curve: AA precision, AA recall and peptide recall of the greedy
-    decode after every supervision step t = 1..N_sup (no halting);
+    and of the configured (mass-constrained + evidence) decode after every
+    supervision step t = 1..N_sup (no halting);
   * greedy vs mass-constrained on the model alone vs constrained with fragment
     evidence (the configured decoder), its calibrated scores when the model has a
     calibration.yaml, and constrained + feedback (one extra refinement round with
@@ -110,6 +111,12 @@ def main() -> None:
         help="the held-out split of ../shared/data/train instead (to choose settings)",
     )
     parser.add_argument("--no-feedback", action="store_true")
+    parser.add_argument(
+        "--no-decoded-curve",
+        dest="decoded_curve",
+        action="store_false",
+        help="refinement curve with greedy decoding only (saves N_sup-1 decodes)",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     print_provenance(args.model)
@@ -125,6 +132,7 @@ def main() -> None:
     truth = [s.peptide for s in spectra]
     n_sup = cfg.recursion.n_supervision
     greedy_by_step: list[list[str]] = [[] for _ in range(n_sup)]
+    decoded_by_step: list[list[str]] = [[] for _ in range(n_sup)]
     constrained, feedback, greedy_final, plain, calibrated = [], [], [], [], []
     halted_steps = []
     model_s = decode_s = 0.0
@@ -135,18 +143,25 @@ def main() -> None:
         history, steps = all_steps(model, batch, n_sup, cfg.decoding.halt_threshold)
         model_s += time.perf_counter() - t0
         halted_steps += steps.tolist()
+        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
         for k, log_probs in enumerate(history):
             greedy_by_step[k] += scores([[c] for c in decoding.greedy(log_probs)])[0]
+            if args.decoded_curve and k < n_sup - 1:  # the last step is timed below
+                decoded_by_step[k] += scores(
+                    decoding.decode(
+                        log_probs, batch["precursor_mass"], cfg.decoding, 1, peaks
+                    )
+                )[0]
         final = history[-1]
         greedy_final += [[c] for c in decoding.greedy(final)]
         plain += decoding.decode(final, batch["precursor_mass"], model_only, 1)
         t0 = time.perf_counter()
-        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
         decoded = decoding.decode(
             final, batch["precursor_mass"], cfg.decoding, 1, peaks
         )
         decode_s += time.perf_counter() - t0
         constrained += decoded
+        decoded_by_step[-1] += scores(decoded)[0]
         if calibration is not None:
             for (candidate,), peaks_of in zip(decoded, peaks, strict=True):
                 score, residues = calibration.apply(candidate, peaks_of)
@@ -161,14 +176,22 @@ def main() -> None:
                 again, batch["precursor_mass"], cfg.decoding, 1, peaks
             )
     n = len(spectra)
-    print("\nrefinement curve (greedy decode after each supervision step, no halting):")
-    print(f"{'step':>4} {'AA precision':>12} {'AA recall':>9} {'peptide recall':>14}")
-    for k, peptides in enumerate(greedy_by_step, start=1):
-        m = metrics(peptides, truth)
-        print(
-            f"{k:>4} {m.aa_precision:>12.4f} {m.aa_recall:>9.4f} "
-            f"{m.peptide_recall:>14.4f}"
-        )
+    print("\nrefinement curve (decode after each supervision step, no halting):")
+    columns = f" {'AA precision':>12} {'AA recall':>9} {'pep recall':>14}"
+    print(
+        f"{'':>4} {'greedy':^38} {'mass-constrained + evidence':^38}\n"
+        f"{'step':>4}{columns}{columns}"
+    )
+    for k, peptides in enumerate(greedy_by_step):
+        line = f"{k + 1:>4}"
+        for found in (peptides, decoded_by_step[k]):
+            if len(found) == len(truth):
+                m = metrics(found, truth)
+                line += (
+                    f" {m.aa_precision:>12.4f} {m.aa_recall:>9.4f} "
+                    f"{m.peptide_recall:>14.4f}"
+                )
+        print(line)
     print(
         f"\n{'decoder':<28} {'peptide recall':>14} {'AA precision':>12} "
         f"{'AA recall':>9} "
