@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     trn.add_argument("--max-steps", type=int, help="override training.max_steps")
     trn.add_argument(
+        "--stop-at-step",
+        type=int,
+        help="stop after this many optimiser steps, leaving the schedules (which run "
+        "to training.max_steps) as they are: replays a run that stopped on --max-time",
+    )
+    trn.add_argument(
         "--max-time",
         help="stop after this wall-clock time, DD:HH:MM:SS (counted across resumes)",
     )
@@ -218,6 +224,7 @@ def _train(args: argparse.Namespace) -> int:
         args.devices,
         progress=not args.no_progress,
         max_time=args.max_time,
+        stop_at_step=args.stop_at_step,
     )
     log.info("model written to %s (use: peptrm sequence ... -m %s)", folder, folder)
     return 0
