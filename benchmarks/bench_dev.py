@@ -82,8 +82,12 @@ def residue_calibration(candidates, truth) -> float:
 @torch.no_grad()
 def all_steps(
     model, batch, n_steps: int, threshold: float
-) -> tuple[list, torch.Tensor]:
-    """Log-probabilities after every step (no halting), and where halting would stop."""
+) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """Log-probabilities after every step, halting steps and last halt probability.
+
+    No halting is applied; `stop` is where it would have stopped, and the last
+    halting probability is a confidence head of its own (scored in the table).
+    """
     spectrum = model.encode_batch(batch)
     y, z = model.initial_state(spectrum)
     history, stop = [], torch.full((len(y),), n_steps)
@@ -92,7 +96,7 @@ def all_steps(
         history.append(y.log_softmax(dim=-1))
         newly = (torch.sigmoid(halt) >= threshold) & (stop == n_steps)
         stop[newly] = k + 1
-    return history, stop
+    return history, stop, torch.sigmoid(halt)
 
 
 def main() -> None:
@@ -134,13 +138,16 @@ def main() -> None:
     greedy_by_step: list[list[str]] = [[] for _ in range(n_sup)]
     decoded_by_step: list[list[str]] = [[] for _ in range(n_sup)]
     constrained, feedback, greedy_final, plain, calibrated = [], [], [], [], []
+    by_halting = []  # the constrained peptides scored by the halting head
     halted_steps = []
     model_s = decode_s = 0.0
     for start in range(0, len(spectra), args.batch_size):
         chunk = spectra[start : start + args.batch_size]
         batch = preprocess.collate(chunk, cfg.preprocess.n_peaks)
         t0 = time.perf_counter()
-        history, steps = all_steps(model, batch, n_sup, cfg.decoding.halt_threshold)
+        history, steps, halting = all_steps(
+            model, batch, n_sup, cfg.decoding.halt_threshold
+        )
         model_s += time.perf_counter() - t0
         halted_steps += steps.tolist()
         peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
@@ -161,6 +168,10 @@ def main() -> None:
         )
         decode_s += time.perf_counter() - t0
         constrained += decoded
+        by_halting += [
+            [dataclasses.replace(c, score=float(p))]
+            for (c,), p in zip(decoded, halting.tolist(), strict=True)
+        ]
         decoded_by_step[-1] += scores(decoded)[0]
         if calibration is not None:
             for (candidate,), peaks_of in zip(decoded, peaks, strict=True):
@@ -203,6 +214,7 @@ def main() -> None:
         ("constrained, model only", plain),
         (f"constrained + evidence {weight:g}", constrained),
     ]
+    rows.append(("  same, halting-head scores", by_halting))
     if calibration is not None:
         rows.append(("  same, calibrated scores", calibrated))
     if feedback:
