@@ -120,31 +120,28 @@ class FragmentEvidence:
     def window_bounds(self, lo_da: np.ndarray, hi_da: np.ndarray) -> np.ndarray:
         """Upper bound of `score` over each window [lo_da, hi_da] of cleavage mass.
 
-        All windows must be equally wide. Windows reaching below 0 or above the
-        precursor mass are clipped to it (no cleavage lies outside).
+        Windows may differ in width; parts reaching below 0 or above the
+        precursor mass are clipped off (no cleavage lies there). Two lookups in
+        a sparse table of window maxima over the grid answer each window.
         """
-        lo_da = np.asarray(lo_da, np.float64)
-        hi_da = np.asarray(hi_da, np.float64)
         n_cells = int(np.ceil(self.precursor_mass / GRID_DA)) + 2
         grid = self.grid(n_cells)
-        lo = np.clip(np.floor(lo_da / GRID_DA).astype(np.int64), 0, n_cells - 1)
-        hi = np.clip(np.floor(hi_da / GRID_DA).astype(np.int64), 0, n_cells - 1)
-        width = int((hi - lo).max(initial=0)) + 1
-        maxima = window_max(grid, width)  # maxima[c] = max(grid[c : c + width])
-        return maxima[lo]
-
-
-def window_max(values: np.ndarray, width: int) -> np.ndarray:
-    """(G,) max of values[c : c + width] (shorter at the end), by doubling."""
-    out = values.copy()
-    span = 1
-    while span * 2 <= width:
-        out[:-span] = np.maximum(out[:-span], out[span:])
-        span *= 2
-    if span < width:  # two overlapping windows of `span` cover `width`
-        shift = width - span
-        out[:-shift] = np.maximum(out[:-shift], out[shift:])
-    return out
+        top = n_cells - 1
+        lo = np.clip(np.floor(np.asarray(lo_da) / GRID_DA), 0, top).astype(np.intp)
+        hi = np.clip(np.floor(np.asarray(hi_da) / GRID_DA), 0, top).astype(np.intp)
+        hi = np.maximum(hi, lo)
+        width = hi - lo + 1
+        levels = [grid]  # levels[j][c] = max(grid[c : c + 2^j])
+        while (1 << len(levels)) <= width.max(initial=1):
+            span = 1 << (len(levels) - 1)
+            previous = levels[-1]
+            following = previous.copy()
+            np.maximum(previous[:-span], previous[span:], out=following[:-span])
+            levels.append(following)
+        table = np.stack(levels)  # (J, G)
+        level = np.frexp(width)[1] - 1  # the largest 2^j <= width
+        end = hi - (1 << level) + 1
+        return np.maximum(table[level, lo], table[level, end])
 
 
 def from_batch(batch: dict, tol_da: float) -> list[FragmentEvidence]:

@@ -423,21 +423,21 @@ def _cleavage_bounds(
 ) -> np.ndarray:
     """(S,) bound on the bonus of a cleavage before a completion of s bins.
 
-    A completion of k <= L-1 tokens whose bins sum to s weighs s*w plus k
-    residuals, and the peptide's residues sum to a target within tolerance, so
-    the cleavage lies in a window of prefix mass per isotope target.
+    A completion whose bins sum to s holds k <= min(L-1, s / lightest residue's
+    bins) tokens and weighs s*w plus k residuals; the peptide's residues sum to
+    a target within tolerance, so the cleavage lies in a window of prefix mass
+    per isotope target, narrow near the C-terminus and wider further in.
     """
-    suffix = np.arange(n_bins) * BIN_DA
-    tokens = spec.log_probs.shape[0] - 1
+    bins = np.arange(n_bins)
+    tokens = np.minimum(spec.log_probs.shape[0] - 1, bins // RESIDUE_SHIFTS.min())
     below = spec.tol_da + tokens * RESIDUAL_MAX_DA
     above = spec.tol_da - tokens * RESIDUAL_MIN_DA
-    best = np.full(n_bins, -np.inf)
-    for target in spec.targets.tolist():
-        window = evidence.window_bounds(
-            target - suffix - below, target - suffix + above
-        )
-        best = np.maximum(best, window)
-    out = weight * best
+    centre = (spec.targets[:, None] - bins[None, :] * BIN_DA).ravel()  # (I * S,)
+    windows = evidence.window_bounds(
+        centre - np.tile(below, len(spec.targets)),
+        centre + np.tile(above, len(spec.targets)),
+    )
+    out = weight * windows.reshape(len(spec.targets), n_bins).max(axis=0)
     out[0] = 0.0  # s = 0: the peptide ends, no cleavage
     return out
 
