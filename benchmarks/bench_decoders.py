@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from common import TRAIN_FILES, print_provenance
 
-from peptrm import decoding, evaluate, evidence, masses, preprocess, train
+from peptrm import decoding, evidence, masses, preprocess, train
+from peptrm.metrics import aa_match_batch
 from peptrm.sequence import refine
 from peptrm.weights import load_model
 
@@ -99,7 +100,7 @@ def main() -> None:
     for setting in settings:
         found = decoded[setting]
         peptides = [masses.format_peptide(c[0].tokens) for c in found]
-        m = evaluate.aa_match_batch(peptides, truth)
+        m = aa_match_batch(peptides, truth)
         fitted = sum(c[0].constrained for c in found)
         weight, beam, tol, budget, workers = setting
         print(

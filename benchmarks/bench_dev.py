@@ -30,6 +30,12 @@ from common import DEV, TRAIN_FILES, print_provenance
 from peptrm import decoding, evaluate, evidence, masses, preprocess, train
 from peptrm.confidence import load_calibration
 from peptrm.io import Spectrum, read_spectra
+from peptrm.metrics import (
+    BatchMatch,
+    aa_match,
+    aa_match_batch,
+    expected_calibration_error,
+)
 from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, refine
 from peptrm.weights import BUNDLED, load_model
 
@@ -60,9 +66,9 @@ def scores(candidates: list[list[decoding.Candidate]]) -> tuple[list[str], list[
     return peptides, [c[0].score if c else float("nan") for c in candidates]
 
 
-def metrics(peptides: list[str], truth: list[str]) -> evaluate.BatchMatch:
+def metrics(peptides: list[str], truth: list[str]) -> BatchMatch:
     """AA and peptide match counts."""
-    return evaluate.aa_match_batch(peptides, truth)
+    return aa_match_batch(peptides, truth)
 
 
 def residue_calibration(candidates, truth) -> float:
@@ -71,12 +77,10 @@ def residue_calibration(candidates, truth) -> float:
     for options, label in zip(candidates, truth, strict=True):
         if not options or not options[0].tokens:
             continue
-        matched, _ = evaluate.aa_match(options[0].tokens, masses.parse(label))
+        matched, _ = aa_match(options[0].tokens, masses.parse(label))
         all_scores += list(options[0].aa_scores[: len(matched)])
         all_correct += list(matched)
-    return evaluate.expected_calibration_error(
-        np.array(all_scores), np.array(all_correct)
-    )
+    return expected_calibration_error(np.array(all_scores), np.array(all_correct))
 
 
 @torch.no_grad()
@@ -224,7 +228,7 @@ def main() -> None:
         m = metrics(peptides, truth)
         report = evaluate.evaluate(zip(peptides, peptide_scores, truth, strict=True))
         correct = np.array(m.correct, dtype=bool)
-        ece = evaluate.expected_calibration_error(np.array(peptide_scores), correct)
+        ece = expected_calibration_error(np.array(peptide_scores), correct)
         print(
             f"{name:<28} {m.peptide_recall:>14.4f} {m.aa_precision:>12.4f} "
             f"{m.aa_recall:>9.4f} {report['aupcc']:>6.4f} {ece:>11.4f} "

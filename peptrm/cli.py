@@ -233,7 +233,7 @@ def _train(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from peptrm import confidence, evaluate, masses, sequence, train
+    from peptrm import confidence, masses, metrics, sequence, train
     from peptrm.weights import BUNDLED, load_model
 
     model, cfg = load_model(args.model, args.config)
@@ -263,7 +263,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     path = fitted.save(args.output or args.model or BUNDLED)
     correct = np.array(
         [
-            evaluate.aa_match(c.tokens, masses.parse(label))[1]
+            metrics.aa_match(c.tokens, masses.parse(label))[1]
             for c, label in zip(candidates, labels, strict=True)
         ]
     )
@@ -276,8 +276,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         "%.3f calibrated (on the fitting set); wrote %s",
         len(spectra),
         int(correct.sum()),
-        evaluate.expected_calibration_error(raw, correct),
-        evaluate.expected_calibration_error(calibrated, correct),
+        metrics.expected_calibration_error(raw, correct),
+        metrics.expected_calibration_error(calibrated, correct),
         path,
     )
     return 0

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from peptrm import evaluate, masses
+from peptrm import masses, metrics
 from peptrm.decoding import Candidate
 from peptrm.evidence import FragmentEvidence
 
@@ -178,14 +178,14 @@ def fit(
 ) -> Calibration:
     """Fit both levels on decoded candidates and their true peptides.
 
-    A peptide counts as correct when every residue matches (`evaluate.aa_match`,
+    A peptide counts as correct when every residue matches (`metrics.aa_match`,
     I = L); a residue when it matches its aligned true residue.
     """
     peptide_x, peptide_y, residue_x, residue_y = [], [], [], []
     for candidate, evidence, label in zip(candidates, evidences, labels, strict=True):
         if not candidate.tokens:
             continue
-        matched, correct = evaluate.aa_match(candidate.tokens, masses.parse(label))
+        matched, correct = metrics.aa_match(candidate.tokens, masses.parse(label))
         cleavages = cleavage_evidence(candidate, evidence)
         peptide_x.append(peptide_features(candidate, cleavages))
         peptide_y.append(float(correct))
