@@ -231,9 +231,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from peptrm import confidence, masses, metrics, sequence, train
+    from peptrm import sequence, train
     from peptrm.weights import BUNDLED, load_model
 
     model, cfg = load_model(args.model, args.config)
@@ -241,43 +239,23 @@ def _calibrate(args: argparse.Namespace) -> int:
         spectra = train.held_out_split(args.inputs, cfg)
     else:
         spectra = train.load_labelled(args.inputs, cfg)
-    if not spectra:
-        raise ValueError(f"{', '.join(args.inputs)}: no usable labelled spectra")
-    candidates, peaks, summary = [], [], sequence.RunSummary()
-    size = cfg.decoding.batch_size
-    for start in range(0, len(spectra), size):
-        found, found_peaks, _ = sequence.decode_batch(
-            model, spectra[start : start + size], cfg, args.device, 1, summary
-        )
-        candidates += [options[0] for options in found]
-        peaks += found_peaks
-    labels = [s.peptide for s in spectra]
     names = ", ".join(Path(p).name for p in args.inputs)
-    fitted = confidence.fit(
-        candidates,
-        peaks,
-        labels,
+    fitted, report = sequence.calibrate(
+        model,
+        spectra,
+        cfg,
+        args.device,
         fitted_on=f"{len(spectra)} spectra of {names}"
         + (" (held-out split)" if args.held_out else ""),
     )
     path = fitted.save(args.output or args.model or BUNDLED)
-    correct = np.array(
-        [
-            metrics.aa_match(c.tokens, masses.parse(label))[1]
-            for c, label in zip(candidates, labels, strict=True)
-        ]
-    )
-    raw = np.array([c.score for c in candidates])
-    calibrated = np.array(
-        [fitted.apply(c, p)[0] for c, p in zip(candidates, peaks, strict=True)]
-    )
     log.info(
         "calibrated on %d spectra (%d peptides right): peptide-score ECE %.3f raw, "
         "%.3f calibrated (on the fitting set); wrote %s",
-        len(spectra),
-        int(correct.sum()),
-        metrics.expected_calibration_error(raw, correct),
-        metrics.expected_calibration_error(calibrated, correct),
+        report["spectra"],
+        report["correct"],
+        report["ece_raw"],
+        report["ece_calibrated"],
         path,
     )
     return 0

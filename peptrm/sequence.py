@@ -14,11 +14,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from peptrm import __version__, decoding, evidence, masses, preprocess
+from peptrm import (
+    __version__,
+    confidence,
+    decoding,
+    evidence,
+    masses,
+    metrics,
+    preprocess,
+)
 from peptrm.confidence import Calibration
 from peptrm.config import Config
 from peptrm.evidence import FragmentEvidence
@@ -323,3 +332,45 @@ def sequence_files(
     partial.replace(output)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def calibrate(
+    model: PepTRM,
+    spectra: Sequence[Spectrum],
+    cfg: Config,
+    device: str = "cpu",
+    fitted_on: str = "",
+) -> tuple[Calibration, dict]:
+    """Sequence labelled, preprocessed spectra and fit calibrated scores on them.
+
+    Returns the calibration and what it did on these spectra: their number, the
+    peptides right, and the peptide-score ECE before and after (in-sample).
+    """
+    if not spectra:
+        raise ValueError("no usable labelled spectra to calibrate on")
+    candidates, peaks, summary = [], [], RunSummary()
+    size = cfg.decoding.batch_size
+    for start in range(0, len(spectra), size):
+        found, found_peaks, _ = decode_batch(
+            model, spectra[start : start + size], cfg, device, 1, summary
+        )
+        candidates += [options[0] for options in found]
+        peaks += found_peaks
+    labels = [s.peptide for s in spectra]
+    fitted = confidence.fit(candidates, peaks, labels, fitted_on)
+    correct = np.array(
+        [
+            metrics.aa_match(c.tokens, masses.parse(label))[1]
+            for c, label in zip(candidates, labels, strict=True)
+        ]
+    )
+    raw = np.array([c.score for c in candidates])
+    calibrated = np.array(
+        [fitted.apply(c, p)[0] for c, p in zip(candidates, peaks, strict=True)]
+    )
+    return fitted, {
+        "spectra": len(spectra),
+        "correct": int(correct.sum()),
+        "ece_raw": metrics.expected_calibration_error(raw, correct),
+        "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
+    }

@@ -184,3 +184,16 @@ def test_bundled_model_sequences_the_small_file(small_mgf):
         assert masses.parse(row.peptide)  # a peptide in our vocabulary
         assert 0.0 < row.score <= 1.0
     assert sum(r.status == "ok" for r in rows) >= 5  # the mass constraint mostly fits
+
+
+def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
+    model, cfg = load_model()  # the bundled model, on the demo's labelled spectra
+    prepare = preprocess.pipeline(cfg.preprocess)
+    demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
+    spectra = [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
+    fitted, report = sequence.calibrate(model, spectra, cfg, fitted_on="demo")
+    assert report["spectra"] == 40 and 0 < report["correct"] < 40
+    assert report["ece_calibrated"] < report["ece_raw"]  # in-sample: it must fit
+    assert fitted.fitted_on == "demo" and fitted.peptide.shape == (5,)
+    with pytest.raises(ValueError, match="no usable labelled spectra"):
+        sequence.calibrate(model, [], cfg)
