@@ -21,6 +21,7 @@ BUNDLED = Path(str(resources.files("peptrm") / "resources"))
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.yaml"
 _ARCHITECTURE = ("model", "recursion", "preprocess")  # sections a model carries
+LEGACY_OFF = ("ion_evidence", "complement_encoding")  # absent from older model.yaml
 
 
 def save_model(model: PepTRM, cfg: Config, folder: str | Path) -> Path:
@@ -39,6 +40,9 @@ def model_config(folder: str | Path, user_config: str | Path | None = None) -> C
     """A saved model's config: defaults, the user's file, then its architecture."""
     with open(Path(folder) / CONFIG_NAME) as handle:
         architecture = yaml.safe_load(handle)
+    # Models saved before these inputs existed were trained without them.
+    for key in LEGACY_OFF:
+        architecture.setdefault("model", {}).setdefault(key, False)
     return load_config(user_config, overrides=architecture)
 
 
