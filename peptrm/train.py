@@ -590,6 +590,25 @@ class PepTRMModule(L.LightningModule):
         self.started = time.monotonic() - checkpoint.get("wall_s", 0.0)
 
 
+def export_checkpoint(path: str | Path, folder: str | Path) -> Path:
+    """Save a training checkpoint's EMA weights as a model folder (as training does).
+
+    Lets a run's checkpoints be compared by decoded recall after the fact, and
+    the best one shipped.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = load_config(overrides=checkpoint["peptrm_config"])
+    model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
+    prefix = "ema.module."
+    state = {
+        k[len(prefix) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(prefix)
+    }
+    model.load_state_dict(state)
+    return save_model(model, cfg, folder)
+
+
 def config_from_checkpoint(path: str | Path) -> Config:
     """The config stored inside a training checkpoint."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
