@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
 
     cal = commands.add_parser(
         "calibrate",
-        help="fit calibrated peptide and residue scores on labelled spectra",
+        help="fit the learned scorers (cleavage log-odds, reranker, calibrated "
+        "peptide and residue scores) on labelled spectra",
     )
     cal.add_argument("inputs", nargs="+", help="labelled spectrum files (SEQ=)")
     cal.add_argument("-m", "--model", help="model folder (default: the bundled model)")
@@ -124,7 +125,16 @@ def _parser() -> argparse.ArgumentParser:
         "holds out of these files (for calibrating on the training files)",
     )
     cal.add_argument(
-        "-o", "--output", help="folder for calibration.yaml (default: the model's)"
+        "--training-part",
+        action="store_true",
+        help="use only the spectra of these files that `peptrm train` learns from "
+        "(not the held-out split), so the held-out split can judge the scorers",
+    )
+    cal.add_argument(
+        "-o",
+        "--output",
+        help="folder for calibration.yaml, rerank.txt/.yaml and cleavage.yaml "
+        "(default: the model's)",
     )
     cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
     cal.add_argument("--device", default="cpu", help="torch device")
@@ -147,8 +157,6 @@ def _versions() -> str:
 
 def _sequence(args: argparse.Namespace) -> int:
     from peptrm import evaluate, sequence
-    from peptrm.confidence import load_calibration
-    from peptrm.rerank import load_reranker
     from peptrm.weights import BUNDLED, load_model
 
     if args.fdr is not None and not 0 < args.fdr < 1:
@@ -157,8 +165,7 @@ def _sequence(args: argparse.Namespace) -> int:
     if not inputs:
         raise ValueError("no input files: give spectrum files or --demo")
     model, cfg = load_model(args.model, args.config)
-    calibration = load_calibration(args.model or BUNDLED)
-    reranker = load_reranker(args.model or BUNDLED)
+    scorers = sequence.load_scorers(args.model or BUNDLED)
     if args.batch_size:
         from dataclasses import replace
 
@@ -173,8 +180,7 @@ def _sequence(args: argparse.Namespace) -> int:
         args.top_k,
         args.default_charge,
         progress=not args.no_progress,
-        calibration=calibration,
-        reranker=reranker,
+        scorers=scorers,
         fdr=args.fdr,
     )
     log.info(
@@ -247,22 +253,27 @@ def _calibrate(args: argparse.Namespace) -> int:
     from peptrm.weights import BUNDLED, load_model
 
     model, cfg = load_model(args.model, args.config)
+    if args.held_out and args.training_part:
+        raise ValueError("give --held-out or --training-part, not both")
     if args.held_out:
         spectra = train.held_out_split(args.inputs, cfg)
+    elif args.training_part:
+        spectra = train.training_part(args.inputs, cfg)
     else:
         spectra = train.load_labelled(args.inputs, cfg)
     names = ", ".join(Path(p).name for p in args.inputs)
-    fitted, reranker, report = sequence.calibrate(
+    scorers, report = sequence.calibrate(
         model,
         spectra,
         cfg,
         args.device,
         fitted_on=f"{len(spectra)} spectra of {names}"
-        + (" (held-out split)" if args.held_out else ""),
+        + (" (held-out split)" if args.held_out else "")
+        + (" (training part)" if args.training_part else ""),
     )
-    path = fitted.save(args.output or args.model or BUNDLED)
+    paths = scorers.save(args.output or args.model or BUNDLED)
+    reranker = scorers.reranker
     if reranker is not None:
-        reranker.save(args.output or args.model or BUNDLED)
         log.info(
             "reranker: rank-1 recall %.3f in search order, %.3f reranked "
             "(out-of-fold), recall@%d %.3f",
@@ -278,7 +289,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         report["correct"],
         report["ece_raw"],
         report["ece_calibrated"],
-        path,
+        ", ".join(map(str, paths)),
     )
     return 0
 

@@ -21,6 +21,16 @@ ions at full intensity scores +3.
 The y ions use the observed precursor mass (isotope error 0): with a 13C isotope
 pick they are 1 Da off and that side finds nothing.
 
+With a learned `CleavageTable` the score is instead a sum of log-odds, one per
+ion type of `TABLE_IONS` (b, y, b++, y++): whether a peak lies within `tol_da`
+of that ion and, if so, the peak's intensity rank, weighed by how often true
+cleavages show that against random cleavage masses of the same spectra
+(PepNovo's idea), then scaled and offset (`scale`, `bias`) into the range of the
+hand-made score. `fit_table` learns it from labelled spectra. a ions, neutral
+losses and isotopes were tried in this sum and lowered held-out recall (a wrong
+prefix 17, 18 or 28 Da off collects the true ladder's loss and a peaks); the
+reranker (`peptrm.rerank`) reads them instead.
+
 `window_bounds` gives the decoder's admissible bound: the highest score any
 cleavage mass in a window could have, for a grid of windows at once.
 """
@@ -29,12 +39,97 @@ cleavage mass in a window could have, for a grid of windows at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import yaml
 
 from peptrm import masses
 
 GRID_DA = 0.01  # resolution of the bound's grid over cleavage masses
 EDGE_DA = 1e-6  # widen every match interval by this, against float rounding
+RANK_EDGES = (5, 15, 40)  # intensity-rank bins of a matched peak: 0-4, 5-14, 15-39, 40+
+N_STATES = len(RANK_EDGES) + 2  # state 0: no peak; then one per rank bin
+TABLE_NAME = "cleavage.yaml"
+TABLE_IONS = tuple(
+    ion for ion in masses.FRAGMENT_IONS if ion[0] in ("b", "y", "b++", "y++")
+)
+# Scale and offset of the log-odds sum, chosen on the held-out split of the
+# training files with the bundled model (benchmarks/bench_decoders.py --table):
+# with the default evidence_weight of 2, a cleavage adds 0.5 x log-odds - 1.
+SCALE = 0.25
+BIAS = -0.5
+RANDOM_PER_TRUE = 4  # random cleavage masses drawn per true one when fitting
+MAX_TOKENS = 256  # longer than any peptide a labelled spectrum carries
+
+
+@dataclass
+class CleavageTable:
+    """Log-odds of each fragment ion type's state at a true vs a random cleavage.
+
+    `log_odds[c, i, s]`: charge class c (0: precursor charge <= 2, 1: >= 3), ion
+    type i of `TABLE_IONS`, state s (0: no peak within tolerance, 1.. the
+    matched peak's intensity-rank bin, `RANK_EDGES`). A cleavage scores
+    `scale` times the sum over ion types plus `bias` (the price of a boundary).
+    """
+
+    log_odds: np.ndarray  # (2, I, N_STATES)
+    tol_da: float  # fragment tolerance it was fitted at
+    fitted_on: str = ""
+    scale: float = SCALE
+    bias: float = BIAS
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `cleavage.yaml` into a model folder."""
+        path = Path(folder) / TABLE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = {
+            "fitted_on": self.fitted_on,
+            "tol_da": self.tol_da,
+            "rank_edges": list(RANK_EDGES),
+            "scale": float(self.scale),
+            "bias": float(self.bias),
+            "log_odds": {
+                cls: {
+                    ion[0]: [round(float(v), 5) for v in self.log_odds[c, i]]
+                    for i, ion in enumerate(TABLE_IONS)
+                }
+                for c, cls in enumerate(("charge <= 2", "charge >= 3"))
+            },
+        }
+        with open(path, "w") as handle:
+            yaml.safe_dump(values, handle, sort_keys=False)
+        return path
+
+
+def load_table(folder: str | Path) -> CleavageTable | None:
+    """A model folder's cleavage table, or None when it has none."""
+    path = Path(folder) / TABLE_NAME
+    if not path.exists():
+        return None
+    with open(path) as handle:
+        values = yaml.safe_load(handle)
+    try:
+        table = np.array(
+            [
+                [values["log_odds"][cls][ion[0]] for ion in TABLE_IONS]
+                for cls in ("charge <= 2", "charge >= 3")
+            ],
+            np.float64,
+        )
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a PepTRM cleavage table ({error})") from error
+    if table.shape[2] != N_STATES or list(values["rank_edges"]) != list(RANK_EDGES):
+        raise ValueError(f"{path}: fitted with other rank bins; refit it")
+    return CleavageTable(
+        table,
+        float(values["tol_da"]),
+        str(values["fitted_on"]),
+        float(values["scale"]),
+        float(values["bias"]),
+    )
 
 
 class FragmentEvidence:
@@ -47,6 +142,7 @@ class FragmentEvidence:
         precursor_mass: float,
         charge: int,
         tol_da: float,
+        table: CleavageTable | None = None,
     ) -> None:
         keep = (mz > 0) & np.isfinite(mz) & np.isfinite(intensity)
         order = np.argsort(mz[keep], kind="stable")
@@ -60,6 +156,12 @@ class FragmentEvidence:
         # Doubly charged fragments only when the precursor can carry two charges
         # on one fragment; singly charged precursors give none.
         self.charges = (1, 2) if charge >= 3 else (1,)
+        rank = np.empty(len(self.weight), np.int64)
+        rank[np.argsort(-self.weight, kind="stable")] = np.arange(len(self.weight))
+        self.state = 1 + np.searchsorted(RANK_EDGES, rank, side="right")  # (K,)
+        self.log_odds = None if table is None else table.log_odds[int(charge >= 3)]
+        self.scale = 0.0 if table is None else table.scale
+        self.bias = 0.0 if table is None else table.bias
 
     # ---------------------------------------------------------------- exact score
 
@@ -84,9 +186,29 @@ class FragmentEvidence:
         distance = np.minimum(to_left, to_right)
         return np.where(distance <= self.tol_da, pick, -1)
 
+    def ion_mz(self, ion: tuple, prefix_mass: np.ndarray) -> np.ndarray:
+        """m/z of one `masses.FRAGMENT_IONS` type after prefixes of `prefix_mass`."""
+        _, side, charge, offset = ion
+        neutral = prefix_mass if side == "b" else self.precursor_mass - prefix_mass
+        return (neutral + charge * masses.PROTON) / charge + offset
+
+    def states(self, prefix_mass: np.ndarray) -> np.ndarray:
+        """(I, C) state of every `TABLE_IONS` type after each prefix (0: no peak)."""
+        prefix_mass = np.asarray(prefix_mass, np.float64)
+        out = np.zeros((len(TABLE_IONS), len(prefix_mass)), np.int64)
+        padded_state = np.concatenate([[0], self.state, [0]])
+        for i, ion in enumerate(TABLE_IONS):
+            index = self.nearest_within(self.ion_mz(ion, prefix_mass))
+            out[i] = np.where(index >= 0, padded_state[index + 1], 0)
+        return out
+
     def score(self, prefix_mass: np.ndarray) -> np.ndarray:
         """(C,) support for a cleavage after prefixes of residue sum `prefix_mass`."""
         prefix_mass = np.asarray(prefix_mass, np.float64)
+        if self.log_odds is not None:
+            states = self.states(prefix_mass)  # (I, C)
+            rows = np.arange(len(TABLE_IONS))[:, None]
+            return self.scale * self.log_odds[rows, states].sum(axis=0) + self.bias
         suffix_mass = self.precursor_mass - prefix_mass  # y ion's neutral mass
         charges = np.array(self.charges, np.float64)[:, None]  # (Z, 1)
         ions = np.concatenate(  # (2Z, C): b ions at each charge, then y ions
@@ -106,8 +228,12 @@ class FragmentEvidence:
 
         Every (peak, ion type) match is an interval of m; each side's grid holds
         the best match over the cells its intervals touch, and the bound is the
-        sum of the two sides' bests (at least the best sum).
+        sum of the two sides' bests (at least the best sum). With a learned
+        table, each ion type's best is the larger of its no-peak log-odds and
+        the best log-odds of any peak whose interval touches the cell.
         """
+        if self.log_odds is not None:
+            return self._table_grid(n_cells)
         sides = []
         for side in ("b", "y"):
             best = np.zeros(n_cells)
@@ -126,6 +252,26 @@ class FragmentEvidence:
                 np.maximum.at(best, cells[valid], values[valid])
             sides.append(best)
         return sides[0] + sides[1] - 1.0
+
+    def _table_grid(self, n_cells: int) -> np.ndarray:
+        """`grid` for the learned score: a sum over ion types of per-type bests."""
+        total = np.zeros(n_cells)
+        for i, (_, side, z, offset) in enumerate(TABLE_IONS):
+            best = np.full(n_cells, self.log_odds[i, 0])
+            # ion m/z = (m + z p) / z + offset for b, (M - m + z p) / z + offset for y
+            centre = (self.mz - offset) * z - z * masses.PROTON
+            if side == "y":
+                centre = self.precursor_mass - centre
+            half = z * self.tol_da + EDGE_DA
+            lo = np.floor((centre - half) / GRID_DA).astype(np.int64)
+            hi = np.floor((centre + half) / GRID_DA).astype(np.int64)
+            span = int((hi - lo).max(initial=0)) + 1
+            cells = lo[:, None] + np.arange(span)[None, :]  # (K, span)
+            valid = (cells <= hi[:, None]) & (cells >= 0) & (cells < n_cells)
+            values = np.broadcast_to(self.log_odds[i, self.state][:, None], cells.shape)
+            np.maximum.at(best, cells[valid], values[valid])
+            total += best
+        return self.scale * total + self.bias
 
     def window_bounds(self, lo_da: np.ndarray, hi_da: np.ndarray) -> np.ndarray:
         """Upper bound of `score` over each window [lo_da, hi_da] of cleavage mass.
@@ -154,7 +300,9 @@ class FragmentEvidence:
         return np.maximum(table[level, lo], table[level, end])
 
 
-def from_batch(batch: dict, tol_da: float) -> list[FragmentEvidence]:
+def from_batch(
+    batch: dict, tol_da: float, table: CleavageTable | None = None
+) -> list[FragmentEvidence]:
     """One `FragmentEvidence` per spectrum of a `preprocess.collate` batch."""
     mz = batch["mz"].detach().cpu().double().numpy()
     intensity = batch["intensity"].detach().cpu().double().numpy()
@@ -162,7 +310,43 @@ def from_batch(batch: dict, tol_da: float) -> list[FragmentEvidence]:
     charge = batch["charge"].detach().cpu().numpy()
     return [
         FragmentEvidence(
-            mz[b], intensity[b], float(precursor[b]), int(charge[b]), tol_da
+            mz[b], intensity[b], float(precursor[b]), int(charge[b]), tol_da, table
         )
         for b in range(len(mz))
     ]
+
+
+def fit_table(
+    spectra: Sequence, tol_da: float, seed: int = 0, fitted_on: str = ""
+) -> CleavageTable:
+    """Learn the log-odds of each ion type's state from labelled spectra.
+
+    True cleavages are the label's residue boundaries (not the one after an
+    N-terminal modification), placed from the observed precursor as the search
+    places them; random ones are `RANDOM_PER_TRUE` uniform masses per true one
+    between 50 Da and the precursor less 50 Da. Counts start at one (Laplace).
+    """
+    rng = np.random.default_rng(seed)
+    shape = (2, len(TABLE_IONS), N_STATES)
+    true_counts, random_counts = np.ones(shape), np.ones(shape)
+    for spectrum in spectra:
+        indices = masses.encode(spectrum.peptide, MAX_TOKENS)
+        indices = indices[indices != masses.STOP_INDEX]
+        prefix = np.cumsum(masses.VOCAB_MASSES[indices])[:-1]
+        if int(indices[0]) in masses.N_TERMINAL_INDICES:
+            prefix = prefix[1:]
+        precursor = masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
+        if len(prefix) == 0 or precursor < 150:
+            continue
+        peaks = FragmentEvidence(
+            spectrum.mz, spectrum.intensity, precursor, spectrum.charge, tol_da
+        )
+        random = rng.uniform(50, precursor - 50, RANDOM_PER_TRUE * len(prefix))
+        c = int(spectrum.charge >= 3)
+        for counts, masses_at in ((true_counts, prefix), (random_counts, random)):
+            states = peaks.states(masses_at)  # (I, C)
+            for i in range(len(TABLE_IONS)):
+                counts[c, i] += np.bincount(states[i], minlength=N_STATES)
+    true_p = true_counts / true_counts.sum(axis=2, keepdims=True)
+    random_p = random_counts / random_counts.sum(axis=2, keepdims=True)
+    return CleavageTable(np.log(true_p / random_p), tol_da, fitted_on)

@@ -22,6 +22,25 @@ CO = mass.calculate_mass(formula="CO")  # 27.994915: an a ion is its b ion - CO
 NH3 = mass.calculate_mass(formula="NH3")  # 17.026549: ammonia loss
 MAX_CHARGE = 10  # highest precursor charge we accept; beyond is treated as absurd
 
+# Fragment ions read off one cleavage. Each is (name, side, charge, offset in Da
+# added to the singly/doubly charged m/z): b, y, b++, y++, a = b - CO, water and
+# ammonia losses, the +1 13C isotope of b and y, and y computed from a precursor
+# that was its own +1 13C peak (every y then sits one C13 spacing lower).
+FRAGMENT_IONS: tuple[tuple[str, str, int, float], ...] = (
+    ("b", "b", 1, 0.0),
+    ("y", "y", 1, 0.0),
+    ("b++", "b", 2, 0.0),
+    ("y++", "y", 2, 0.0),
+    ("a", "b", 1, -CO),
+    ("b-H2O", "b", 1, -H2O),
+    ("b-NH3", "b", 1, -NH3),
+    ("y-H2O", "y", 1, -H2O),
+    ("y-NH3", "y", 1, -NH3),
+    ("b+iso", "b", 1, C13_SPACING),
+    ("y+iso", "y", 1, C13_SPACING),
+    ("y, precursor +1 iso", "y", 1, -C13_SPACING),
+)
+
 # The 20 residues; I and L share a composition, so they share a mass.
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 RESIDUE_MASSES: dict[str, float] = {

@@ -207,24 +207,8 @@ class Heads(nn.Module):
 # --------------------------------------------------------------------------
 # Ion evidence: where the draft says the ions are, what the peaks say
 # --------------------------------------------------------------------------
-# I ion types, C kernel channels. Each ion type is (side, charge, offset in Da
-# added to the singly/doubly charged m/z): b, y, b++, y++, a = b - CO, water and
-# ammonia losses, the +1 13C isotope of b and y, and y computed from a precursor
-# that was its own +1 13C peak (every y then sits one C13 spacing lower).
-ION_TYPES: tuple[tuple[str, str, int, float], ...] = (
-    ("b", "b", 1, 0.0),
-    ("y", "y", 1, 0.0),
-    ("b++", "b", 2, 0.0),
-    ("y++", "y", 2, 0.0),
-    ("a", "b", 1, -masses.CO),
-    ("b-H2O", "b", 1, -masses.H2O),
-    ("b-NH3", "b", 1, -masses.NH3),
-    ("y-H2O", "y", 1, -masses.H2O),
-    ("y-NH3", "y", 1, -masses.NH3),
-    ("b+iso", "b", 1, masses.C13_SPACING),
-    ("y+iso", "y", 1, masses.C13_SPACING),
-    ("y, precursor +1 iso", "y", 1, -masses.C13_SPACING),
-)
+# I ion types (`masses.FRAGMENT_IONS`), C kernel channels.
+ION_TYPES = masses.FRAGMENT_IONS
 # Two kernel widths: a narrow one at Orbitrap/TOF fragment accuracy and a wide one
 # that still sees ion-trap fragments (~0.5 Da) and near misses.
 KERNEL_WIDTHS_DA = (0.02, 0.3)

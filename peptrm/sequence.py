@@ -33,7 +33,7 @@ from peptrm import (
 )
 from peptrm.confidence import Calibration
 from peptrm.config import Config
-from peptrm.evidence import FragmentEvidence
+from peptrm.evidence import CleavageTable, FragmentEvidence
 from peptrm.io import (
     InputError,
     Prediction,
@@ -76,6 +76,41 @@ class RunSummary:
     def mean_steps(self) -> float:
         """Mean supervision steps run per sequenced spectrum (adaptive halting)."""
         return self.steps / self.sequenced if self.sequenced else math.nan
+
+
+@dataclass
+class Scorers:
+    """What a model folder carries beside its weights to score candidates.
+
+    `cleavage`: the learned cleavage log-odds the search adds
+    (`evidence.CleavageTable`; without it, the hand-made evidence); `reranker`:
+    reorders the search's top K and gives the peptide score; `calibration`:
+    per-residue scores (and the peptide score when there is no reranker).
+    """
+
+    calibration: Calibration | None = None
+    reranker: Reranker | None = None
+    cleavage: CleavageTable | None = None
+
+    def describe(self) -> str:
+        """What scores the output carries, for the log and the mzTab header."""
+        if self.reranker is not None:
+            return "reranked, calibrated"
+        return "calibrated" if self.calibration else "model probabilities"
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write each scorer that is set into a model folder."""
+        parts = (self.calibration, self.reranker, self.cleavage)
+        return [part.save(folder) for part in parts if part is not None]
+
+
+def load_scorers(folder: str | Path) -> Scorers:
+    """The scorers a model folder carries (any may be missing)."""
+    return Scorers(
+        confidence.load_calibration(folder),
+        rerank.load_reranker(folder),
+        evidence.load_table(folder),
+    )
 
 
 @torch.no_grad()
@@ -132,16 +167,15 @@ def search_top(
     cfg: Config,
     top_k: int,
     peaks: list[FragmentEvidence],
-    reranker: Reranker | None,
+    head_k: int,
 ) -> list[list[decoding.Candidate]]:
-    """The candidates to rank: the search's top `reranker.k` (or 1), then more.
+    """The candidates to rank: the search's top `head_k`, then more.
 
     A search that runs out of budget can return a different best peptide when
     asked for more of them, so the ranked head always comes from one search of
     a fixed size; rows past it (`top_k` larger) come from a second, larger
     search and are appended in its order, leaving the head untouched.
     """
-    head_k = reranker.k if reranker is not None else 1
     log_probs = log_probs.float().cpu()
     found = decoding.decode(log_probs, precursor_mass, cfg.decoding, head_k, peaks)
     if top_k > head_k:
@@ -160,17 +194,19 @@ def decode_batch(
     device: str,
     top_k: int,
     summary: RunSummary,
-    calibration: Calibration | None = None,
-    reranker: Reranker | None = None,
+    scorers: Scorers | None = None,
+    head_k: int | None = None,
 ) -> tuple[list[list[decoding.Candidate]], list[FragmentEvidence], Tensor]:
     """Refine, decode (and feed back) one batch: candidates, peaks, steps run.
 
+    The search adds the scorers' learned cleavage log-odds when they have them.
     With a `calibration` the candidates' scores (and per-residue scores) are its
     calibrated probabilities. With a `reranker`, the search's top `reranker.k`
     are reordered by the reranker's calibrated probability, which becomes the
     peptide score. The search always returns at least that many, and only the
     first `top_k` are kept after reranking, so `top_k` never changes rank 1.
-    Without a reranker the search's order stands.
+    Without a reranker the search's order stands. `head_k` overrides the size
+    of the search that heads the ranking (`search_top`).
     """
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -179,10 +215,13 @@ def decode_batch(
         model, batch, cfg.recursion.n_supervision, cfg.decoding.halt_threshold
     )
     summary.model_seconds += time.perf_counter() - started
+    scorers = scorers or Scorers()
+    calibration, reranker = scorers.calibration, scorers.reranker
+    head = head_k or (reranker.k if reranker is not None else 1)
     precursor_mass = batch["precursor_mass"].cpu()
-    peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
+    peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, scorers.cleavage)
     started = time.perf_counter()
-    candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, reranker)
+    candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, head)
     summary.decode_seconds += time.perf_counter() - started
     for _ in range(cfg.decoding.refine_rounds):
         draft = candidates_as_draft(candidates, cfg.model.max_length).to(device)
@@ -191,7 +230,7 @@ def decode_batch(
         steps = steps + more
         summary.model_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, reranker)
+        candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, head)
         summary.decode_seconds += time.perf_counter() - started
     started = time.perf_counter()
     charges = batch["charge"].tolist()
@@ -215,12 +254,11 @@ def predict_batch(
     device: str,
     top_k: int,
     summary: RunSummary,
-    calibration: Calibration | None = None,
-    reranker: Reranker | None = None,
+    scorers: Scorers | None = None,
 ) -> list[list[Prediction]]:
     """Sequence one batch of preprocessed spectra; top-k predictions per spectrum."""
     candidates, _, steps = decode_batch(
-        model, spectra, cfg, device, top_k, summary, calibration, reranker
+        model, spectra, cfg, device, top_k, summary, scorers
     )
     out = []
     for spectrum, options, n in zip(spectra, candidates, steps.tolist(), strict=True):
@@ -272,8 +310,7 @@ def predictions(
     default_charge: int | None = None,
     summary: RunSummary | None = None,
     progress: bool = True,
-    calibration: Calibration | None = None,
-    reranker: Reranker | None = None,
+    scorers: Scorers | None = None,
 ) -> Iterator[Prediction]:
     """Stream prediction rows for every spectrum of `inputs`, in input order."""
     summary = summary if summary is not None else RunSummary()
@@ -286,11 +323,7 @@ def predictions(
     def flush() -> Iterator[Prediction]:
         spectra = [r for r in pending if isinstance(r, Spectrum)]
         results = (
-            iter(
-                predict_batch(
-                    model, spectra, cfg, device, top_k, summary, calibration, reranker
-                )
-            )
+            iter(predict_batch(model, spectra, cfg, device, top_k, summary, scorers))
             if spectra
             else iter(())
         )
@@ -359,8 +392,7 @@ def sequence_files(
     top_k: int | None = None,
     default_charge: int | None = None,
     progress: bool = True,
-    calibration: Calibration | None = None,
-    reranker: Reranker | None = None,
+    scorers: Scorers | None = None,
     fdr: float | None = None,
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
@@ -383,8 +415,7 @@ def sequence_files(
         default_charge,
         summary,
         progress,
-        calibration,
-        reranker,
+        scorers,
     )
     rows = with_q_values(rows, fdr)
     output = Path(output)
@@ -404,9 +435,7 @@ def sequence_files(
                 f"{cfg.decoding.max_isotope}",
                 "fragment_evidence_weight": cfg.decoding.evidence_weight,
                 "fragment_tol_da": cfg.decoding.fragment_tol_da,
-                "scores": "reranked, calibrated"
-                if reranker
-                else ("calibrated" if calibration else "model probabilities"),
+                "scores": (scorers or Scorers()).describe(),
                 "fdr": "off" if fdr is None else fdr,
             },
         )
@@ -422,23 +451,33 @@ def calibrate(
     device: str = "cpu",
     fitted_on: str = "",
     rerank_k: int = rerank.DEFAULT_K,
-) -> tuple[Calibration, Reranker | None, dict]:
-    """Sequence labelled, preprocessed spectra and fit calibrated scores on them.
+    learn_cleavage: bool = True,
+) -> tuple[Scorers, dict]:
+    """Fit every scorer a model carries on labelled, preprocessed spectra.
 
-    Fits the per-residue and peptide calibration on the search's rank-1
-    peptides, and the reranker (`peptrm.rerank`) on its top `rerank_k` (0: no
-    reranker). Returns both and what they did on these spectra: their number,
-    the peptides right, the peptide-score ECE before and after calibration
-    (in-sample), and the reranker's out-of-fold rank-1 recall.
+    First the cleavage log-odds (`evidence.fit_table`, unless `learn_cleavage`
+    is False), then, on the search's results with them, the per-residue and
+    peptide calibration (rank-1 peptides) and the reranker (`peptrm.rerank`,
+    the top `rerank_k`; 0: none). Returns them and what they did on these
+    spectra: their number, the peptides right at rank 1 of the search, the
+    peptide-score ECE before and after calibration (in-sample), and the
+    reranker's out-of-fold rank-1 recall.
     """
     if not spectra:
         raise ValueError("no usable labelled spectra to calibrate on")
+    table = None
+    if learn_cleavage:
+        table = evidence.fit_table(
+            spectra, cfg.decoding.fragment_tol_da, fitted_on=fitted_on
+        )
     groups, peaks, summary = [], [], RunSummary()
     size = cfg.decoding.batch_size
+    k = max(rerank_k, 1)
     for start in range(0, len(spectra), size):
         found, found_peaks, _ = decode_batch(
-            model, spectra[start : start + size], cfg, device, max(rerank_k, 1), summary
-        )
+            model, spectra[start : start + size], cfg, device, k, summary,
+            Scorers(cleavage=table), head_k=k,
+        )  # fmt: skip
         groups += found
         peaks += found_peaks
     candidates = [options[0] for options in groups]
@@ -460,14 +499,10 @@ def calibrate(
     calibrated = np.array(
         [fitted.apply(c, p)[0] for c, p in zip(candidates, peaks, strict=True)]
     )
-    return (
-        fitted,
-        reranker,
-        {
-            "spectra": len(spectra),
-            "correct": int(correct.sum()),
-            "ece_raw": metrics.expected_calibration_error(raw, correct),
-            "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
-            **rerank_report,
-        },
-    )
+    return Scorers(fitted, reranker, table), {
+        "spectra": len(spectra),
+        "correct": int(correct.sum()),
+        "ece_raw": metrics.expected_calibration_error(raw, correct),
+        "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
+        **rerank_report,
+    }

@@ -216,6 +216,18 @@ def held_out_split(paths: Sequence[str | Path], cfg: Config) -> list[Spectrum]:
     return val
 
 
+def training_part(paths: Sequence[str | Path], cfg: Config) -> list[Spectrum]:
+    """The labelled spectra of `paths` that training learns from (not held out).
+
+    Learned scorers (cleavage log-odds, reranker) are fitted on these, so the
+    held-out split stays free to choose settings on.
+    """
+    train, _ = split_by_peptide(
+        load_labelled(paths, cfg), cfg.training.val_fraction, cfg.training.seed
+    )
+    return train
+
+
 class TrainingStream(IterableDataset):
     """Endless batches mixing simulated and real spectra; batch b is f(seed, b).
 

@@ -87,11 +87,11 @@ def test_a_broken_calibration_file_is_named(tmp_path):
 
 def test_q_values_are_the_lowest_fdr_of_any_threshold_that_accepts():
     # sorted: 0.9, 0.8, 0.8, 0.2 -> FDR 0.1, (0.1+0.2)/2 = 0.15 at the first 0.8
-    # but a threshold takes both 0.8s: (0.1+0.2+0.2)/3 = 0.1667; then 2.3/4 = 0.325
+    # but a threshold takes both 0.8s: (0.1+0.2+0.2)/3 = 0.1667; then 1.3/4 = 0.325
     q = confidence.q_values(np.array([0.8, 0.9, np.nan, 0.2, 0.8]))
     assert q[1] == pytest.approx(0.1)
     assert q[0] == pytest.approx(0.5 / 3) and q[4] == pytest.approx(0.5 / 3)
-    assert q[3] == pytest.approx(2.3 / 4) and np.isnan(q[2])
+    assert q[3] == pytest.approx(1.3 / 4) and np.isnan(q[2])
     # a weaker peptide never has a lower q-value than a stronger one
     p = np.random.default_rng(0).random(200)
     q = confidence.q_values(p)
