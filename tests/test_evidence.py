@@ -2,18 +2,28 @@ import numpy as np
 import pytest
 
 from peptrm import masses
-from peptrm.evidence import FragmentEvidence
+from peptrm.evidence import (
+    BIAS,
+    N_STATES,
+    SCALE,
+    TABLE_IONS,
+    CleavageTable,
+    FragmentEvidence,
+    fit_table,
+    load_table,
+)
 
 PEPTIDE = ["P", "E", "P", "T", "L", "D", "E", "K"]
 
 
-def ladder_evidence(charge: int = 2, tol: float = 0.02) -> FragmentEvidence:
+def ladder_evidence(
+    charge: int = 2, tol: float = 0.02, table: CleavageTable | None = None
+) -> FragmentEvidence:
     """Peaks at b3 (intensity 1.0) and y5 (0.25) of PEPTLDEK, plus one noise peak."""
     b, y = masses.fragment_mz(PEPTIDE, 1)
     mz = np.array([b[2], y[4], 433.7])
-    return FragmentEvidence(
-        mz, np.array([4.0, 1.0, 2.0]), masses.peptide_mass(PEPTIDE), charge, tol
-    )
+    mass = masses.peptide_mass(PEPTIDE)
+    return FragmentEvidence(mz, np.array([4.0, 1.0, 2.0]), mass, charge, tol, table)
 
 
 def test_a_cleavage_with_both_ions_scores_both_intensities():
@@ -56,3 +66,56 @@ def test_window_bounds_never_fall_below_the_exact_score():
 def test_spectrum_without_peaks_scores_every_cleavage_minus_one():
     evidence = FragmentEvidence(np.zeros(5), np.zeros(5), 900.0, 2, 0.05)
     assert np.all(evidence.score(np.array([100.0, 350.2])) == -1.0)
+
+
+def _table(present: float = 4.0, absent: float = -1.0) -> CleavageTable:
+    """Every ion type: `absent` with no peak, `present` + bin for rank bin 1..4."""
+    log_odds = np.zeros((2, len(TABLE_IONS), N_STATES))
+    log_odds[:, :, 0] = absent
+    log_odds[:, :, 1:] = present + np.arange(N_STATES - 1)[::-1]  # top ranks best
+    return CleavageTable(log_odds, 0.02, "hand-made", scale=0.5, bias=-0.25)
+
+
+def test_learned_score_sums_each_ion_types_log_odds():
+    evidence = ladder_evidence(table=_table())  # b3 is the base peak, y5 ranks third
+    prefix = sum(float(masses.VOCAB_MASSES[masses.TOKEN_INDEX[t]]) for t in PEPTIDE[:3])
+    # b3 (rank 0, bin 1: 4 + 3 = 7) and y5 (rank 2, bin 1: 7); b++ and y++ absent
+    # (-1 each): 0.5 * (7 + 7 - 1 - 1) - 0.25 = 5.75
+    assert evidence.score(np.array([prefix]))[0] == pytest.approx(5.75)
+    # no ion at all: 0.5 * 4 * (-1) - 0.25
+    assert evidence.score(np.array([prefix + 1.5]))[0] == pytest.approx(-2.25)
+
+
+def test_learned_window_bounds_never_fall_below_the_exact_score():
+    rng = np.random.default_rng(1)
+    mz = np.sort(rng.uniform(100, 1500, size=80))
+    table = _table()
+    table.log_odds[1, :, 2] = -3.0  # a state scoring below "absent" must not leak
+    evidence = FragmentEvidence(mz, rng.uniform(0, 1, 80), 1800.0, 3, 0.05, table)
+    lo = rng.uniform(-5, 1800, size=500)
+    width = rng.uniform(0.0, 2.5, size=500)
+    bound = evidence.window_bounds(lo, lo + width)
+    inside = lo[:, None] + width[:, None] * np.linspace(0, 1, 400)[None, :]
+    exact = evidence.score(inside.ravel()).reshape(inside.shape).max(axis=1)
+    assert np.all(bound >= exact - 1e-12)
+    assert (exact > -2.25).mean() > 0.05
+
+
+def test_fitted_table_favours_matched_b_and_y_and_round_trips(tmp_path, small_mgf):
+    from peptrm import preprocess
+    from peptrm.config import load_config
+    from peptrm.io import Spectrum, read_spectra
+
+    prepare = preprocess.pipeline(load_config().preprocess)
+    spectra = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    table = fit_table(spectra, 0.02, fitted_on="small.mgf")
+    b, y = TABLE_IONS.index(("b", "b", 1, 0.0)), TABLE_IONS.index(("y", "y", 1, 0.0))
+    for ion in (b, y):  # charge <= 2 and >= 3 both occur in small.mgf
+        for charge_class in (0, 1):
+            odds = table.log_odds[charge_class, ion]
+            assert odds[0] < 0 < odds[1]  # no peak counts against; a top peak for
+    table.save(tmp_path)
+    loaded = load_table(tmp_path)
+    np.testing.assert_allclose(loaded.log_odds, table.log_odds, atol=1e-5)
+    assert (loaded.scale, loaded.bias, loaded.fitted_on) == (SCALE, BIAS, "small.mgf")
+    assert load_table(tmp_path / "nowhere") is None
