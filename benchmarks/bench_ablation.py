@@ -38,6 +38,7 @@ ARMS: dict[str, dict] = {
     "full": {},
     "no ion evidence": {"model": {"ion_evidence": False, "complement_encoding": False}},
     "T = 1": {"recursion": {"n_cycles": 1}},
+    "suffix evidence": {"model": {"suffix_evidence": True}},
     "N_sup = 1": {"recursion": {"n_supervision": 1}},
     "no curriculum": {"training": {"curriculum_start_length": 30}},
     "no augmentation": {

@@ -145,9 +145,8 @@ def main() -> None:
     charges = [s.charge for s in spectra]
     if args.fit:
         _, report = rerank.fit(groups, peaks_all, charges, labels, args.k)
-        print(
-            f"{'reranked (out-of-fold)':<24}{report['reranked_rank1_recall_out_of_fold']:>11.4f}"
-        )
+        out_of_fold = report["reranked_rank1_recall_out_of_fold"]
+        print(f"{'reranked (out-of-fold)':<24}{out_of_fold:>11.4f}")
         print(f"fit report: {report}")
     reranker = None if args.fit else rerank.load_reranker(args.model or BUNDLED)
     if args.fit_train:

@@ -54,6 +54,7 @@ class ModelConfig:
     draft_mass_encoding: bool  # draft positions carry their predicted b/y ion m/z
     ion_evidence: bool  # draft positions read the peaks at each candidate's ions
     complement_encoding: bool  # peaks also carry their mirror m/z M + 2 proton - m
+    suffix_evidence: bool  # ion evidence also anchored at the draft's C-terminus
 
 
 @dataclass(frozen=True)

@@ -252,16 +252,12 @@ def lookup_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> Tensor:
     return torch.stack(channels, dim=-1)  # (B, N, C)
 
 
-def candidate_ion_mz(
-    prefix_before: Tensor, token_masses: Tensor, precursor_mass: Tensor
-) -> Tensor:
-    """m/z of every ion type for a cleavage after each position and candidate token.
+def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
+    """m/z of every ion type of cleavages whose b fragments weigh `b` (B, L, V).
 
-    `prefix_before` (B, L) is the residue mass before each position, so a token
-    v at position i ends a b fragment of neutral mass prefix_before[i] + m_v and
-    leaves a y fragment of precursor_mass - that. Returns (B, L, V, I).
+    `b` is each cleavage's b-fragment residue mass (neutral); the y fragment is
+    precursor_mass - b. Returns (B, L, V, I).
     """
-    b = prefix_before.unsqueeze(-1) + token_masses  # (B, L, V) neutral b fragment
     y = precursor_mass.view(-1, 1, 1) - b  # (B, L, V) neutral y fragment
     ions = []
     for _, side, charge, offset in ION_TYPES:
@@ -313,9 +309,11 @@ class PepTRM(nn.Module):
         # Small like the position embedding: N(0, 1) (norm ~8 at D = 64, the same at
         # every position) would drown the position signal.
         nn.init.normal_(self.step_embedding.weight, std=0.02)
+        features = vocab_size * len(ION_TYPES) * EVIDENCE_CHANNELS
         if cfg.ion_evidence:
-            features = vocab_size * len(ION_TYPES) * EVIDENCE_CHANNELS
             self.evidence_projection = nn.Linear(features, cfg.dim)
+        if cfg.ion_evidence and cfg.suffix_evidence:
+            self.suffix_evidence_projection = nn.Linear(features, cfg.dim)
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         self.net = TinyNetwork(cfg)
         self.heads = Heads(cfg, vocab_size)
@@ -370,10 +368,28 @@ class PepTRM(nn.Module):
         """
         expected = probs.double() @ self.token_masses  # (B, L) expected token mass
         prefix_before = torch.cumsum(expected, dim=1) - expected  # (B, L) exclusive
-        ion_mz = candidate_ion_mz(
-            prefix_before, self.token_masses, spectrum.precursor_mass.double()
-        )  # (B, L, V, I)
-        batch, length = probs.shape[:2]
+        b = prefix_before.unsqueeze(-1) + self.token_masses  # (B, L, V) v ends b
+        return self._lookup(b, spectrum)  # (B, L, V * I * C)
+
+    @torch.no_grad()
+    def suffix_ion_evidence(self, probs: Tensor, spectrum: Encoded) -> Tensor:
+        """`ion_evidence` anchored at the C-terminus: the cleavage before each token.
+
+        The draft's expected masses after position i (STOP weighs nothing) give
+        the y fragment that starts with a candidate v at i: v + everything after
+        it. A draft sure of its length and end resolves its last residues this
+        way while the prefix walk is still at the first ones.
+        """
+        expected = probs.double() @ self.token_masses  # (B, L)
+        suffix_after = expected.flip(1).cumsum(1).flip(1) - expected  # (B, L)
+        residues = spectrum.precursor_mass.double().unsqueeze(1) - masses.H2O
+        b = (residues - suffix_after).unsqueeze(-1) - self.token_masses  # (B, L, V)
+        return self._lookup(b, spectrum)  # (B, L, V * I * C)
+
+    def _lookup(self, b: Tensor, spectrum: Encoded) -> Tensor:
+        """Peaks at every ion type of cleavages with b fragments `b` (B, L, V)."""
+        ion_mz = candidate_ion_mz(b, spectrum.precursor_mass.double())  # (B,L,V,I)
+        batch, length = b.shape[:2]
         found = lookup_peaks(spectrum.peaks, ion_mz.float().reshape(batch, -1))
         return found.reshape(batch, length, -1)  # (B, L, V * I * C)
 
@@ -386,6 +402,9 @@ class PepTRM(nn.Module):
         if self.cfg.ion_evidence:
             found = self.ion_evidence(probs.detach(), spectrum).to(h.dtype)
             h = h + self.evidence_projection(found)  # (B, L, D)
+        if self.cfg.ion_evidence and self.cfg.suffix_evidence:
+            found = self.suffix_ion_evidence(probs.detach(), spectrum).to(h.dtype)
+            h = h + self.suffix_evidence_projection(found)  # (B, L, D)
         return h
 
     def think(

@@ -21,7 +21,11 @@ BUNDLED = Path(str(resources.files("peptrm") / "resources"))
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.yaml"
 _ARCHITECTURE = ("model", "recursion", "preprocess")  # sections a model carries
-LEGACY_OFF = ("ion_evidence", "complement_encoding")  # absent from older model.yaml
+LEGACY_OFF = (
+    "ion_evidence",
+    "complement_encoding",
+    "suffix_evidence",
+)  # absent from older model.yaml
 
 
 def save_model(model: PepTRM, cfg: Config, folder: str | Path) -> Path:

@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,38 @@ def test_draft_ladder_is_the_b_and_y_series_of_a_confident_draft(tiny):
     torch.testing.assert_close(
         model.ladder(probs, precursor)[0, 1], expected, atol=1e-3, rtol=1e-3
     )  # b2 and y5 after position 2
+
+
+def test_ion_evidence_finds_the_true_ladder_from_either_end():
+    """With the draft on the true peptide, every true token sees its b and y ions."""
+    cfg = load_config(
+        overrides={
+            "model": {
+                "dim": 32,
+                "n_heads": 4,
+                "max_length": 12,
+                "suffix_evidence": True,
+            }
+        }
+    )
+    model = PepTRM(cfg.model, cfg.recursion, V).eval()
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    b, y = masses.fragment_mz(peptide, 1)
+    mz = torch.tensor([np.concatenate([b, y])], dtype=torch.float32)
+    intensity = torch.ones_like(mz)
+    mass = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
+    spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
+    tokens = torch.as_tensor(masses.encode(peptide, 12))
+    probs = torch.nn.functional.one_hot(tokens, V).double().unsqueeze(0)
+    shape = (1, 12, V, len(masses.FRAGMENT_IONS), -1)
+    prefix = model.ion_evidence(probs, spectrum).reshape(shape)
+    suffix = model.suffix_ion_evidence(probs, spectrum).reshape(shape)
+    b_ion, y_ion = 0, 1  # masses.FRAGMENT_IONS order; channel 0 = narrow kernel
+    for i in range(7):  # cleavage after token i: b(i+1) and y(7-i)
+        assert prefix[0, i, tokens[i], b_ion, 0] > 0.99
+        assert prefix[0, i, tokens[i], y_ion, 0] > 0.99
+    for i in range(1, 8):  # cleavage before token i: b(i) and y(8-i)
+        assert suffix[0, i, tokens[i], b_ion, 0] > 0.99
+        assert suffix[0, i, tokens[i], y_ion, 0] > 0.99
+    wrong = masses.TOKEN_INDEX["W"]  # W at position 2 has no ions here
+    assert prefix[0, 2, wrong, b_ion, 0] < 0.01 and suffix[0, 2, wrong, y_ion, 0] < 0.01
