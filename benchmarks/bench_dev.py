@@ -28,7 +28,6 @@ import torch
 from common import DEV, TRAIN_FILES, print_provenance
 
 from peptrm import decoding, evaluate, evidence, masses, preprocess, train
-from peptrm.confidence import load_calibration
 from peptrm.io import Spectrum, read_spectra
 from peptrm.metrics import (
     BatchMatch,
@@ -36,7 +35,7 @@ from peptrm.metrics import (
     aa_match_batch,
     expected_calibration_error,
 )
-from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, refine
+from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, load_scorers, refine
 from peptrm.weights import BUNDLED, load_model
 
 
@@ -129,7 +128,14 @@ def main() -> None:
     args = parser.parse_args()
     print_provenance(args.model)
     model, cfg = load_model(args.model)
-    calibration = load_calibration(args.model or BUNDLED)
+    scorers = load_scorers(args.model or BUNDLED)
+    calibration, reranker = scorers.calibration, scorers.reranker
+    print(
+        "scorers: "
+        + ("learned cleavage log-odds" if scorers.cleavage else "hand-made evidence")
+        + (f", reranker (top {reranker.k})" if reranker else "")
+        + (", calibration" if calibration else "")
+    )
     model_only = dataclasses.replace(cfg.decoding, evidence_weight=0.0)
     if args.held_out:
         print("files: the held-out split of the training files")
@@ -142,6 +148,7 @@ def main() -> None:
     greedy_by_step: list[list[str]] = [[] for _ in range(n_sup)]
     decoded_by_step: list[list[str]] = [[] for _ in range(n_sup)]
     constrained, feedback, greedy_final, plain, calibrated = [], [], [], [], []
+    hand, reranked = [], []
     by_halting = []  # the constrained peptides scored by the halting head
     halted_steps = []
     model_s = decode_s = 0.0
@@ -154,7 +161,11 @@ def main() -> None:
         )
         model_s += time.perf_counter() - t0
         halted_steps += steps.tolist()
-        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
+        peaks = evidence.from_batch(
+            batch, cfg.decoding.fragment_tol_da, scorers.cleavage
+        )
+        if scorers.cleavage is not None:
+            hand_peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
         for k, log_probs in enumerate(history):
             greedy_by_step[k] += scores([[c] for c in decoding.greedy(log_probs)])[0]
             if args.decoded_curve and k < n_sup - 1:  # the last step is timed below
@@ -172,6 +183,23 @@ def main() -> None:
         )
         decode_s += time.perf_counter() - t0
         constrained += decoded
+        if scorers.cleavage is not None:
+            hand += decoding.decode(
+                final, batch["precursor_mass"], cfg.decoding, 1, hand_peaks
+            )
+        if reranker is not None:
+            top = decoding.decode(
+                final, batch["precursor_mass"], cfg.decoding, reranker.k, peaks
+            )
+            for options, peaks_of, charge in zip(
+                top, peaks, batch["charge"].tolist(), strict=True
+            ):
+                if calibration is not None:
+                    for candidate in options:
+                        candidate.score, candidate.aa_scores = calibration.apply(
+                            candidate, peaks_of
+                        )
+                reranked.append(reranker.rerank(options, peaks_of, charge)[:1])
         by_halting += [
             [dataclasses.replace(c, score=float(p))]
             for (c,), p in zip(decoded, halting.tolist(), strict=True)
@@ -216,11 +244,16 @@ def main() -> None:
     rows = [
         ("greedy", greedy_final),
         ("constrained, model only", plain),
-        (f"constrained + evidence {weight:g}", constrained),
     ]
+    if hand:
+        rows.append((f"constrained + hand evidence {weight:g}", hand))
+    kind = "learned cleavage" if scorers.cleavage else "evidence"
+    rows.append((f"constrained + {kind} {weight:g}", constrained))
     rows.append(("  same, halting-head scores", by_halting))
     if calibration is not None:
         rows.append(("  same, calibrated scores", calibrated))
+    if reranked:
+        rows.append((f"  + reranker top {reranker.k} (default)", reranked))
     if feedback:
         rows.append(("constrained + feedback", feedback))
     for name, candidates in rows:

@@ -23,6 +23,7 @@ model's shipped reranker (`rerank.txt`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -30,9 +31,10 @@ import numpy as np
 from common import TRAIN_FILES, print_provenance
 
 from peptrm import decoding, evidence, masses, preprocess, rerank, train
-from peptrm.confidence import cleavage_evidence
+from peptrm.confidence import cleavage_evidence, q_values
+from peptrm.metrics import expected_calibration_error
 from peptrm.io import Spectrum, read_spectra
-from peptrm.sequence import refine
+from peptrm.sequence import load_scorers, refine
 from peptrm.weights import BUNDLED, load_model
 
 
@@ -97,19 +99,41 @@ def recall_at(groups, labels, ks) -> dict[int, float]:
     return out
 
 
-def decode_top(model, cfg, spectra, k):
+def decode_top(model, cfg, spectra, k, table=None):
     """Top-k candidates, final log-probs and peaks of every spectrum."""
     groups, history, peaks_all = [], [], []
     for start in range(0, len(spectra), 256):
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
         log_probs, _, _ = refine(model, batch, cfg.recursion.n_supervision, 1.1)
-        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
+        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, table)
         groups += decoding.decode(
             log_probs, batch["precursor_mass"], cfg.decoding, k, peaks
         )
         history += list(log_probs.double().numpy())
         peaks_all += peaks
     return groups, history, peaks_all
+
+
+def fdr_table(groups, labels) -> None:
+    """Estimated vs true FDR of the rank-1 peptides at q-value thresholds."""
+    scores = np.array([o[0].score if o else np.nan for o in groups])
+    right = np.array(
+        [
+            bool(o) and rerank.is_correct(o[0], label)
+            for o, label in zip(groups, labels, strict=True)
+        ]
+    )
+    q = q_values(scores)
+    correct = right[np.isfinite(scores)]
+    ece = expected_calibration_error(scores[np.isfinite(scores)], correct)
+    print(f"\npeptide-score ECE (reranked, calibrated): {ece:.4f}")
+    print(f"{'q-value <=':>10} {'accepted':>9} {'estimated FDR':>14} {'true FDR':>9}")
+    for threshold in (0.01, 0.05, 0.10):
+        accepted = q <= threshold
+        n = int(accepted.sum())
+        estimated = float(np.mean(1 - scores[accepted])) if n else float("nan")
+        true = float(np.mean(~right[accepted])) if n else float("nan")
+        print(f"{threshold:>10.2f} {n:>9} {estimated:>14.4f} {true:>9.4f}")
 
 
 def main() -> None:
@@ -125,6 +149,9 @@ def main() -> None:
     args = parser.parse_args()
     print_provenance(args.model)
     model, cfg = load_model(args.model)
+    scorers = load_scorers(args.model or BUNDLED)
+    table = scorers.cleavage
+    print("search evidence: " + ("learned cleavage log-odds" if table else "hand-made"))
     if args.files:
         print(f"files: {', '.join(p.name for p in args.files)}")
         spectra = load(args.files, cfg)
@@ -133,7 +160,7 @@ def main() -> None:
         spectra = train.held_out_split(TRAIN_FILES, cfg)
     labels = [s.peptide for s in spectra]
     started = time.perf_counter()
-    groups, history, peaks_all = decode_top(model, cfg, spectra, args.k)
+    groups, history, peaks_all = decode_top(model, cfg, spectra, args.k, table)
     seconds = time.perf_counter() - started
     n = len(spectra)
     print(f"{n} spectra; model + top-{args.k} search {seconds:.1f} s")
@@ -148,7 +175,7 @@ def main() -> None:
         out_of_fold = report["reranked_rank1_recall_out_of_fold"]
         print(f"{'reranked (out-of-fold)':<24}{out_of_fold:>11.4f}")
         print(f"fit report: {report}")
-    reranker = None if args.fit else rerank.load_reranker(args.model or BUNDLED)
+    reranker = None if args.fit else scorers.reranker
     if args.fit_train:
         fit_on, _ = train.split_by_peptide(
             train.load_labelled(TRAIN_FILES, cfg),
@@ -156,7 +183,7 @@ def main() -> None:
             cfg.training.seed,
         )
         started = time.perf_counter()
-        fit_groups, _, fit_peaks = decode_top(model, cfg, fit_on, args.k)
+        fit_groups, _, fit_peaks = decode_top(model, cfg, fit_on, args.k, table)
         reranker, report = rerank.fit(
             fit_groups,
             fit_peaks,
@@ -170,15 +197,19 @@ def main() -> None:
         )
     if reranker is not None:
         started = time.perf_counter()
-        reranked = [
-            reranker.rerank(list(o), p, c)
-            for o, p, c in zip(groups, peaks_all, charges, strict=True)
-        ]
+        reranked = []
+        for options, peaks, charge in zip(groups, peaks_all, charges, strict=True):
+            options = [dataclasses.replace(c) for c in options]
+            if scorers.calibration is not None:
+                for c in options:
+                    c.score, c.aa_scores = scorers.calibration.apply(c, peaks)
+            reranked.append(reranker.rerank(options, peaks, charge))
         spent = time.perf_counter() - started
         after = recall_at(reranked, labels, ks)
         print(f"{'reranked (shipped)':<24}" + "".join(f"{after[k]:>11.4f}" for k in ks))
         print(f"reranking: {spent:.1f} s ({n / spent:.0f} spectra/s)")
         after_counts = anatomy(reranked, spectra, history, peaks_all, cfg.decoding)
+        fdr_table(reranked, labels)
     print("\nanatomy at rank 1 (search order" + (", reranked)" if reranker else ")"))
     for name, value in counts.items():
         line = f"  {name:<18} {value:>5} ({value / n:.3f})"
