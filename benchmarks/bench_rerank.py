@@ -32,8 +32,8 @@ from common import TRAIN_FILES, print_provenance
 
 from peptrm import decoding, evidence, masses, preprocess, rerank, train
 from peptrm.confidence import cleavage_evidence, q_values
-from peptrm.metrics import expected_calibration_error
 from peptrm.io import Spectrum, read_spectra
+from peptrm.metrics import expected_calibration_error
 from peptrm.sequence import load_scorers, refine
 from peptrm.weights import BUNDLED, load_model
 
