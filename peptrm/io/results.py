@@ -120,15 +120,12 @@ def _metadata(
             "[MS, MS:1001143, search engine specific score for PSMs, ]",
         )
     )
-    unimod_c = masses.UNIMOD["C+57.021"]
+    ((accession_c, name_c),) = masses.UNIMOD["C+57.021"]
     lines += [
-        ("fixed_mod[1]", f"[UNIMOD, UNIMOD:{unimod_c[0]}, {unimod_c[1]}, ]"),
+        ("fixed_mod[1]", f"[UNIMOD, UNIMOD:{accession_c}, {name_c}, ]"),
         ("fixed_mod[1]-site", "C"),
     ]
-    variable = [m for m in masses.UNIMOD if m != "C+57.021"]
-    for i, label in enumerate(variable, start=1):
-        accession, name = masses.UNIMOD[label]
-        site = "N-term" if label in masses.N_TERMINAL_MODIFICATIONS else label[0]
+    for i, (accession, name, site) in enumerate(_variable_modifications(), start=1):
         lines.append((f"variable_mod[{i}]", f"[UNIMOD, UNIMOD:{accession}, {name}, ]"))
         lines.append((f"variable_mod[{i}]-site", site))
         if site == "N-term":
@@ -136,6 +133,19 @@ def _metadata(
     for i, run in enumerate(ms_runs, start=1):
         lines.append((f"ms_run[{i}]-location", Path(run).resolve().as_uri()))
     return lines
+
+
+def _variable_modifications() -> list[tuple[int, str, str]]:
+    """(accession, name, site) of each variable Unimod modification, once each."""
+    out: list[tuple[int, str, str]] = []
+    for label, entries in masses.UNIMOD.items():
+        if label == "C+57.021":
+            continue
+        site = "N-term" if label in masses.N_TERMINAL_MODIFICATIONS else label[0]
+        for accession, name in entries:
+            if (accession, name, site) not in out:
+                out.append((accession, name, site))
+    return out
 
 
 def _flatten(params: dict, prefix: str = "") -> dict[str, Any]:
