@@ -199,3 +199,20 @@ def test_metric_functions_are_re_exported():
         assert hasattr(evaluate, name), name
     assert evaluate.aa_match.__module__ == "peptrm.metrics"
     assert evaluate.BatchMatch.__module__ == "peptrm.metrics"
+
+
+def test_two_labelled_files_of_one_name_join_by_path(tmp_path):
+    first, second = tmp_path / "a" / "run.mgf", tmp_path / "b" / "run.mgf"
+    for path, peptide in ((first, "PEPTIDE"), (second, "LESLIEK")):
+        path.parent.mkdir()
+        path.write_text(_mgf_block("s0", peptide))
+    rows = [
+        _prediction(first, 0, "PEPTIDE", 0.9),  # right for a/run.mgf only
+        _prediction(second, 0, "LESLIEK", 0.8),  # right for b/run.mgf only
+    ]
+    spectra = [*io.read_spectra(first), *io.read_spectra(second)]
+    joined, n_unjoined = evaluate.join(rows, spectra)
+    assert n_unjoined == 0
+    report = evaluate.evaluate_joined(joined)
+    assert list(report["files"]) == ["run.mgf", str(second)]
+    assert report["overall"]["peptide_recall"] == 1.0
