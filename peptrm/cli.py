@@ -10,8 +10,10 @@ import argparse
 import logging
 import platform
 import shutil
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +24,31 @@ log = logging.getLogger("peptrm")
 DEMO = Path(str(resources.files("peptrm") / "resources" / "demo.mgf"))
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
+
+
+def _charge(text: str) -> int:
+    """An argparse type: a precursor charge from 1 to `masses.MAX_CHARGE`."""
+    from peptrm.masses import MAX_CHARGE
+
+    value = _at_least(1)(text)
+    if value > MAX_CHARGE:
+        raise argparse.ArgumentTypeError(f"{value} is above {MAX_CHARGE}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peptrm",
@@ -30,10 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", action="store_true", help="debug logging and tracebacks"
     )
+    # --verbose also after the subcommand; SUPPRESS keeps the top-level value
+    # when the subcommand does not repeat it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging and tracebacks",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     seq = commands.add_parser(
-        "sequence", help="sequence MS/MS spectra (MGF, mzML, mzXML)"
+        "sequence", parents=[verbose], help="sequence MS/MS spectra (MGF, mzML, mzXML)"
     )
     seq.add_argument("inputs", nargs="*", help="spectrum files")
     seq.add_argument("--demo", action="store_true", help="add the bundled demo spectra")
@@ -44,20 +80,26 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps"
     )
     seq.add_argument(
-        "--top-k", type=int, help="candidates per spectrum (default: config)"
+        "--top-k",
+        type=_at_least(1),
+        help="candidates per spectrum (default: config)",
     )
     seq.add_argument(
-        "--batch-size", type=int, help="spectra per batch (default: config)"
+        "--batch-size",
+        type=_at_least(1),
+        help="spectra per batch (default: config)",
     )
     seq.add_argument(
         "--default-charge",
-        type=int,
+        type=_charge,
         help="charge for spectra without one (default: skip them)",
     )
     seq.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     trn = commands.add_parser(
-        "train", help="train a model on labelled and simulated spectra"
+        "train",
+        parents=[verbose],
+        help="train a model on labelled and simulated spectra",
     )
     trn.add_argument("inputs", nargs="*", help="labelled spectrum files (SEQ=)")
     trn.add_argument(
@@ -76,7 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument(
         "--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/end.ckpt)"
     )
-    trn.add_argument("--max-steps", type=int, help="override training.max_steps")
+    trn.add_argument(
+        "--max-steps", type=_at_least(1), help="override training.max_steps"
+    )
     trn.add_argument(
         "--stop-at-step",
         type=int,
@@ -94,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = commands.add_parser(
-        "evaluate", help="score predictions against labelled spectra"
+        "evaluate", parents=[verbose], help="score predictions against labelled spectra"
     )
     ev.add_argument("predictions", help="our mzTab or CSV")
     ev.add_argument("labelled", nargs="+", help="labelled spectrum files (SEQ=)")
@@ -107,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cal = commands.add_parser(
         "calibrate",
+        parents=[verbose],
         help="fit calibrated peptide and residue scores on labelled spectra",
     )
     cal.add_argument("inputs", nargs="+", help="labelled spectrum files (SEQ=)")
@@ -118,15 +163,20 @@ def _parser() -> argparse.ArgumentParser:
         "holds out of these files (for calibrating on the training files)",
     )
     cal.add_argument(
-        "-o", "--output", help="folder for calibration.yaml (default: the model's)"
+        "-o",
+        "--output",
+        help="folder for calibration.yaml (default: the -m folder; the bundled "
+        "model's calibration is never replaced)",
     )
     cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
     cal.add_argument("--device", default="cpu", help="torch device")
 
-    cfg = commands.add_parser("configure", help="write the default config to edit")
+    cfg = commands.add_parser(
+        "configure", parents=[verbose], help="write the default config to edit"
+    )
     cfg.add_argument("-o", "--output", default="peptrm.yaml", help="where to write it")
 
-    commands.add_parser("version", help="print versions")
+    commands.add_parser("version", parents=[verbose], help="print versions")
     return parser
 
 
@@ -192,6 +242,8 @@ def _sequence(args: argparse.Namespace) -> int:
         summary.decode_seconds,
         summary.mean_steps,
     )
+    if not Path(args.output).is_file():  # a FIFO or device: nothing to read back
+        return 0
     report = evaluate.evaluate_files(args.output, inputs)
     if report["overall"].get("n_spectra", 0):  # labelled input: say how we did
         sys.stdout.write("accuracy against the SEQ= labels in the input:\n")
@@ -234,6 +286,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from peptrm import sequence, train
     from peptrm.weights import BUNDLED, load_model
 
+    folder = Path(args.output or args.model or BUNDLED)
+    if folder.resolve() == BUNDLED.resolve():
+        raise ValueError(
+            f"{folder}: is the bundled model; refusing to replace its calibration "
+            "(pass -o FOLDER for the new calibration.yaml, and -m FOLDER to use it)"
+        )
     model, cfg = load_model(args.model, args.config)
     if args.held_out:
         spectra = train.held_out_split(args.inputs, cfg)
@@ -248,7 +306,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         fitted_on=f"{len(spectra)} spectra of {names}"
         + (" (held-out split)" if args.held_out else ""),
     )
-    path = fitted.save(args.output or args.model or BUNDLED)
+    path = fitted.save(folder)
     log.info(
         "calibrated on %d spectra (%d peptides right): peptide-score ECE %.3f raw, "
         "%.3f calibrated (on the fitting set); wrote %s",
@@ -267,6 +325,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     stem = Path(args.predictions)
     report = evaluate.evaluate_files(args.predictions, args.labelled)
     sys.stdout.write(evaluate.format_table(report) + "\n")
+    overall = report["overall"]
+    if overall["n_spectra"] and overall["n_no_row"] == overall["n_spectra"]:
+        raise ValueError(
+            f"no prediction of {args.predictions} joins any of the "
+            f"{overall['n_spectra']} labelled spectra: were the predictions made "
+            "from these files? (they join by file name and spectrum index)"
+        )
     json_path = args.output or str(stem.with_suffix(".eval.json"))
     png_path = args.plot or str(stem.with_suffix(".pc.png"))
     evaluate.write_report(report, json_path)
@@ -284,7 +349,11 @@ def _configure(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 1 error)."""
+    """Run the command line; return the exit code.
+
+    0 ok, 1 error (one line on stderr; the traceback with --verbose), 2 bad
+    arguments, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -303,10 +372,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibrate": _calibrate,
         "configure": _configure,
     }
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # signal handlers can only be set from the main thread
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return handlers[args.command](args)
+    except KeyboardInterrupt as interrupt:
+        what = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"
+        sys.stderr.write(f"peptrm {args.command}: {what}; no output written\n")
+        return 143 if isinstance(interrupt, _Terminated) else 130
     except Exception as error:  # noqa: BLE001 - one line for users, traceback on --verbose
         if args.verbose:
             raise
         sys.stderr.write(f"peptrm {args.command}: error: {error}\n")
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary outputs are removed."""
+    raise _Terminated

@@ -36,7 +36,9 @@ from peptrm.io import (
     Prediction,
     Skipped,
     Spectrum,
+    check_output_path,
     read_spectra,
+    replace_when_done,
     write_csv,
     write_mztab,
 )
@@ -277,6 +279,24 @@ def predictions(
     bar.close()
 
 
+def distinct_inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
+    """The inputs with a file given twice kept once (first place), with a warning.
+
+    A file read twice would give each of its spectra two rows with one
+    (file, index), which nothing downstream can tell apart.
+    """
+    seen: set[str] = set()
+    out = []
+    for path in inputs:
+        key = str(Path(path).resolve())
+        if key in seen:
+            log.warning("%s: given more than once; reading it once", path)
+            continue
+        seen.add(key)
+        out.append(path)
+    return out
+
+
 def sequence_files(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -290,12 +310,15 @@ def sequence_files(
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
 
-    Every input must exist before any work starts, and the output appears only
-    when the run succeeds (it is written next to it and renamed at the end).
+    Every input must exist and the output must be a .mztab or .csv that is not
+    an input before any work starts. The output appears only when the run
+    succeeds: it is written beside its final name and renamed at the end.
     """
     missing = [str(p) for p in inputs if not Path(p).is_file()]
     if missing:
         raise InputError(f"{', '.join(missing)}: no such file")
+    check_output_path(output, inputs)
+    inputs = distinct_inputs(inputs)
     summary = RunSummary()
     started = time.perf_counter()
     rows: Iterable[Prediction] = predictions(
@@ -310,26 +333,25 @@ def sequence_files(
         calibration,
     )
     output = Path(output)
-    partial = output.with_name(output.name + ".partial")
-    if output.suffix.lower() == ".csv":
-        write_csv(partial, rows)
-    else:
-        write_mztab(
-            partial,
-            rows,
-            [str(Path(p).resolve()) for p in inputs],
-            __version__,
-            params={
-                "top_k": top_k or cfg.decoding.top_k,
-                "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
-                "isotope_errors": f"{cfg.decoding.min_isotope}.."
-                f"{cfg.decoding.max_isotope}",
-                "fragment_evidence_weight": cfg.decoding.evidence_weight,
-                "fragment_tol_da": cfg.decoding.fragment_tol_da,
-                "scores": "calibrated" if calibration else "model probabilities",
-            },
-        )
-    partial.replace(output)
+    with replace_when_done(output) as path:
+        if output.suffix.lower() == ".csv":
+            write_csv(path, rows)
+        else:
+            write_mztab(
+                path,
+                rows,
+                [str(Path(p).resolve()) for p in inputs],
+                __version__,
+                params={
+                    "top_k": top_k or cfg.decoding.top_k,
+                    "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
+                    "isotope_errors": f"{cfg.decoding.min_isotope}.."
+                    f"{cfg.decoding.max_isotope}",
+                    "fragment_evidence_weight": cfg.decoding.evidence_weight,
+                    "fragment_tol_da": cfg.decoding.fragment_tol_da,
+                    "scores": "calibrated" if calibration else "model probabilities",
+                },
+            )
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -271,3 +271,105 @@ def test_a_missing_input_leaves_no_output_file(tmp_path, monkeypatch):
     argv = ["sequence", "missing.mgf", "-o", "out.mztab", "--no-progress"]
     assert cli.main(argv) == 1
     assert not Path("out.mztab").exists()
+
+
+def _sequence_small(*extra: str) -> list[str]:
+    return ["sequence", str(DATA / "small.mgf"), "--no-progress", *extra]
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("small.mgf", "is an input file; refusing to overwrite it"),
+        ("other.mgf", "looks like a spectrum file"),
+        ("out.txt", "unknown output extension '.txt'"),
+    ],
+)
+def test_sequence_refuses_outputs_that_lose_data(
+    tmp_path, monkeypatch, capsys, output, message
+):
+    monkeypatch.chdir(tmp_path)
+    small = Path("small.mgf")
+    small.write_bytes((DATA / "small.mgf").read_bytes())
+    before = small.read_bytes()
+    assert cli.main(["sequence", "small.mgf", "-o", output, "--no-progress"]) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "sequence")
+    assert message in line
+    assert small.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.mgf"]
+
+
+def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path, monkeypatch, capsys):
+    from peptrm import sequence
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sequence, "predict_batch", interrupted)
+    assert cli.main(_sequence_small("-o", "out.mztab")) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "interrupted" in line] == [
+        "peptrm sequence: interrupted; no output written"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary file
+
+
+def test_calibrate_never_replaces_the_bundled_calibration(tmp_path, capsys):
+    from peptrm.weights import BUNDLED
+
+    before = (BUNDLED / "calibration.yaml").read_bytes()
+    assert cli.main(["calibrate", str(DATA / "small.mgf")]) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "calibrate")
+    assert "is the bundled model; refusing to replace its calibration" in line
+    assert cli.main(["calibrate", str(DATA / "small.mgf"), "-o", str(BUNDLED)]) == 1
+    assert (BUNDLED / "calibration.yaml").read_bytes() == before
+
+
+def test_evaluate_against_the_wrong_labelled_file_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(_sequence_small("-o", "out.csv")) == 0
+    Path("copy").mkdir()
+    other = Path("copy/small.mgf")  # a copy elsewhere still joins, by file name
+    other.write_bytes((DATA / "small.mgf").read_bytes())
+    capsys.readouterr()
+    assert cli.main(["evaluate", "out.csv", str(DATA / "broken.mgf")]) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "evaluate")
+    assert "no prediction of out.csv joins any of the" in line
+    assert cli.main(["evaluate", "out.csv", str(other)]) == 0
+
+
+def test_a_file_twice_or_two_files_of_one_name_exit_zero(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("b").mkdir()
+    Path("b/small.mgf").write_bytes((DATA / "small.mgf").read_bytes())
+    small = str(DATA / "small.mgf")
+    assert cli.main(["sequence", small, small, "-o", "twice.csv"]) == 0
+    _, rows = _csv_rows(Path("twice.csv"))
+    assert len(rows) == 10  # read once
+    assert cli.main(["sequence", small, "b/small.mgf", "-o", "two.mztab"]) == 0
+    assert len(_psm_rows(Path("two.mztab"))) == 20
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--top-k", "-2"], "argument --top-k: -2 is below 1"),
+        (["--top-k", "0"], "argument --top-k: 0 is below 1"),
+        (["--default-charge", "0"], "argument --default-charge: 0 is below 1"),
+        (["--default-charge", "99"], "argument --default-charge: 99 is above 10"),
+        (["--batch-size", "0"], "argument --batch-size: 0 is below 1"),
+    ],
+)
+def test_flags_out_of_range_are_usage_errors(capsys, flag, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(_sequence_small("-o", "out.mztab", *flag))
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_verbose_also_works_after_the_subcommand(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="missing.mgf: no such file"):
+        cli.main(["sequence", "missing.mgf", "-o", "x.mztab", "--verbose"])

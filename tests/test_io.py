@@ -386,3 +386,70 @@ def test_read_predictions_rejects_other_files(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="other.csv: not a PepTRM mzTab or CSV"):
         io.read_predictions(path)
+
+
+# --- where results may be written ---
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("v.mgf", "looks like a spectrum file"),
+        ("v.mzML", "looks like a spectrum file"),
+        ("v.MZXML", "looks like a spectrum file"),
+        ("v.mgf.gz", "looks like a spectrum file"),
+        ("v.txt", r"unknown output extension '.txt' \(use .mztab or .csv\)"),
+        ("v", "unknown output extension ''"),
+        ("nofolder/v.mztab", "folder .*nofolder does not exist"),
+    ],
+)
+def test_output_paths_that_are_refused(tmp_path, name, message):
+    with pytest.raises(io.InputError, match=message):
+        io.check_output_path(tmp_path / name, [])
+
+
+def test_an_input_is_never_an_output(tmp_path, small_mgf):
+    copy = tmp_path / "v.mztab"  # even with a results extension
+    copy.write_text(small_mgf.read_text())
+    with pytest.raises(io.InputError, match="is an input file"):
+        io.check_output_path(copy, [copy])
+    with pytest.raises(io.InputError, match="is a directory"):
+        io.check_output_path(tmp_path, [])
+    io.check_output_path(tmp_path / "v.mgf.mztab", [small_mgf])  # named after one
+
+
+def test_replace_when_done_leaves_nothing_after_a_failure(tmp_path):
+    out = tmp_path / "out.mztab"
+    out.write_text("old results\n")
+    with pytest.raises(KeyboardInterrupt):
+        with io.replace_when_done(out) as path:
+            path.write_text("half a file")
+            raise KeyboardInterrupt
+    assert out.read_text() == "old results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mztab"]
+    with io.replace_when_done(out) as path:
+        assert path != out and path.parent == out.parent
+        path.write_text("new results\n")
+    assert out.read_text() == "new results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mztab"]
+
+
+def test_a_fifo_is_written_to_not_replaced(tmp_path):
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.mztab"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(
+        target=lambda: received.append(fifo.read_text()), daemon=True
+    )
+    reader.start()
+    io.check_output_path(fifo, [])  # accepted whatever its name
+    with io.replace_when_done(fifo) as path:
+        assert path == fifo
+        path.write_text("rows\n")
+    reader.join(timeout=10)
+    assert received == ["rows\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
+import stat
+import tempfile
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ from peptrm import masses
 from peptrm.io.records import InputError, Prediction, SpectrumRef
 
 NULL = "null"  # mzTab 1.0's missing value (section 5.5)
+OUTPUT_SUFFIXES = (".mztab", ".csv")  # what `peptrm sequence -o` can write
+SPECTRUM_SUFFIXES = (".mgf", ".mzml", ".mzxml")  # inputs: never an output name
 
 CSV_COLUMNS = (
     "file",
@@ -261,6 +267,72 @@ def write_csv(path: str | Path, predictions: Iterable[Prediction]) -> None:
                     p.status,
                 ]
             )
+
+
+def check_output_path(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that would replace an input or is not .mztab / .csv.
+
+    Writing mzTab over ``v.mgf`` destroys the spectra; so would a typo such as
+    ``-o v.mgf`` for a second file. An existing non-regular file (a FIFO,
+    /dev/stdout) is accepted whatever its name: it is written to, not replaced.
+
+    Raises
+    ------
+    InputError
+        Naming the output and what is wrong with it.
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise InputError(f"{output}: is a directory; give a .mztab or .csv file")
+    if output.exists() and not output.is_file():
+        return  # a device or FIFO: written to directly
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: folder {output.parent} does not exist")
+    for path in inputs:
+        if output.exists() and Path(path).exists() and output.samefile(path):
+            raise InputError(f"{output}: is an input file; refusing to overwrite it")
+    suffixes = [s.lower() for s in output.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    if suffixes and suffixes[-1] in SPECTRUM_SUFFIXES:
+        raise InputError(
+            f"{output}: looks like a spectrum file; refusing to write results over "
+            f"it (use {' or '.join(OUTPUT_SUFFIXES)})"
+        )
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(
+            f"{output}: unknown output extension {output.suffix!r} (use "
+            f"{' or '.join(OUTPUT_SUFFIXES)})"
+        )
+
+
+@contextlib.contextmanager
+def replace_when_done(output: str | Path) -> Iterator[Path]:
+    """Yield a path to write; it becomes `output` only when the block succeeds.
+
+    The file is written beside `output` under a unique temporary name and moved
+    over it with `os.replace` (atomic on one file system), so a failed or
+    interrupted run leaves no partial file and two runs at once never mix their
+    rows. A non-regular `output` (a FIFO, /dev/stdout) is written directly: it
+    must not be replaced by a regular file.
+    """
+    output = Path(output)
+    if output.exists() and not stat.S_ISREG(output.stat().st_mode):
+        yield output
+        return
+    handle, name = tempfile.mkstemp(
+        prefix=f".{output.name}.", suffix=".tmp", dir=output.parent or "."
+    )
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600: use the umask
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _float(text: str) -> float | None:
