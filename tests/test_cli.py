@@ -38,6 +38,7 @@ CSV_HEADER = [
     "file",
     "index",
     "title",
+    "retention_time",
     "rank",
     "peptide",
     "proforma",

@@ -1,3 +1,4 @@
+import gzip
 import logging
 import math
 import shutil
@@ -9,6 +10,8 @@ from pyteomics import mass, mztab
 
 from peptrm import io, masses
 from peptrm.io import InputError, Prediction, Skipped, Spectrum, SpectrumRef
+
+DATA = Path(__file__).parent / "data"
 
 
 def records(path, **kwargs):
@@ -196,6 +199,52 @@ def test_unreadable_files_raise_input_error(tmp_path, name, content, message):
 def test_missing_file_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         io.read_spectra(tmp_path / "absent.mgf")
+    with pytest.raises(InputError, match="is a directory, not a spectrum file"):
+        io.read_spectra(tmp_path)
+
+
+def test_a_byte_order_mark_loses_no_spectrum():
+    out = records(DATA / "bom.mgf")
+    assert (DATA / "bom.mgf").read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert [r.ref.index for r in out] == [0, 1, 2]  # 3 BEGIN IONS in the file
+    assert out[0].ref.title.endswith("scan=2")
+    assert out[0].ref.retention_time == 1443.664  # RTINSECONDS=1443.664
+    assert out[0].peptide == "RGNVC+57.021GDAK"
+
+
+@pytest.mark.parametrize("name", ["small.mgf", "small.mzML", "small.mzXML"])
+def test_gzipped_inputs_read_like_the_plain_file(tmp_path, name):
+    gzipped = tmp_path / (name + ".gz")
+    gzipped.write_bytes(gzip.compress((DATA / name).read_bytes()))
+    plain, packed = records(DATA / name), records(gzipped)
+    assert [r.ref.index for r in packed] == [r.ref.index for r in plain]
+    assert [r.ref.title for r in packed] == [r.ref.title for r in plain]
+    for a, b in zip(plain, packed, strict=True):
+        np.testing.assert_array_equal(a.mz, b.mz)
+        assert a.precursor_mz == b.precursor_mz
+
+
+def test_a_broken_gzip_is_an_input_error(tmp_path):
+    path = tmp_path / "fake.mgf.gz"
+    path.write_bytes(b"BEGIN IONS\n")  # not gzip at all
+    with pytest.raises(InputError, match="fake.mgf.gz: cannot read the file"):
+        records(path)
+
+
+@pytest.mark.parametrize("name", ["ms1_only.mzML", "cut_early.mzML"])
+def test_mzml_without_ms2_spectra_warns(caplog, name):
+    with caplog.at_level("WARNING"):
+        assert records(DATA / name) == []
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert name in message and "no MS2 spectra" in message
+
+
+def test_spectrum_files_of_a_folder_are_sorted(tmp_path):
+    for name in ("b.mzML", "a.mgf", "c.mgf.gz", "notes.txt", "d.MZXML"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "sub.mgf").mkdir()
+    found = [p.name for p in io.spectrum_files(tmp_path)]
+    assert found == ["a.mgf", "b.mzML", "c.mgf.gz", "d.MZXML"]
 
 
 # --------------------------------------------------------------------- mzML, mzXML
@@ -213,6 +262,9 @@ def test_mzml_yields_ms2_only_with_file_positions(small_mzml):
     assert first.charge == 2
     assert len(first.mz) == 206  # defaultArrayLength in the file
     assert first.peptide is None
+    assert first.ref.native_id == first.ref.title  # the mzML spectrum id
+    # scan start time 24.0610716666667 minutes in the file
+    assert first.ref.retention_time == pytest.approx(24.0610716666667 * 60)
 
 
 def test_mzxml_matches_the_same_spectra_as_mzml(small_mzml, small_mzxml):
@@ -343,8 +395,32 @@ def test_mztab_rows_follow_the_spec(tmp_path, small_mgf):
     assert first["opt_ms_run[1]_proforma"] == "[Acetyl]-FMKVDGAKELPDVLERVK"
     last = dict(zip(header, rows[-1], strict=True))
     assert last["sequence"] == "null"
+    assert first["retention_time"] == "null"  # massive-KB MGF has no RTINSECONDS
     assert last["search_engine_score[1]"] == "null"
     assert last["opt_ms_run[1]_status"].startswith("skipped: small.mgf, spectrum 10")
+
+
+def test_mztab_rows_of_mzml_carry_native_id_and_retention_time(tmp_path, small_mzml):
+    spectra = records(small_mzml)
+    written = [
+        Prediction(s.ref, "PEPTIDE", 0.5, [0.5] * 7, s.charge, s.precursor_mz)
+        for s in spectra
+    ]
+    path = tmp_path / "out.mztab"
+    io.write_mztab(path, written, [str(small_mzml)], "0.1.0")
+    lines = path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("PSH")).split("\t")
+    row = next(line for line in lines if line.startswith("PSM")).split("\t")
+    first = dict(zip(header, row, strict=True))
+    assert (
+        first["spectra_ref"] == "ms_run[1]:controllerType=0 controllerNumber=1 scan=2"
+    )
+    assert first["retention_time"] == "1443.664"  # 24.0610716666667 min
+    assert first["opt_ms_run[1]_spectrum_index"] == "1"
+    read = io.read_predictions(path)
+    assert [r.ref.index for r in read] == [1, 2, 3, 4]
+    assert read[0].ref.native_id == "controllerType=0 controllerNumber=1 scan=2"
+    assert read[0].ref.retention_time == pytest.approx(1443.664)
 
 
 def test_pyteomics_reads_our_mztab(tmp_path, small_mgf):

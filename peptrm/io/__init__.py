@@ -7,7 +7,13 @@ the spectrum's `SpectrumRef`) when it cannot. Only a file that cannot be read at
 all raises `InputError`.
 """
 
-from peptrm.io.readers import NO_CHARGE_HINT, read_labelled, read_spectra
+from peptrm.io.readers import (
+    NO_CHARGE_HINT,
+    read_labelled,
+    read_spectra,
+    spectrum_files,
+    spectrum_suffix,
+)
 from peptrm.io.records import InputError, Prediction, Skipped, Spectrum, SpectrumRef
 from peptrm.io.results import (
     CSV_COLUMNS,
@@ -37,6 +43,8 @@ __all__ = [
     "read_predictions",
     "read_spectra",
     "replace_when_done",
+    "spectrum_files",
+    "spectrum_suffix",
     "write_csv",
     "write_mztab",
 ]

@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from peptrm import masses
+from peptrm.io.readers import SPECTRUM_SUFFIXES, spectrum_suffix
 from peptrm.io.records import InputError, Prediction, SpectrumRef
 
 NULL = "null"  # mzTab 1.0's missing value (section 5.5)
 OUTPUT_SUFFIXES = (".mztab", ".csv")  # what `peptrm sequence -o` can write
-SPECTRUM_SUFFIXES = (".mgf", ".mzml", ".mzxml")  # inputs: never an output name
 
 CSV_COLUMNS = (
     "file",
     "index",
     "title",
+    "retention_time",
     "rank",
     "peptide",
     "proforma",
@@ -67,6 +68,7 @@ PSM_COLUMNS = (
             "rank",
             "status",
             "title",
+            "spectrum_index",
             "mass_error_ppm",
             "isotope",
             "n_steps",
@@ -186,11 +188,11 @@ def _psm_row(prediction: Prediction, psm_id: int, run: int, version: str) -> lis
         f"[MS, MS:1001456, analysis software, PepTRM {version}]",
         _number(prediction.score, 6),
         modifications,
-        NULL,
+        _number(ref.retention_time, 3),
         _integer(prediction.charge),
         _number(prediction.precursor_mz, 6),
         _number(prediction.calc_mz, 6),
-        f"ms_run[{run}]:index={ref.index}",
+        f"ms_run[{run}]:{_clean(ref.native_id) or f'index={ref.index}'}",
         NULL,
         NULL,
         NULL,
@@ -201,6 +203,7 @@ def _psm_row(prediction: Prediction, psm_id: int, run: int, version: str) -> lis
         str(prediction.rank),
         _clean(prediction.status) or NULL,
         _clean(ref.title) or NULL,
+        str(ref.index),
         _number(prediction.mass_error_ppm, 3),
         _integer(prediction.isotope),
         _integer(prediction.n_steps),
@@ -253,6 +256,7 @@ def write_csv(path: str | Path, predictions: Iterable[Prediction]) -> None:
                     p.ref.path,
                     p.ref.index,
                     p.ref.title,
+                    _number(p.ref.retention_time, 3, ""),
                     p.rank,
                     p.peptide,
                     proforma,
@@ -291,10 +295,7 @@ def check_output_path(output: str | Path, inputs: Iterable[str | Path]) -> None:
     for path in inputs:
         if output.exists() and Path(path).exists() and output.samefile(path):
             raise InputError(f"{output}: is an input file; refusing to overwrite it")
-    suffixes = [s.lower() for s in output.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes.pop()
-    if suffixes and suffixes[-1] in SPECTRUM_SUFFIXES:
+    if spectrum_suffix(output) in SPECTRUM_SUFFIXES:
         raise InputError(
             f"{output}: looks like a spectrum file; refusing to write results over "
             f"it (use {' or '.join(OUTPUT_SUFFIXES)})"
@@ -413,7 +414,12 @@ def read_predictions(path: str | Path) -> list[Prediction]:
             )
         out = []
         for row in reader:
-            ref = SpectrumRef(row["file"], int(row["index"]), row["title"])
+            ref = SpectrumRef(
+                row["file"],
+                int(row["index"]),
+                row["title"],
+                retention_time=_float(row["retention_time"]),
+            )
             out.append(_prediction(ref, row, _CSV_NAMES))
         return out
 
@@ -424,6 +430,27 @@ def _uri_to_path(uri: str) -> str:
     if parsed.scheme != "file":
         return uri
     return urllib.parse.unquote(parsed.path)
+
+
+def _mztab_ref(row: dict[str, str], runs: dict[str, str]) -> SpectrumRef:
+    """The SpectrumRef of a PSM row: its run, index, title, native ID and time.
+
+    ``spectra_ref`` is ``ms_run[N]:index=i`` for MGF and ``ms_run[N]:<native
+    ID>`` for mzML/mzXML, whose index is then in ``opt_ms_run[1]_spectrum_index``.
+    """
+    run, _, spectrum = row["spectra_ref"].partition(":")
+    title = row.get(_OPT + "title", NULL)
+    if spectrum.startswith("index="):
+        index, native_id = int(spectrum.removeprefix("index=")), ""
+    else:
+        index, native_id = int(row[_OPT + "spectrum_index"]), spectrum
+    return SpectrumRef(
+        runs[run],
+        index,
+        "" if title == NULL else title,
+        native_id,
+        _float(row.get("retention_time", NULL)),
+    )
 
 
 def _read_mztab(path: Path, handle: Iterable[str]) -> list[Prediction]:
@@ -439,9 +466,7 @@ def _read_mztab(path: Path, handle: Iterable[str]) -> list[Prediction]:
         elif cells[0] == "PSM":
             row = dict(zip(header, cells[1:], strict=False))
             try:
-                run, _, index = row["spectra_ref"].partition(":index=")
-                title = row.get(_OPT + "title", NULL)
-                ref = SpectrumRef(runs[run], int(index), "" if title == NULL else title)
+                ref = _mztab_ref(row, runs)
                 out.append(_prediction(ref, row, _MZTAB_NAMES))
             except (KeyError, ValueError) as error:
                 raise InputError(
