@@ -244,7 +244,8 @@ def _sequence(args: argparse.Namespace) -> int:
     )
     if not Path(args.output).is_file():  # a FIFO or device: nothing to read back
         return 0
-    report = evaluate.evaluate_files(args.output, inputs)
+    readable = [p for p in summary.inputs if p not in summary.unreadable]
+    report = evaluate.evaluate_files(args.output, readable)
     if report["overall"].get("n_spectra", 0):  # labelled input: say how we did
         sys.stdout.write("accuracy against the SEQ= labels in the input:\n")
         sys.stdout.write(evaluate.format_table(report) + "\n")

@@ -36,9 +36,11 @@ from peptrm.io import (
     Prediction,
     Skipped,
     Spectrum,
+    SpectrumRef,
     check_output_path,
     read_spectra,
     replace_when_done,
+    spectrum_files,
     write_csv,
     write_mztab,
 )
@@ -64,6 +66,8 @@ class RunSummary:
     model_seconds: float = 0.0
     decode_seconds: float = 0.0
     skip_examples: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # spectrum files, folders expanded
+    unreadable: dict[str, str] = field(default_factory=dict)  # file -> why
 
     @property
     def spectra_per_second(self) -> float:
@@ -227,6 +231,26 @@ def _skipped_row(record: Skipped) -> Prediction:
     )
 
 
+def _file_records(
+    path: str | Path, default_charge: int | None, summary: RunSummary
+) -> Iterator[Spectrum | Skipped]:
+    """The records of one input; a file we cannot read becomes one Skipped row.
+
+    Bad input never stops a run: when a file turns out unreadable (garbage, an
+    unknown extension, a broken gzip stream), the spectra read so far keep their
+    rows, the rest of the file gets one row saying why, and the next file is read.
+    """
+    n_records = 0
+    try:
+        for record in read_spectra(path, default_charge=default_charge):
+            n_records += 1
+            yield record
+    except InputError as error:
+        summary.unreadable[str(path)] = str(error)
+        rest = "; the rest of the file is skipped" if n_records else ""
+        yield Skipped(SpectrumRef(str(path), n_records), f"{error}{rest}")
+
+
 def predictions(
     inputs: Sequence[str | Path],
     model: PepTRM,
@@ -268,7 +292,7 @@ def predictions(
         pending.clear()
 
     for path in inputs:
-        for record in read_spectra(path, default_charge=default_charge):
+        for record in _file_records(path, default_charge, summary):
             summary.spectra += 1
             if isinstance(record, Spectrum):
                 record = prepare(record)
@@ -277,6 +301,32 @@ def predictions(
                 yield from flush()
     yield from flush()
     bar.close()
+
+
+def expand_folders(inputs: Sequence[str | Path]) -> list[str | Path]:
+    """Each input file as given, and each folder as the spectrum files inside it.
+
+    Raises
+    ------
+    InputError
+        For a path that does not exist or a folder without spectrum files.
+    """
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise InputError(f"{', '.join(missing)}: no such file")
+    out: list[str | Path] = []
+    for path in inputs:
+        if not Path(path).is_dir():
+            out.append(path)
+            continue
+        found = spectrum_files(path)
+        if not found:
+            raise InputError(
+                f"{path}: is a directory with no .mgf, .mzML or .mzXML files in it"
+            )
+        log.info("%s: %d spectrum files", path, len(found))
+        out += found
+    return out
 
 
 def distinct_inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
@@ -310,16 +360,15 @@ def sequence_files(
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
 
-    Every input must exist and the output must be a .mztab or .csv that is not
-    an input before any work starts. The output appears only when the run
+    A folder stands for the spectrum files in it (sorted). Every input must
+    exist and the output must be a .mztab or .csv that is not an input before any
+    work starts; a file that turns out unreadable gets a skipped row and the run
+    goes on. The output appears only when the run
     succeeds: it is written beside its final name and renamed at the end.
     """
-    missing = [str(p) for p in inputs if not Path(p).is_file()]
-    if missing:
-        raise InputError(f"{', '.join(missing)}: no such file")
+    inputs = distinct_inputs(expand_folders(inputs))
     check_output_path(output, inputs)
-    inputs = distinct_inputs(inputs)
-    summary = RunSummary()
+    summary = RunSummary(inputs=[str(p) for p in inputs])
     started = time.perf_counter()
     rows: Iterable[Prediction] = predictions(
         inputs,

@@ -8,10 +8,11 @@ import torch
 
 from peptrm import decoding, masses, metrics, preprocess, sequence
 from peptrm.config import load_config
-from peptrm.io import Spectrum, read_spectra
+from peptrm.io import InputError, Spectrum, read_spectra
 from peptrm.model import PepTRM
 from peptrm.weights import load_model
 
+DATA_BOM = Path(__file__).parent / "data" / "bom.mgf"
 TINY = {
     "model": {"dim": 32, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 1},
     "recursion": {"n_latent_steps": 1, "n_cycles": 2, "n_supervision": 3},
@@ -230,3 +231,42 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
     np.testing.assert_array_equal(again.residue, fitted.residue)
     with pytest.raises(ValueError, match="no usable labelled spectra"):
         sequence.calibrate(model, [], cfg)
+
+
+def test_an_unreadable_file_becomes_a_row_and_the_run_goes_on(
+    tiny, tmp_path, small_mgf
+):
+    model, cfg = tiny
+    garbage = tmp_path / "garbage.mgf"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("BEGIN IONS\n")
+    summary = sequence.RunSummary()
+    rows = _run(model, cfg, [garbage, small_mgf, notes], summary=summary)
+    firsts = [(Path(r.ref.path).name, r.ref.index) for r in _rank_one(rows)]
+    assert firsts == [
+        ("garbage.mgf", 0),
+        *[("small.mgf", i) for i in range(_spectra_in(small_mgf))],
+        ("notes.txt", 0),
+    ]
+    assert rows[0].status.startswith(f"skipped: {garbage}: binary data at line 3")
+    assert rows[-1].status.startswith(f"skipped: {notes}: unknown extension '.txt'")
+    assert set(summary.unreadable) == {str(garbage), str(notes)}
+
+
+def test_a_folder_is_its_spectrum_files_and_the_output_safe(tiny, tmp_path, small_mgf):
+    model, cfg = tiny
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "b.mgf").write_bytes(small_mgf.read_bytes())
+    (folder / "a.mgf").write_bytes(DATA_BOM.read_bytes())
+    (folder / "readme.txt").write_text("not spectra")
+    out = tmp_path / "out.csv"
+    summary = sequence.sequence_files([folder], out, model, cfg, progress=False)
+    assert summary.inputs == [str(folder / "a.mgf"), str(folder / "b.mgf")]
+    assert summary.spectra == 3 + 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "runs"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="is a directory with no .mgf, .mzML"):
+        sequence.sequence_files([empty], out, model, cfg, progress=False)
