@@ -38,6 +38,7 @@ from peptrm.io import (
     Spectrum,
     SpectrumRef,
     check_output_path,
+    estimate_spectra,
     read_spectra,
     replace_when_done,
     spectrum_files,
@@ -268,7 +269,15 @@ def predictions(
     prepare = preprocess.pipeline(cfg.preprocess)
     model = model.to(device).eval()
     pending: list[Spectrum | Skipped] = []
-    bar = tqdm(desc="sequencing", unit="spectra", disable=not progress)
+    # The total is an estimate from the raw bytes (MS1 and unreadable files make
+    # it inexact); the bar moves once per batch, when its rows are written.
+    bar = tqdm(
+        desc="sequencing",
+        unit="spectra",
+        total=estimate_spectra(inputs) if progress else None,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def flush() -> Iterator[Prediction]:
         spectra = [r for r in pending if isinstance(r, Spectrum)]

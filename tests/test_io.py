@@ -529,3 +529,14 @@ def test_a_fifo_is_written_to_not_replaced(tmp_path):
     reader.join(timeout=10)
     assert received == ["rows\n"]
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1 << 24])  # 7 cuts markers in two
+def test_estimate_spectra_counts_ms2_spectra_from_bytes(
+    tmp_path, chunk_size, small_mgf, small_mzml, small_mzxml
+):
+    files = [small_mgf, small_mzml, small_mzxml]
+    assert io.estimate_spectra(files, chunk_size) == 10 + 4 + 4  # MS1 not counted
+    gzipped = tmp_path / "small.mgf.gz"
+    gzipped.write_bytes(gzip.compress(small_mgf.read_bytes()))
+    assert io.estimate_spectra([small_mgf, gzipped], chunk_size) is None

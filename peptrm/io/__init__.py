@@ -9,6 +9,7 @@ all raises `InputError`.
 
 from peptrm.io.readers import (
     NO_CHARGE_HINT,
+    estimate_spectra,
     read_labelled,
     read_spectra,
     spectrum_files,
@@ -39,6 +40,7 @@ __all__ = [
     "Spectrum",
     "SpectrumRef",
     "check_output_path",
+    "estimate_spectra",
     "read_labelled",
     "read_predictions",
     "read_spectra",
