@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_charge,
         help="charge for spectra without one (default: skip them)",
     )
+    seq.add_argument(
+        "--fdr",
+        type=float,
+        help="mark rank-1 rows whose estimated q-value is above this (e.g. 0.01) "
+        "in their status; every row is still written, with its q_value",
+    )
     seq.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     trn = commands.add_parser(
@@ -192,13 +198,17 @@ def _versions() -> str:
 def _sequence(args: argparse.Namespace) -> int:
     from peptrm import evaluate, sequence
     from peptrm.confidence import load_calibration
+    from peptrm.rerank import load_reranker
     from peptrm.weights import BUNDLED, load_model
 
+    if args.fdr is not None and not 0 < args.fdr < 1:
+        raise ValueError(f"--fdr {args.fdr:g}: give a false discovery rate in (0, 1)")
     inputs = list(args.inputs) + ([str(DEMO)] if args.demo else [])
     if not inputs:
         raise ValueError("no input files: give spectrum files or --demo")
     model, cfg = load_model(args.model, args.config)
     calibration = load_calibration(args.model or BUNDLED)
+    reranker = load_reranker(args.model or BUNDLED)
     if args.batch_size:
         from dataclasses import replace
 
@@ -214,6 +224,8 @@ def _sequence(args: argparse.Namespace) -> int:
         args.default_charge,
         progress=not args.no_progress,
         calibration=calibration,
+        reranker=reranker,
+        fdr=args.fdr,
     )
     log.info(
         "wrote %s: %d spectra, %d sequenced, %d skipped, %d without a mass-fitting "
@@ -299,7 +311,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     else:
         spectra = train.load_labelled(args.inputs, cfg)
     names = ", ".join(Path(p).name for p in args.inputs)
-    fitted, report = sequence.calibrate(
+    fitted, reranker, report = sequence.calibrate(
         model,
         spectra,
         cfg,
@@ -308,6 +320,16 @@ def _calibrate(args: argparse.Namespace) -> int:
         + (" (held-out split)" if args.held_out else ""),
     )
     path = fitted.save(folder)
+    if reranker is not None:
+        reranker.save(folder)
+        log.info(
+            "reranker: rank-1 recall %.3f in search order, %.3f reranked "
+            "(out-of-fold), recall@%d %.3f",
+            report["search_rank1_recall"],
+            report["reranked_rank1_recall_out_of_fold"],
+            reranker.k,
+            report[f"recall_at_{reranker.k}"],
+        )
     log.info(
         "calibrated on %d spectra (%d peptides right): peptide-score ECE %.3f raw, "
         "%.3f calibrated (on the fitting set); wrote %s",

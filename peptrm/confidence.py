@@ -151,7 +151,7 @@ def load_calibration(folder: str | Path) -> Calibration | None:
     )
 
 
-def _logistic_fit(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def logistic_fit(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Coefficients (intercept last) minimising cross-entropy + L2, by L-BFGS."""
     x = torch.as_tensor(features, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.float64)
@@ -194,7 +194,31 @@ def fit(
     if not peptide_x:
         raise ValueError("no decoded peptides to calibrate on")
     return Calibration(
-        _logistic_fit(np.array(peptide_x), np.array(peptide_y)),
-        _logistic_fit(np.concatenate(residue_x), np.concatenate(residue_y)),
+        logistic_fit(np.array(peptide_x), np.array(peptide_y)),
+        logistic_fit(np.concatenate(residue_x), np.concatenate(residue_y)),
         fitted_on,
     )
+
+
+def q_values(probabilities: np.ndarray) -> np.ndarray:
+    """Estimated q-value of each peptide from calibrated probabilities of being right.
+
+    Accepting every peptide scoring at least t has an expected false discovery
+    rate FDR(t) = mean(1 - p) over those peptides (the probabilities are
+    calibrated, so 1 - p is each one's chance of being wrong). A peptide's
+    q-value is the lowest FDR(t) of any threshold that accepts it. No decoys
+    are needed, so the estimate is only as honest as the calibration (checked
+    on dev by `benchmarks/bench_rerank.py`). nan scores get nan.
+    """
+    p = np.asarray(probabilities, np.float64)
+    out = np.full(p.shape, np.nan)
+    known = np.flatnonzero(np.isfinite(p))
+    if not len(known):
+        return out
+    order = known[np.argsort(-p[known], kind="stable")]
+    ranked = p[order]
+    fdr = np.cumsum(1 - ranked) / np.arange(1, len(order) + 1)
+    # A threshold accepts every peptide of a tie at once: use the FDR at its end.
+    tie_end = np.searchsorted(-ranked, -ranked, side="right") - 1
+    out[order] = np.minimum.accumulate(fdr[tie_end][::-1])[::-1]
+    return out

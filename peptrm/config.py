@@ -52,6 +52,8 @@ class ModelConfig:
     gate_bias: float  # initial bias of the revision gate; negative = small first edits
     max_charge: int  # charges above this share the last charge embedding
     draft_mass_encoding: bool  # draft positions carry their predicted b/y ion m/z
+    ion_evidence: bool  # draft positions read the peaks at each candidate's ions
+    complement_encoding: bool  # peaks also carry their mirror m/z M + 2 proton - m
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ class TrainingConfig:
     synthetic_difficulty_steps: (
         int  # steps over which simulated spectra go clean -> realistic
     )
+    curriculum_start_length: int  # longest simulated peptide at step 0 (residues)
+    padding_loss_weight: float  # residue-loss weight of positions past the first STOP
+    augment_dropout: float  # share of a real spectrum's peaks dropped at each draw
+    augment_noise_peaks: float  # mean noise peaks added to a real spectrum per draw
+    augment_intensity_sd: float  # lognormal sd of per-peak intensity jitter
+    augment_shift_ppm: float  # sd of per-peak m/z shifts of real spectra (ppm)
     val_fraction: float  # share of labelled training spectra held out for validation
     val_every_steps: int  # run validation every this many steps
     checkpoint_every_steps: int  # write a checkpoint every this many steps

@@ -74,6 +74,16 @@ class FragmentEvidence:
         distance = np.minimum(to_left, to_right)
         return np.where(distance <= self.tol_da, 1.0 + self._padded_weight[pick], 0.0)
 
+    def nearest_within(self, ion_mz: np.ndarray) -> np.ndarray:
+        """Index into `mz` of the nearest peak within tolerance of each ion, else -1."""
+        right = np.searchsorted(self._padded_mz, ion_mz)
+        left = right - 1
+        to_left = np.abs(self._padded_mz[left] - ion_mz)
+        to_right = np.abs(self._padded_mz[right] - ion_mz)
+        pick = np.where(to_left <= to_right, left, right) - 1  # unpadded index
+        distance = np.minimum(to_left, to_right)
+        return np.where(distance <= self.tol_da, pick, -1)
+
     def score(self, prefix_mass: np.ndarray) -> np.ndarray:
         """(C,) support for a cleavage after prefixes of residue sum `prefix_mass`."""
         prefix_mass = np.asarray(prefix_mass, np.float64)

@@ -119,6 +119,9 @@ class SpectrumEncoder(nn.Module):
         )
         self.mz_projection = nn.Linear(cfg.dim, cfg.dim)
         self.intensity_projection = nn.Linear(1, cfg.dim)
+        if cfg.complement_encoding:  # the mirror m/z M + 2 proton - m of each peak
+            self.complement_projection = nn.Linear(cfg.dim, cfg.dim)
+        self.complement = cfg.complement_encoding
         self.charge_embedding = nn.Embedding(cfg.max_charge + 1, cfg.dim)
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.n_heads, cfg.dropout, cross=False)
@@ -133,6 +136,12 @@ class SpectrumEncoder(nn.Module):
         """Return x (B, 1+P, D) and its padding mask (B, 1+P), True where padded."""
         peaks = self.mz_projection(self.mz_encoding(mz))  # (B, P, D)
         peaks = peaks + self.intensity_projection(intensity.unsqueeze(-1))  # (B, P, D)
+        if self.complement:
+            # A singly charged b ion at m/z m has its y partner at M + 2 proton - m
+            # (and vice versa), so the mirror lines the two ladders up.
+            mirror = precursor_mass.unsqueeze(1) + 2 * masses.PROTON - mz  # (B, P)
+            mirror = mirror.clamp(min=0) * (intensity > 0)
+            peaks = peaks + self.complement_projection(self.mz_encoding(mirror))
         charge = charge.clamp(1, self.max_charge)
         precursor = self.mz_projection(self.mz_encoding(precursor_mass))  # (B, D)
         precursor = precursor + self.charge_embedding(charge)  # (B, D)
@@ -196,6 +205,88 @@ class Heads(nn.Module):
 
 
 # --------------------------------------------------------------------------
+# Ion evidence: where the draft says the ions are, what the peaks say
+# --------------------------------------------------------------------------
+# I ion types, C kernel channels. Each ion type is (side, charge, offset in Da
+# added to the singly/doubly charged m/z): b, y, b++, y++, a = b - CO, water and
+# ammonia losses, the +1 13C isotope of b and y, and y computed from a precursor
+# that was its own +1 13C peak (every y then sits one C13 spacing lower).
+ION_TYPES: tuple[tuple[str, str, int, float], ...] = (
+    ("b", "b", 1, 0.0),
+    ("y", "y", 1, 0.0),
+    ("b++", "b", 2, 0.0),
+    ("y++", "y", 2, 0.0),
+    ("a", "b", 1, -masses.CO),
+    ("b-H2O", "b", 1, -masses.H2O),
+    ("b-NH3", "b", 1, -masses.NH3),
+    ("y-H2O", "y", 1, -masses.H2O),
+    ("y-NH3", "y", 1, -masses.NH3),
+    ("b+iso", "b", 1, masses.C13_SPACING),
+    ("y+iso", "y", 1, masses.C13_SPACING),
+    ("y, precursor +1 iso", "y", 1, -masses.C13_SPACING),
+)
+# Two kernel widths: a narrow one at Orbitrap/TOF fragment accuracy and a wide one
+# that still sees ion-trap fragments (~0.5 Da) and near misses.
+KERNEL_WIDTHS_DA = (0.02, 0.3)
+EVIDENCE_CHANNELS = 2 * len(KERNEL_WIDTHS_DA)  # presence and intensity per width
+ABSENT_MZ = 1e6  # m/z given to padding peaks so a spectrum's peaks stay sorted
+
+
+class SortedPeaks(NamedTuple):
+    """One batch's peaks sorted by m/z, padding pushed past every real m/z."""
+
+    mz: Tensor  # (B, P) ascending; padding at ABSENT_MZ
+    intensity: Tensor  # (B, P) 0 for padding
+
+
+def sort_peaks(mz: Tensor, intensity: Tensor) -> SortedPeaks:
+    """Sort each spectrum's peaks by m/z for nearest-peak lookups."""
+    mz = torch.where(intensity > 0, mz, torch.full_like(mz, ABSENT_MZ))  # (B, P)
+    order = mz.argsort(dim=1)
+    return SortedPeaks(mz.gather(1, order), intensity.gather(1, order))
+
+
+def lookup_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> Tensor:
+    """Kernel match of every ion m/z (B, N) to its nearest observed peak.
+
+    Returns (B, N, C): for each kernel width, exp(-d^2 / 2 sigma^2) of the
+    distance d to the nearest peak, and that times the peak's intensity.
+    Nothing here is differentiated: the lookup reads the spectrum, it is not
+    learned.
+    """
+    right = torch.searchsorted(peaks.mz, ion_mz).clamp(max=peaks.mz.shape[1] - 1)
+    left = (right - 1).clamp(min=0)  # (B, N)
+    left_mz, right_mz = peaks.mz.gather(1, left), peaks.mz.gather(1, right)
+    use_left = (ion_mz - left_mz).abs() < (right_mz - ion_mz).abs()
+    nearest = torch.where(use_left, left, right)  # (B, N)
+    distance = (peaks.mz.gather(1, nearest) - ion_mz).abs()  # (B, N)
+    intensity = peaks.intensity.gather(1, nearest)  # (B, N)
+    channels = []
+    for sigma in KERNEL_WIDTHS_DA:
+        kernel = torch.exp(-0.5 * (distance / sigma) ** 2) * (intensity > 0)
+        channels += [kernel, kernel * intensity]
+    return torch.stack(channels, dim=-1)  # (B, N, C)
+
+
+def candidate_ion_mz(
+    prefix_before: Tensor, token_masses: Tensor, precursor_mass: Tensor
+) -> Tensor:
+    """m/z of every ion type for a cleavage after each position and candidate token.
+
+    `prefix_before` (B, L) is the residue mass before each position, so a token
+    v at position i ends a b fragment of neutral mass prefix_before[i] + m_v and
+    leaves a y fragment of precursor_mass - that. Returns (B, L, V, I).
+    """
+    b = prefix_before.unsqueeze(-1) + token_masses  # (B, L, V) neutral b fragment
+    y = precursor_mass.view(-1, 1, 1) - b  # (B, L, V) neutral y fragment
+    ions = []
+    for _, side, charge, offset in ION_TYPES:
+        neutral = b if side == "b" else y
+        ions.append((neutral + charge * masses.PROTON) / charge + offset)
+    return torch.stack(ions, dim=-1)  # (B, L, V, I)
+
+
+# --------------------------------------------------------------------------
 # PepTRM
 # --------------------------------------------------------------------------
 class Encoded(NamedTuple):
@@ -204,6 +295,9 @@ class Encoded(NamedTuple):
     x: Tensor  # (B, 1+P, D) precursor token + peaks
     padding: Tensor  # (B, 1+P) True where a peak is padding
     precursor_mass: Tensor  # (B,) neutral precursor mass (Da)
+    peaks: SortedPeaks | None = (
+        None  # for the ion-evidence lookup, when the model uses it
+    )
 
 
 class PepTRM(nn.Module):
@@ -232,6 +326,12 @@ class PepTRM(nn.Module):
             torch.randn(cfg.max_length, cfg.dim) * 0.02
         )
         self.step_embedding = nn.Embedding(MAX_STEPS, cfg.dim)
+        # Small like the position embedding: N(0, 1) (norm ~8 at D = 64, the same at
+        # every position) would drown the position signal.
+        nn.init.normal_(self.step_embedding.weight, std=0.02)
+        if cfg.ion_evidence:
+            features = vocab_size * len(ION_TYPES) * EVIDENCE_CHANNELS
+            self.evidence_projection = nn.Linear(features, cfg.dim)
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         self.net = TinyNetwork(cfg)
         self.heads = Heads(cfg, vocab_size)
@@ -246,7 +346,8 @@ class PepTRM(nn.Module):
     ) -> Encoded:
         """Embed a batch of spectra (peaks (B, P), precursor mass and charge (B,))."""
         x, padding = self.encoder(mz, intensity, precursor_mass, charge)
-        return Encoded(x, padding, precursor_mass)
+        peaks = sort_peaks(mz, intensity) if self.cfg.ion_evidence else None
+        return Encoded(x, padding, precursor_mass, peaks)
 
     def encode_batch(self, batch: Mapping[str, Tensor]) -> Encoded:
         """Embed a batch as `preprocess.collate` builds it (keys mz, intensity, ...)."""
@@ -274,22 +375,45 @@ class PepTRM(nn.Module):
         project = self.encoder.mz_projection
         return project(encode(b_mz)) + project(encode(y_mz))  # (B, L, D)
 
+    @torch.no_grad()
+    def ion_evidence(self, probs: Tensor, spectrum: Encoded) -> Tensor:
+        """What the peaks say about every candidate token at every position.
+
+        The draft's expected residue masses give each position's prefix mass;
+        for each candidate token the ions of the cleavage after it (`ION_TYPES`)
+        are looked up in the spectrum. Returns (B, L, V * I * C). Each refinement
+        step re-reads the spectrum where its current draft puts the ions.
+        """
+        expected = probs.double() @ self.token_masses  # (B, L) expected token mass
+        prefix_before = torch.cumsum(expected, dim=1) - expected  # (B, L) exclusive
+        ion_mz = candidate_ion_mz(
+            prefix_before, self.token_masses, spectrum.precursor_mass.double()
+        )  # (B, L, V, I)
+        batch, length = probs.shape[:2]
+        found = lookup_peaks(spectrum.peaks, ion_mz.float().reshape(batch, -1))
+        return found.reshape(batch, length, -1)  # (B, L, V * I * C)
+
     def embed_draft(self, y: Tensor, spectrum: Encoded) -> Tensor:
         """Soft embedding of the draft: probabilities x token embeddings (B, L, D)."""
         probs = y.softmax(dim=-1)  # (B, L, V)
         h = self.token_embedding(probs) + self.position_embedding
         if self.cfg.draft_mass_encoding:
             h = h + self.ladder(probs, spectrum.precursor_mass).to(h.dtype)
+        if self.cfg.ion_evidence:
+            found = self.ion_evidence(probs.detach(), spectrum).to(h.dtype)
+            h = h + self.evidence_projection(found)  # (B, L, D)
         return h
 
-    def think(self, z: Tensor, y: Tensor, spectrum: Encoded, step: Tensor) -> Tensor:
+    def think(
+        self, z: Tensor, draft: Tensor, spectrum: Encoded, step: Tensor
+    ) -> Tensor:
         """One latent update: z <- net(z + embed(y) + step, spectrum x)."""
-        h = z + self.embed_draft(y, spectrum) + step  # (B, L, D)
+        h = z + draft + step  # (B, L, D)
         return self.net(h, memory=spectrum.x, memory_padding=spectrum.padding)
 
-    def revise(self, y: Tensor, z: Tensor, spectrum: Encoded) -> Tensor:
+    def revise(self, y: Tensor, z: Tensor, draft: Tensor) -> Tensor:
         """Gated residual revision of the draft from the latent state alone."""
-        h = self.net(z + self.embed_draft(y, spectrum))  # (B, L, D) no spectrum x
+        h = self.net(z + draft)  # (B, L, D) no spectrum x
         candidate = self.heads.residues(h)  # (B, L, V)
         gate = torch.sigmoid(self.heads.gate(h))  # (B, L, 1)
         return (1 - gate) * y + gate * candidate  # (B, L, V)
@@ -299,9 +423,10 @@ class PepTRM(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """One improvement step: think n times about the draft, then revise it once."""
         step_vector = self.step_embedding.weight[min(step, MAX_STEPS - 1)]  # (D,)
+        draft = self.embed_draft(y, spectrum)  # (B, L, D) y is fixed until revised
         for _ in range(self.recursion.n_latent_steps):
-            z = self.think(z, y, spectrum, step_vector)  # (B, L, D)
-        y = self.revise(y, z, spectrum)  # (B, L, V)
+            z = self.think(z, draft, spectrum, step_vector)  # (B, L, D)
+        y = self.revise(y, z, draft)  # (B, L, V)
         return y, z
 
     def forward(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from peptrm import (
     masses,
     metrics,
     preprocess,
+    rerank,
 )
 from peptrm.confidence import Calibration
 from peptrm.config import Config
@@ -46,6 +49,7 @@ from peptrm.io import (
     write_mztab,
 )
 from peptrm.model import PepTRM
+from peptrm.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,33 @@ def candidates_as_draft(
     return torch.stack(rows)
 
 
+def search_top(
+    log_probs: Tensor,
+    precursor_mass: Tensor,
+    cfg: Config,
+    top_k: int,
+    peaks: list[FragmentEvidence],
+    reranker: Reranker | None,
+) -> list[list[decoding.Candidate]]:
+    """The candidates to rank: the search's top `reranker.k` (or 1), then more.
+
+    A search that runs out of budget can return a different best peptide when
+    asked for more of them, so the ranked head always comes from one search of
+    a fixed size; rows past it (`top_k` larger) come from a second, larger
+    search and are appended in its order, leaving the head untouched.
+    """
+    head_k = reranker.k if reranker is not None else 1
+    log_probs = log_probs.float().cpu()
+    found = decoding.decode(log_probs, precursor_mass, cfg.decoding, head_k, peaks)
+    if top_k > head_k:
+        more = decoding.decode(log_probs, precursor_mass, cfg.decoding, top_k, peaks)
+        for options, extra in zip(found, more, strict=True):
+            seen = {tuple(c.indices) for c in options}
+            options += [c for c in extra if tuple(c.indices) not in seen]
+            del options[top_k:]
+    return found
+
+
 def decode_batch(
     model: PepTRM,
     spectra: Sequence[Spectrum],
@@ -137,11 +168,16 @@ def decode_batch(
     top_k: int,
     summary: RunSummary,
     calibration: Calibration | None = None,
+    reranker: Reranker | None = None,
 ) -> tuple[list[list[decoding.Candidate]], list[FragmentEvidence], Tensor]:
     """Refine, decode (and feed back) one batch: candidates, peaks, steps run.
 
-    With a `calibration` the candidates' scores are its calibrated probabilities;
-    either way each spectrum's candidates are ordered by score, best first.
+    With a `calibration` the candidates' scores (and per-residue scores) are its
+    calibrated probabilities. With a `reranker`, the search's top `reranker.k`
+    are reordered by the reranker's calibrated probability, which becomes the
+    peptide score. The search always returns at least that many, and only the
+    first `top_k` are kept after reranking, so `top_k` never changes rank 1.
+    Without a reranker the search's order stands.
     """
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -153,9 +189,7 @@ def decode_batch(
     precursor_mass = batch["precursor_mass"].cpu()
     peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
     started = time.perf_counter()
-    candidates = decoding.decode(
-        log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k, peaks
-    )
+    candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, reranker)
     summary.decode_seconds += time.perf_counter() - started
     for _ in range(cfg.decoding.refine_rounds):
         draft = candidates_as_draft(candidates, cfg.model.max_length).to(device)
@@ -164,17 +198,20 @@ def decode_batch(
         steps = steps + more
         summary.model_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        candidates = decoding.decode(
-            log_probs.float().cpu(), precursor_mass, cfg.decoding, top_k, peaks
-        )
+        candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, reranker)
         summary.decode_seconds += time.perf_counter() - started
-    for options, peaks_of in zip(candidates, peaks, strict=True):
+    started = time.perf_counter()
+    charges = batch["charge"].tolist()
+    for b, (options, peaks_of) in enumerate(zip(candidates, peaks, strict=True)):
         if calibration is not None:
             for candidate in options:
                 candidate.score, candidate.aa_scores = calibration.apply(
                     candidate, peaks_of
                 )
-        options.sort(key=lambda c: -c.score)  # ranks follow the score users see
+        if reranker is not None:
+            options[:] = reranker.rerank(options, peaks_of, charges[b])
+        del options[top_k:]
+    summary.decode_seconds += time.perf_counter() - started
     return candidates, peaks, steps
 
 
@@ -186,10 +223,11 @@ def predict_batch(
     top_k: int,
     summary: RunSummary,
     calibration: Calibration | None = None,
+    reranker: Reranker | None = None,
 ) -> list[list[Prediction]]:
     """Sequence one batch of preprocessed spectra; top-k predictions per spectrum."""
     candidates, _, steps = decode_batch(
-        model, spectra, cfg, device, top_k, summary, calibration
+        model, spectra, cfg, device, top_k, summary, calibration, reranker
     )
     out = []
     for spectrum, options, n in zip(spectra, candidates, steps.tolist(), strict=True):
@@ -262,6 +300,7 @@ def predictions(
     summary: RunSummary | None = None,
     progress: bool = True,
     calibration: Calibration | None = None,
+    reranker: Reranker | None = None,
 ) -> Iterator[Prediction]:
     """Stream prediction rows for every spectrum of `inputs`, in input order."""
     summary = summary if summary is not None else RunSummary()
@@ -283,7 +322,9 @@ def predictions(
         spectra = [r for r in pending if isinstance(r, Spectrum)]
         results = (
             iter(
-                predict_batch(model, spectra, cfg, device, top_k, summary, calibration)
+                predict_batch(
+                    model, spectra, cfg, device, top_k, summary, calibration, reranker
+                )
             )
             if spectra
             else iter(())
@@ -356,6 +397,38 @@ def distinct_inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
     return out
 
 
+def with_q_values(
+    rows: Iterable[Prediction], fdr: float | None = None
+) -> Iterator[Prediction]:
+    """The rows again, each rank-1 row with its q-value (`confidence.q_values`).
+
+    q-values need every score first, so rows are spooled to a temporary file
+    (memory stays flat on large inputs) and replayed. With `fdr`, a rank-1 row
+    whose q-value is above it keeps its peptide but its status says it did not
+    pass, so a filtered run still has every spectrum's row.
+    """
+    scores = []
+    with tempfile.TemporaryFile() as spool:
+        for row in rows:
+            pickle.dump(row, spool)
+            if row.rank == 1 and row.peptide:
+                scores.append(row.score)
+        q = iter(confidence.q_values(np.array(scores)))
+        spool.seek(0)
+        while True:
+            try:
+                row = pickle.load(spool)
+            except EOFError:
+                break
+            if row.rank == 1 and row.peptide:
+                row.q_value = float(next(q))
+                if fdr is not None and not row.q_value <= fdr:
+                    row.status = (
+                        f"above FDR {fdr:g} (q = {row.q_value:.4f}); {row.status}"
+                    )
+            yield row
+
+
 def sequence_files(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -366,14 +439,17 @@ def sequence_files(
     default_charge: int | None = None,
     progress: bool = True,
     calibration: Calibration | None = None,
+    reranker: Reranker | None = None,
+    fdr: float | None = None,
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
 
     A folder stands for the spectrum files in it (sorted). Every input must
     exist and the output must be a .mztab or .csv that is not an input before any
     work starts; a file that turns out unreadable gets a skipped row and the run
-    goes on. The output appears only when the run
-    succeeds: it is written beside its final name and renamed at the end.
+    goes on. The output appears only when the run succeeds: it is written beside
+    its final name and renamed at the end. Rank-1 rows carry q-values
+    (`with_q_values`), filtered by `fdr` when given.
     """
     inputs = distinct_inputs(expand_folders(inputs))
     check_output_path(output, inputs)
@@ -389,7 +465,9 @@ def sequence_files(
         summary,
         progress,
         calibration,
+        reranker,
     )
+    rows = with_q_values(rows, fdr)
     output = Path(output)
     with replace_when_done(output) as path:
         if output.suffix.lower() == ".csv":
@@ -407,7 +485,10 @@ def sequence_files(
                     f"{cfg.decoding.max_isotope}",
                     "fragment_evidence_weight": cfg.decoding.evidence_weight,
                     "fragment_tol_da": cfg.decoding.fragment_tol_da,
-                    "scores": "calibrated" if calibration else "model probabilities",
+                    "scores": "reranked, calibrated"
+                    if reranker
+                    else ("calibrated" if calibration else "model probabilities"),
+                    "fdr": "off" if fdr is None else fdr,
                 },
             )
     summary.seconds = time.perf_counter() - started
@@ -420,24 +501,35 @@ def calibrate(
     cfg: Config,
     device: str = "cpu",
     fitted_on: str = "",
-) -> tuple[Calibration, dict]:
+    rerank_k: int = rerank.DEFAULT_K,
+) -> tuple[Calibration, Reranker | None, dict]:
     """Sequence labelled, preprocessed spectra and fit calibrated scores on them.
 
-    Returns the calibration and what it did on these spectra: their number, the
-    peptides right, and the peptide-score ECE before and after (in-sample).
+    Fits the per-residue and peptide calibration on the search's rank-1
+    peptides, and the reranker (`peptrm.rerank`) on its top `rerank_k` (0: no
+    reranker). Returns both and what they did on these spectra: their number,
+    the peptides right, the peptide-score ECE before and after calibration
+    (in-sample), and the reranker's out-of-fold rank-1 recall.
     """
     if not spectra:
         raise ValueError("no usable labelled spectra to calibrate on")
-    candidates, peaks, summary = [], [], RunSummary()
+    groups, peaks, summary = [], [], RunSummary()
     size = cfg.decoding.batch_size
     for start in range(0, len(spectra), size):
         found, found_peaks, _ = decode_batch(
-            model, spectra[start : start + size], cfg, device, 1, summary
+            model, spectra[start : start + size], cfg, device, max(rerank_k, 1), summary
         )
-        candidates += [options[0] for options in found]
+        groups += found
         peaks += found_peaks
+    candidates = [options[0] for options in groups]
     labels = [s.peptide for s in spectra]
     fitted = confidence.fit(candidates, peaks, labels, fitted_on)
+    reranker, rerank_report = None, {}
+    if rerank_k > 0:
+        charges = [s.charge for s in spectra]
+        reranker, rerank_report = rerank.fit(
+            groups, peaks, charges, labels, rerank_k, fitted_on
+        )
     correct = np.array(
         [
             metrics.aa_match(c.tokens, masses.parse(label))[1]
@@ -448,9 +540,14 @@ def calibrate(
     calibrated = np.array(
         [fitted.apply(c, p)[0] for c, p in zip(candidates, peaks, strict=True)]
     )
-    return fitted, {
-        "spectra": len(spectra),
-        "correct": int(correct.sum()),
-        "ece_raw": metrics.expected_calibration_error(raw, correct),
-        "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
-    }
+    return (
+        fitted,
+        reranker,
+        {
+            "spectra": len(spectra),
+            "correct": int(correct.sum()),
+            "ece_raw": metrics.expected_calibration_error(raw, correct),
+            "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
+            **rerank_report,
+        },
+    )

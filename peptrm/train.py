@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from peptrm import masses, preprocess, simulate
@@ -94,6 +94,43 @@ def spectrum_loss(
     return 1 - (share * explained).sum(dim=1).mean()
 
 
+def counted_positions(tokens: Tensor) -> Tensor:
+    """(B, L) True at a peptide's tokens and its first STOP (the end), not after."""
+    counted = torch.ones_like(tokens, dtype=torch.bool)
+    counted[:, 1:] = tokens[:, :-1] != masses.STOP_INDEX
+    return counted
+
+
+def residue_loss(logits: Tensor, tokens: Tensor, padding_weight: float) -> Tensor:
+    """Cross-entropy per counted position; padding after the end weighs less.
+
+    The decoder reads STOP at every position past a peptide, so padding is
+    still trained, at `padding_weight`; the mean is over the weights, so a
+    peptide's residues are not diluted by the STOP run after them.
+    """
+    per_position = F.cross_entropy(
+        logits.transpose(1, 2), tokens, reduction="none"
+    )  # (B, L)
+    weight = counted_positions(tokens).to(per_position.dtype)
+    weight = weight + padding_weight * (1 - weight)  # (B, L)
+    return (per_position * weight).sum() / weight.sum()
+
+
+def ema_warmup_avg_fn(decay: float):
+    """EMA update whose decay warms up: min(decay, (1 + n) / (10 + n)) at update n.
+
+    With a fixed 0.999 the average still holds ~37 % of the random init after
+    1,000 updates, which is most of a CPU run.
+    """
+
+    def update(averaged: Tensor, current: Tensor, n_averaged: Tensor) -> Tensor:
+        n = float(n_averaged)
+        rate = min(decay, (1 + n) / (10 + n))
+        return rate * averaged + (1 - rate) * current
+
+    return update
+
+
 def refinement_metrics(logits: Tensor, previous: Tensor | None, tokens: Tensor) -> dict:
     """Token accuracy, peptide accuracy and edit rate of one draft.
 
@@ -101,8 +138,7 @@ def refinement_metrics(logits: Tensor, previous: Tensor | None, tokens: Tensor) 
     not the padding after it.
     """
     predicted = logits.argmax(dim=-1)  # (B, L)
-    counted = torch.ones_like(tokens, dtype=torch.bool)
-    counted[:, 1:] = tokens[:, :-1] != masses.STOP_INDEX  # up to and incl. first STOP
+    counted = counted_positions(tokens)
     correct = (predicted == tokens) & counted
     out = {
         "token_accuracy": correct.sum() / counted.sum(),
@@ -200,6 +236,27 @@ class TrainingStream(IterableDataset):
         self.real = list(real)
         self.start_batch = start_batch
         self.prepare = preprocess.pipeline(cfg.preprocess)
+        # Peptides by length, so the curriculum can take the short ones first.
+        self.by_length = sorted(self.peptides, key=lambda p: (len(p), p))
+        self.lengths = np.array([len(p) for p in self.by_length])
+
+    def longest(self, difficulty: float) -> int:
+        """Longest simulated peptide allowed at a difficulty (length curriculum)."""
+        start = self.cfg.training.curriculum_start_length
+        end = self.cfg.simulation.max_length
+        return int(round(start + (end - start) * difficulty))
+
+    def augment(self, spectrum: Spectrum, rng: np.random.Generator) -> Spectrum:
+        """A freshly perturbed copy of a real spectrum (`simulate.augment`)."""
+        t = self.cfg.training
+        return simulate.augment(
+            spectrum,
+            rng,
+            t.augment_dropout,
+            t.augment_noise_peaks,
+            t.augment_intensity_sd,
+            t.augment_shift_ppm,
+        )
 
     def schedule(self, batch_index: int) -> tuple[float, float]:
         """Real-spectrum share and simulation difficulty at a batch."""
@@ -220,10 +277,19 @@ class TrainingStream(IterableDataset):
         size = self.cfg.training.batch_size
         real_share, difficulty = self.schedule(batch_index)
         n_real = int(rng.binomial(size, real_share)) if self.peptides else size
-        spectra = [self.real[i] for i in rng.integers(0, len(self.real), n_real)]
+        spectra = [
+            self.augment(self.real[i], rng)
+            for i in rng.integers(0, len(self.real), n_real)
+        ]
+        allowed = self.by_length
+        if self.peptides:
+            n_allowed = int(
+                np.searchsorted(self.lengths, self.longest(difficulty), "right")
+            )
+            allowed = self.by_length[: max(n_allowed, 1)]
         while len(spectra) < size:
             simulated = simulate.simulate_batch(
-                self.peptides, size - len(spectra), rng, self.cfg.simulation, difficulty
+                allowed, size - len(spectra), rng, self.cfg.simulation, difficulty
             )
             for spectrum in simulated:
                 spectrum = self.prepare(spectrum)
@@ -339,7 +405,7 @@ class PepTRMModule(L.LightningModule):
         self.model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
         self.ema = AveragedModel(
             self.model,
-            multi_avg_fn=get_ema_multi_avg_fn(cfg.training.ema_decay),
+            avg_fn=ema_warmup_avg_fn(cfg.training.ema_decay),
             use_buffers=True,
         )
         self.automatic_optimization = False  # one optimiser step per supervision step
@@ -363,7 +429,7 @@ class PepTRMModule(L.LightningModule):
         """Every loss of one supervision step (before its step weight)."""
         t = self.cfg.training
         tokens = batch["tokens"]
-        residue = F.cross_entropy(y.transpose(1, 2), tokens)
+        residue = residue_loss(y, tokens, t.padding_loss_weight)
         correct = (y.argmax(dim=-1) == tokens).all(dim=1).float()
         halting = F.binary_cross_entropy_with_logits(halt, correct)
         losses = {"residue": residue, "halt": halting}
@@ -524,6 +590,25 @@ class PepTRMModule(L.LightningModule):
         self.started = time.monotonic() - checkpoint.get("wall_s", 0.0)
 
 
+def export_checkpoint(path: str | Path, folder: str | Path) -> Path:
+    """Save a training checkpoint's EMA weights as a model folder (as training does).
+
+    Lets a run's checkpoints be compared by decoded recall after the fact, and
+    the best one shipped.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = load_config(overrides=checkpoint["peptrm_config"])
+    model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
+    prefix = "ema.module."
+    state = {
+        k[len(prefix) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(prefix)
+    }
+    model.load_state_dict(state)
+    return save_model(model, cfg, folder)
+
+
 def config_from_checkpoint(path: str | Path) -> Config:
     """The config stored inside a training checkpoint."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -565,9 +650,13 @@ def train(
     module.export_dir = out_dir / "model"
     if cfg.training.compile:
         module.model = torch.compile(module.model)
+    # global_step grows by N_sup per batch, so an interval that is not a multiple
+    # of N_sup would only fire at the least common multiple: round it to one.
+    n_sup = cfg.recursion.n_supervision
+    every = max(1, round(cfg.training.checkpoint_every_steps / n_sup)) * n_sup
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
-        every_n_train_steps=cfg.training.checkpoint_every_steps,
+        every_n_train_steps=every,
         save_last=True,
         save_top_k=-1,
     )

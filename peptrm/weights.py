@@ -24,6 +24,7 @@ BUNDLED = Path(str(resources.files("peptrm") / "resources"))
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.yaml"
 _ARCHITECTURE = ("model", "recursion", "preprocess")  # sections a model carries
+LEGACY_OFF = ("ion_evidence", "complement_encoding")  # absent from older model.yaml
 
 
 def save_model(model: PepTRM, cfg: Config, folder: str | Path) -> Path:
@@ -49,6 +50,9 @@ def model_config(folder: str | Path, user_config: str | Path | None = None) -> C
     path = Path(folder) / CONFIG_NAME
     stored = read_yaml(path)
     shape = {k: stored[k] for k in _ARCHITECTURE if k != "preprocess" and k in stored}
+    # Models saved before these inputs existed were trained without them.
+    for key in LEGACY_OFF:
+        shape.setdefault("model", {}).setdefault(key, False)
     layers = [(str(path), {"preprocess": stored.get("preprocess") or {}})]
     if user_config is not None:
         user = read_yaml(Path(user_config))

@@ -83,3 +83,17 @@ def test_a_broken_calibration_file_is_named(tmp_path):
     (tmp_path / confidence.CALIBRATION_NAME).write_text("peptide: {bias: 1}\n")
     with pytest.raises(ValueError, match="not a PepTRM calibration"):
         confidence.load_calibration(tmp_path)
+
+
+def test_q_values_are_the_lowest_fdr_of_any_threshold_that_accepts():
+    # sorted: 0.9, 0.8, 0.8, 0.2 -> FDR 0.1, (0.1+0.2)/2 = 0.15 at the first 0.8
+    # but a threshold takes both 0.8s: (0.1+0.2+0.2)/3 = 0.1667; then 2.3/4 = 0.325
+    q = confidence.q_values(np.array([0.8, 0.9, np.nan, 0.2, 0.8]))
+    assert q[1] == pytest.approx(0.1)
+    assert q[0] == pytest.approx(0.5 / 3) and q[4] == pytest.approx(0.5 / 3)
+    assert q[3] == pytest.approx(2.3 / 4) and np.isnan(q[2])
+    # a weaker peptide never has a lower q-value than a stronger one
+    p = np.random.default_rng(0).random(200)
+    q = confidence.q_values(p)
+    order = np.argsort(-p)
+    assert np.all(np.diff(q[order]) >= -1e-12)

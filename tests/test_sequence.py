@@ -8,7 +8,7 @@ import torch
 
 from peptrm import decoding, masses, metrics, preprocess, sequence
 from peptrm.config import load_config
-from peptrm.io import InputError, Spectrum, read_spectra
+from peptrm.io import InputError, Spectrum, read_predictions, read_spectra
 from peptrm.model import PepTRM
 from peptrm.weights import load_model
 
@@ -202,7 +202,7 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
     prepare = preprocess.pipeline(cfg.preprocess)
     demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
     spectra = [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
-    fitted, report = sequence.calibrate(model, spectra, cfg, fitted_on="demo")
+    fitted, _, report = sequence.calibrate(model, spectra, cfg, fitted_on="demo")
     assert report["spectra"] == 40 and 0 < report["correct"] < 40
     assert 0 <= report["ece_raw"] <= 1 and 0 <= report["ece_calibrated"] <= 1
     assert fitted.fitted_on == "demo" and fitted.peptide.shape == (5,)
@@ -226,7 +226,7 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
     assert _log_loss(scores, correct) <= entropy + 1e-6
     assert scores.mean() == pytest.approx(rate, abs=1e-3)  # calibration in the large
 
-    again, _ = sequence.calibrate(model, spectra, cfg, fitted_on="demo")
+    again, _, _ = sequence.calibrate(model, spectra, cfg, fitted_on="demo")
     np.testing.assert_array_equal(again.peptide, fitted.peptide)
     np.testing.assert_array_equal(again.residue, fitted.residue)
     with pytest.raises(ValueError, match="no usable labelled spectra"):
@@ -270,3 +270,41 @@ def test_a_folder_is_its_spectrum_files_and_the_output_safe(tiny, tmp_path, smal
     empty.mkdir()
     with pytest.raises(InputError, match="is a directory with no .mgf, .mzML"):
         sequence.sequence_files([empty], out, model, cfg, progress=False)
+
+
+def _demo_spectra(cfg):
+    prepare = preprocess.pipeline(cfg.preprocess)
+    demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
+    return [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
+
+
+def test_top_k_never_changes_rank_one_with_or_without_a_reranker():
+    model, cfg = load_model()
+    cfg = _with_decoding(cfg, workers=1)
+    spectra = _demo_spectra(cfg)
+    calibration, reranker, _ = sequence.calibrate(model, spectra, cfg, rerank_k=10)
+    for scorer in (None, reranker):
+        firsts = []
+        for top_k in (1, 5, 12):
+            found, _, _ = sequence.decode_batch(
+                model, spectra, cfg, "cpu", top_k, sequence.RunSummary(),
+                calibration, scorer,
+            )  # fmt: skip
+            assert all(len(options) <= top_k for options in found)
+            firsts.append([masses.format_peptide(o[0].tokens) for o in found])
+        assert firsts[0] == firsts[1] == firsts[2]
+
+
+def test_fdr_marks_rows_above_it_and_keeps_every_row(tmp_path, broken_mgf, small_mgf):
+    model, cfg = load_model()
+    out = tmp_path / "out.csv"
+    sequence.sequence_files(
+        [broken_mgf, small_mgf], out, model, cfg, progress=False, fdr=0.05
+    )
+    rows = read_predictions(out)
+    assert len(rows) == _spectra_in(broken_mgf) + _spectra_in(small_mgf)
+    ranked = [r for r in rows if r.peptide]
+    assert ranked and all(r.q_value is not None for r in ranked)
+    for row in ranked:
+        assert (row.q_value <= 0.05) == (not row.status.startswith("above FDR"))
+    assert all(r.q_value is None for r in rows if not r.peptide)

@@ -82,3 +82,4 @@ class Prediction:
     rank: int = 1
     status: str = "ok"  # ok | unconstrained (no peptide fits) | skipped: <reason>
     n_steps: int | None = None  # refinement steps run for this spectrum
+    q_value: float | None = None  # estimated FDR of accepting rank-1 rows this good

@@ -37,6 +37,7 @@ CSV_COLUMNS = (
     "isotope",
     "n_steps",
     "status",
+    "q_value",
 )
 
 _OPT = "opt_ms_run[1]_"
@@ -72,6 +73,7 @@ PSM_COLUMNS = (
             "mass_error_ppm",
             "isotope",
             "n_steps",
+            "q_value",
         )
     ),
 )
@@ -207,6 +209,7 @@ def _psm_row(prediction: Prediction, psm_id: int, run: int, version: str) -> lis
         _number(prediction.mass_error_ppm, 3),
         _integer(prediction.isotope),
         _integer(prediction.n_steps),
+        _number(prediction.q_value, 6),
     ]
 
 
@@ -269,6 +272,7 @@ def write_csv(path: str | Path, predictions: Iterable[Prediction]) -> None:
                     _integer(p.isotope, ""),
                     _integer(p.n_steps, ""),
                     p.status,
+                    _number(p.q_value, 6, ""),
                 ]
             )
 
@@ -367,6 +371,7 @@ def _prediction(
         rank=int(row[names["rank"]]),
         status="" if status == NULL else status,
         n_steps=_int(row[names["n_steps"]]),
+        q_value=_float(row[names["q_value"]]) if names["q_value"] in row else None,
     )
 
 
@@ -383,6 +388,7 @@ _MZTAB_NAMES = {
     "rank": _OPT + "rank",
     "status": _OPT + "status",
     "n_steps": _OPT + "n_steps",
+    "q_value": _OPT + "q_value",
 }
 
 
@@ -407,7 +413,8 @@ def read_predictions(path: str | Path) -> list[Prediction]:
         if first.startswith("MTD\t"):
             return _read_mztab(path, handle)
         reader = csv.DictReader(handle)
-        missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
+        optional = {"q_value"}  # files written before q-values existed lack it
+        missing = set(CSV_COLUMNS) - optional - set(reader.fieldnames or [])
         if missing:
             raise InputError(
                 f"{path}: not a PepTRM mzTab or CSV (missing columns {sorted(missing)})"

@@ -1,0 +1,194 @@
+"""Where accuracy goes: the anatomy of errors, recall@K, and what reranking recovers.
+
+For one model on labelled spectra (default: the held-out split of the training
+files; `--files` for dev), decode the search's top K and sort every spectrum into
+
+  * right: the rank-1 peptide is the labelled one;
+  * not representable: the label cannot be written in our vocabulary within L
+    positions, or does not fit the precursor at any allowed isotope error;
+  * search error: the label scores higher under the search's own objective than
+    what the search returned (the search missed it);
+  * scoring error: the label fits but the objective ranks a wrong peptide above it.
+
+It prints recall@1/5/K of the search, then the same after reranking: with
+`--fit`, out-of-fold (5 folds by spectrum, the model never scores a spectrum it
+was fitted on); with `--fit-train`, a reranker fitted on the training part of
+the training files (what the held-out split is not); otherwise with the
+model's shipped reranker (`rerank.txt`).
+
+    python benchmarks/bench_rerank.py [--model DIR] [--files A.mgf ...] [--k 20]
+        [--fit | --fit-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from common import TRAIN_FILES, print_provenance
+
+from peptrm import decoding, evidence, masses, preprocess, rerank, train
+from peptrm.confidence import cleavage_evidence
+from peptrm.io import Spectrum, read_spectra
+from peptrm.sequence import refine
+from peptrm.weights import BUNDLED, load_model
+
+
+def load(files: list[Path], cfg) -> list[Spectrum]:
+    """Labelled, preprocessed spectra of `files`."""
+    prepare = preprocess.pipeline(cfg.preprocess)
+    out = []
+    for path in files:
+        for record in read_spectra(path):
+            if isinstance(record, Spectrum) and record.peptide:
+                if not record.label_problem:
+                    record = prepare(record)
+                    if isinstance(record, Spectrum):
+                        out.append(record)
+    return out
+
+
+def true_search_score(log_probs, label, precursor, peaks, cfg) -> float | None:
+    """The label's score under the search objective, None if it cannot fit."""
+    try:
+        tokens = masses.encode(label, log_probs.shape[0])
+    except ValueError:
+        return None
+    indices = [int(t) for t in tokens if t != masses.STOP_INDEX]
+    candidate = decoding.make_candidate(log_probs, indices, precursor, cfg, True)
+    _, _, fits = decoding.closest_isotope(candidate.mass, precursor, cfg)
+    if not fits:
+        return None
+    bonus = np.nansum(cleavage_evidence(candidate, peaks))
+    return candidate.log_score + cfg.evidence_weight * bonus
+
+
+def anatomy(groups, spectra, history, peaks_all, cfg) -> dict[str, int]:
+    """Count right / not representable / search / scoring errors at rank 1."""
+    counts = dict.fromkeys(("right", "not representable", "search", "scoring"), 0)
+    for options, spectrum, log_probs, peaks in zip(
+        groups, spectra, history, peaks_all, strict=True
+    ):
+        if options and rerank.is_correct(options[0], spectrum.peptide):
+            counts["right"] += 1
+            continue
+        precursor = masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
+        score = true_search_score(log_probs, spectrum.peptide, precursor, peaks, cfg)
+        if score is None:
+            counts["not representable"] += 1
+        elif not options or score > options[0].search_score + 1e-6:
+            counts["search"] += 1
+        else:
+            counts["scoring"] += 1
+    return counts
+
+
+def recall_at(groups, labels, ks) -> dict[int, float]:
+    """Share of spectra whose label is among the first k candidates."""
+    out = {}
+    for k in ks:
+        hits = sum(
+            any(rerank.is_correct(c, label) for c in options[:k])
+            for options, label in zip(groups, labels, strict=True)
+        )
+        out[k] = hits / len(labels)
+    return out
+
+
+def decode_top(model, cfg, spectra, k):
+    """Top-k candidates, final log-probs and peaks of every spectrum."""
+    groups, history, peaks_all = [], [], []
+    for start in range(0, len(spectra), 256):
+        batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
+        log_probs, _, _ = refine(model, batch, cfg.recursion.n_supervision, 1.1)
+        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
+        groups += decoding.decode(
+            log_probs, batch["precursor_mass"], cfg.decoding, k, peaks
+        )
+        history += list(log_probs.double().numpy())
+        peaks_all += peaks
+    return groups, history, peaks_all
+
+
+def main() -> None:
+    """Decode the top K, print the anatomy and recall@K before and after reranking."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model")
+    parser.add_argument("--files", nargs="*", type=Path)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--fit", action="store_true", help="out-of-fold reranking")
+    parser.add_argument(
+        "--fit-train", action="store_true", help="fit on the training part first"
+    )
+    args = parser.parse_args()
+    print_provenance(args.model)
+    model, cfg = load_model(args.model)
+    if args.files:
+        print(f"files: {', '.join(p.name for p in args.files)}")
+        spectra = load(args.files, cfg)
+    else:
+        print("files: the held-out split of the training files")
+        spectra = train.held_out_split(TRAIN_FILES, cfg)
+    labels = [s.peptide for s in spectra]
+    started = time.perf_counter()
+    groups, history, peaks_all = decode_top(model, cfg, spectra, args.k)
+    seconds = time.perf_counter() - started
+    n = len(spectra)
+    print(f"{n} spectra; model + top-{args.k} search {seconds:.1f} s")
+    ks = (1, 5, args.k)
+    search_recall = recall_at(groups, labels, ks)
+    print(f"\n{'':<24}" + "".join(f"{'recall@' + str(k):>11}" for k in ks))
+    print(f"{'search order':<24}" + "".join(f"{search_recall[k]:>11.4f}" for k in ks))
+    counts = anatomy(groups, spectra, history, peaks_all, cfg.decoding)
+    charges = [s.charge for s in spectra]
+    if args.fit:
+        _, report = rerank.fit(groups, peaks_all, charges, labels, args.k)
+        print(
+            f"{'reranked (out-of-fold)':<24}{report['reranked_rank1_recall_out_of_fold']:>11.4f}"
+        )
+        print(f"fit report: {report}")
+    reranker = None if args.fit else rerank.load_reranker(args.model or BUNDLED)
+    if args.fit_train:
+        fit_on, _ = train.split_by_peptide(
+            train.load_labelled(TRAIN_FILES, cfg),
+            cfg.training.val_fraction,
+            cfg.training.seed,
+        )
+        started = time.perf_counter()
+        fit_groups, _, fit_peaks = decode_top(model, cfg, fit_on, args.k)
+        reranker, report = rerank.fit(
+            fit_groups,
+            fit_peaks,
+            [s.charge for s in fit_on],
+            [s.peptide for s in fit_on],
+            args.k,
+        )
+        print(
+            f"fitted on the training part ({len(fit_on)} spectra, "
+            f"{time.perf_counter() - started:.0f} s): {report}"
+        )
+    if reranker is not None:
+        started = time.perf_counter()
+        reranked = [
+            reranker.rerank(list(o), p, c)
+            for o, p, c in zip(groups, peaks_all, charges, strict=True)
+        ]
+        spent = time.perf_counter() - started
+        after = recall_at(reranked, labels, ks)
+        print(f"{'reranked (shipped)':<24}" + "".join(f"{after[k]:>11.4f}" for k in ks))
+        print(f"reranking: {spent:.1f} s ({n / spent:.0f} spectra/s)")
+        after_counts = anatomy(reranked, spectra, history, peaks_all, cfg.decoding)
+    print("\nanatomy at rank 1 (search order" + (", reranked)" if reranker else ")"))
+    for name, value in counts.items():
+        line = f"  {name:<18} {value:>5} ({value / n:.3f})"
+        if reranker is not None:
+            line += (
+                f"   reranked {after_counts[name]:>5} ({after_counts[name] / n:.3f})"
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from peptrm import masses, rerank
+from peptrm.decoding import Candidate
+from peptrm.evidence import FragmentEvidence
+
+
+def candidate(peptide: str, search_score: float, isotope: int = 0) -> Candidate:
+    tokens = masses.parse(peptide)
+    return Candidate(
+        tokens=tokens,
+        indices=[masses.TOKEN_INDEX[t] for t in tokens],
+        log_score=-float(len(tokens)),
+        score=0.5,
+        aa_scores=[0.5] * len(tokens),
+        mass=masses.peptide_mass(tokens),
+        isotope=isotope,
+        mass_error_ppm=1.5,
+        constrained=True,
+        search_score=search_score,
+    )
+
+
+def spectrum_of(peptide: str, isotope: int = 0) -> FragmentEvidence:
+    """Every b and y 1+ ion of the peptide (b at intensity 0.5, y at 1), no noise."""
+    b, y = masses.fragment_mz(masses.parse(peptide), 1)  # b1..b(n-1), y1..y(n-1)
+    mz = np.concatenate([b, y])
+    intensity = np.concatenate([np.full(len(b), 0.5), np.ones(len(y))])
+    precursor = masses.peptide_mass(peptide) + isotope * masses.C13_SPACING
+    return FragmentEvidence(mz, intensity, precursor, 2, 0.01)
+
+
+def test_features_of_the_true_peptide_show_its_whole_ladder():
+    peaks = spectrum_of("PEPTLDEK")
+    right, wrong = candidate("PEPTLDEK", -5.0), candidate("EPPTLDEK", -6.0)
+    x = rerank.candidate_features([right, wrong], peaks, 2)
+    f = dict(zip(rerank.FEATURES, x[0], strict=True))
+    assert f["b_share"] == 1 and f["y_share"] == 1 and f["b_and_y_share"] == 1
+    assert f["longest_run"] == 7 and f["longest_run_share"] == 1
+    assert f["explained_intensity"] == pytest.approx(1.0)
+    assert f["search_rank"] == 0 and f["margin_next"] == pytest.approx(1.0)
+    assert f["tryptic"] == 1 and f["missed_cleavages"] == 0 and f["length"] == 8
+    g = dict(zip(rerank.FEATURES, x[1], strict=True))
+    # EPPTLDEK vs PEPTLDEK: only the first cleavage moves (b1 E 130.05 vs P
+    # 98.06; y7 PPTLDEK vs EPTLDEK), so 6 of 7 b and 6 of 7 y ions still match
+    assert g["b_share"] == pytest.approx(6 / 7) and g["y_share"] == pytest.approx(6 / 7)
+    assert g["gap_best"] == pytest.approx(1.0) and g["search_rank"] == 1
+
+
+def test_y_ions_are_placed_from_the_precursor_less_the_isotope_error():
+    peaks = spectrum_of("PEPTLDEK", isotope=1)  # precursor picked at its 13C peak
+    as_if_monoisotopic = rerank.candidate_features(
+        [candidate("PEPTLDEK", 0.0, isotope=0)], peaks, 2
+    )
+    with_isotope = rerank.candidate_features(
+        [candidate("PEPTLDEK", 0.0, isotope=1)], peaks, 2
+    )
+    y = rerank.FEATURES.index("y_share")
+    assert as_if_monoisotopic[0, y] == 0 and with_isotope[0, y] == 1
+
+
+def test_fitted_reranker_puts_the_supported_peptide_first_and_keeps_the_tail(tmp_path):
+    rng = np.random.default_rng(0)
+    peptides = ["PEPTLDEK", "LGEYGFQNALLVR", "AEFVEVTK", "YLYELAR", "HLVDEPQNLLK"]
+    groups, peaks, labels = [], [], []
+    for i in range(60):
+        truth = peptides[i % len(peptides)]
+        shuffled = truth[0] + "".join(rng.permutation(list(truth[1:-1]))) + truth[-1]
+        decoys = [shuffled, truth[1:-1] + truth[0] + truth[-1]]
+        order = decoys + [truth] if i % 2 else [decoys[0], truth, decoys[1]]
+        options = [candidate(p, -float(k)) for k, p in enumerate(order)]
+        groups.append(options)
+        peaks.append(spectrum_of(truth))
+        labels.append(truth)
+    fitted, report = rerank.fit(groups, peaks, [2] * 60, labels, k=3, fitted_on="t")
+    assert report["search_rank1_recall"] == 0  # the truth was never first
+    assert report["reranked_rank1_recall_out_of_fold"] > 0.9
+    fitted.save(tmp_path)
+    loaded = rerank.load_reranker(tmp_path)
+    assert loaded.k == 3 and loaded.fitted_on == "t"
+    ranked = ["EPPTLDEK", "PETPLDEK", "PEPTLDEK"]
+    options = [candidate(p, -float(k)) for k, p in enumerate(ranked)]
+    tail = candidate("PEPTLEDK", -9.0)
+    reranked = loaded.rerank(options + [tail], spectrum_of("PEPTLDEK"), 2)
+    assert masses.format_peptide(reranked[0].tokens) == "PEPTLDEK"
+    assert 0.5 < reranked[0].score <= 1 and reranked[1].score < reranked[0].score
+    assert reranked[3] is tail  # past k the search's order stands
+
+
+def test_no_reranker_in_a_folder_without_one(tmp_path):
+    assert rerank.load_reranker(tmp_path) is None
