@@ -39,6 +39,17 @@ def _at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (an FDR)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
+    return value
+
+
 def _charge(text: str) -> int:
     """An argparse type: a precursor charge from 1 to `masses.MAX_CHARGE`."""
     from peptrm.masses import MAX_CHARGE
@@ -96,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     seq.add_argument(
         "--fdr",
-        type=float,
+        type=_fraction,
         help="mark rank-1 rows whose estimated q-value is above this (e.g. 0.01) "
         "in their status; every row is still written, with its q_value",
     )

@@ -361,6 +361,7 @@ def test_a_file_twice_or_two_files_of_one_name_exit_zero(tmp_path, monkeypatch):
         (["--default-charge", "0"], "argument --default-charge: 0 is below 1"),
         (["--default-charge", "99"], "argument --default-charge: 99 is above 10"),
         (["--batch-size", "0"], "argument --batch-size: 0 is below 1"),
+        (["--fdr", "5"], "argument --fdr: 5 is not between 0 and 1"),
     ],
 )
 def test_flags_out_of_range_are_usage_errors(capsys, flag, message):
