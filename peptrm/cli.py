@@ -197,6 +197,75 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+REFERENCE = Path(__file__).parents[1] / "docs" / "cli.md"
+
+
+def _argument_name(action: argparse.Action) -> str:
+    """How an argument is written: ``-o, --output OUTPUT`` or ``inputs ...``."""
+    if not action.option_strings:
+        many = action.nargs in ("*", "+")
+        return f"`{action.dest}{' ...' if many else ''}`"
+    name = ", ".join(action.option_strings)
+    if action.nargs != 0:  # takes a value
+        metavar = action.metavar or action.dest.upper()
+        name += f" {metavar}{' ...' if action.nargs in ('*', '+') else ''}"
+    return f"`{name}`"
+
+
+def _cell(text: object) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """The command-line reference (docs/cli.md), built from the argument parser.
+
+    Generated, so it cannot drift from the parser: `write_reference` rewrites the
+    file and a test checks the committed copy against this text.
+    """
+    parser = _parser()
+    lines = [
+        "# Command-line reference",
+        "",
+        'Generated from the argument parser by `python -c "from peptrm import cli; '
+        'cli.write_reference()"`; do not edit by hand (a test checks it).',
+        "",
+        parser.description or "",
+        "",
+        "Exit codes: 0 ok, 1 error (one line on stderr; the traceback with "
+        "`--verbose`), 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated "
+        "(SIGTERM).",
+    ]
+    subcommands = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    helps = {a.dest: a.help for a in subcommands._choices_actions}
+    for name, sub in subcommands.choices.items():
+        lines += ["", f"## peptrm {name}", "", _cell(helps.get(name, "")), ""]
+        lines += ["| argument | default | meaning |", "|---|---|---|"]
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if action.option_strings:
+                required = action.required
+            else:  # argparse's own flag for positionals differs between versions
+                required = action.nargs not in ("*", "?")
+            if required:
+                default = "required"
+            elif action.default in (None, False, argparse.SUPPRESS, []):
+                default = ""
+            else:
+                default = f"`{action.default}`"
+            lines.append(
+                f"| {_argument_name(action)} | {default} | {_cell(action.help or '')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_reference(path: str | Path = REFERENCE) -> None:
+    """Rewrite docs/cli.md from the parser."""
+    Path(path).write_text(reference_markdown())
+
+
 def _versions() -> str:
     import torch
 

@@ -375,3 +375,13 @@ def test_verbose_also_works_after_the_subcommand(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="missing.mgf: no such file"):
         cli.main(["sequence", "missing.mgf", "-o", "x.mztab", "--verbose"])
+
+
+def test_the_cli_reference_is_generated_from_the_parser():
+    committed = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    assert committed == cli.reference_markdown(), (
+        'docs/cli.md is stale: run python -c "from peptrm import cli; '
+        'cli.write_reference()"'
+    )
+    for option in ("--default-charge", "--fdr", "--held-out", "--top-k"):
+        assert f"| `{option}" in committed

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,21 @@ def test_two_labelled_files_of_one_name_join_by_path(tmp_path):
     report = evaluate.evaluate_joined(joined)
     assert list(report["files"]) == ["run.mgf", str(second)]
     assert report["overall"]["peptide_recall"] == 1.0
+
+
+def _keys(report):
+    out = set()
+    for key, value in report.items():
+        out.add(key)
+        if isinstance(value, dict) and key not in ("files",):
+            out |= _keys(value)
+    return out
+
+
+def test_every_report_key_is_documented(tmp_path, labelled_mgf, predictions):
+    csv_path = tmp_path / "out.csv"
+    io.write_csv(csv_path, predictions)
+    report = evaluate.evaluate_files(csv_path, [labelled_mgf])
+    doc = (Path(__file__).parents[1] / "docs" / "file_formats.md").read_text()
+    for key in _keys(report):
+        assert f"`{key}`" in doc, key

@@ -540,3 +540,9 @@ def test_estimate_spectra_counts_ms2_spectra_from_bytes(
     gzipped = tmp_path / "small.mgf.gz"
     gzipped.write_bytes(gzip.compress(small_mgf.read_bytes()))
     assert io.estimate_spectra([small_mgf, gzipped], chunk_size) is None
+
+
+def test_every_output_column_is_documented():
+    doc = (Path(__file__).parents[1] / "docs" / "file_formats.md").read_text()
+    for column in (*io.PSM_COLUMNS, *io.CSV_COLUMNS):
+        assert f"| `{column}` |" in doc, column
