@@ -385,3 +385,50 @@ def test_the_cli_reference_is_generated_from_the_parser():
     )
     for option in ("--default-charge", "--fdr", "--held-out", "--top-k"):
         assert f"| `{option}" in committed
+
+
+def readme_example() -> tuple[dict[str, int], dict[str, list[str]]]:
+    """The demo run's counts and accuracy table as the README's "What to expect" shows.
+
+    Counts come from its "wrote ...: N spectra, N sequenced, N skipped, N without
+    a mass-fitting peptide" line; the table maps each file row to its cells.
+    """
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### What to expect", 1)[1].split("```", 2)[1]
+    return _demo_counts(section), _demo_table(section)
+
+
+def _demo_counts(text: str) -> dict[str, int]:
+    import re
+
+    match = re.search(
+        r"(\d+) spectra, (\d+) sequenced, (\d+) skipped, (\d+) without a "
+        r"mass-fitting peptide",
+        text,
+    )
+    assert match, "no 'wrote ...' line"
+    keys = ("spectra", "sequenced", "skipped", "unconstrained")
+    return dict(zip(keys, map(int, match.groups()), strict=True))
+
+
+def _demo_table(text: str) -> dict[str, list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("file "))
+    rows = {}
+    for line in lines[start + 1 :]:
+        cells = line.split()
+        if not cells:
+            break
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_readme_shows_what_the_demo_prints(tmp_path, monkeypatch, capsys):
+    counts, table = readme_example()
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sequence", "--demo", "-o", "demo.mztab", "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert _demo_counts(printed.err) == counts
+    assert _demo_table(printed.out) == table, (
+        "README.md's 'What to expect' table is stale; paste what the demo prints"
+    )
