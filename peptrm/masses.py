@@ -191,6 +191,34 @@ def to_proforma(peptide: str | Sequence[str]) -> str:
     return "".join(out)
 
 
+def modification_delta(token: str) -> float:
+    """Mass added by a token's modification (Da): 0 for a plain residue."""
+    if token in N_TERMINAL_MODIFICATIONS:
+        return TOKEN_MASSES[token]
+    if token in SIDE_CHAIN_MODIFICATIONS:
+        return TOKEN_MASSES[token] - RESIDUE_MASSES[token[0]]
+    return 0.0
+
+
+def to_mass_proforma(peptide: str | Sequence[str]) -> str:
+    """Write a peptide in ProForma 2.0 with mass deltas instead of names.
+
+    ``+42.011M+15.995K`` -> ``[+42.010565]-M[+15.994915]K``. Tools that resolve
+    a named modification look it up in Unimod online (spectrum_utils does); a
+    delta needs no look-up.
+    """
+    out = []
+    for token in _tokens(peptide):
+        delta = modification_delta(token)
+        if token in N_TERMINAL_MODIFICATIONS:
+            out.append(f"[{delta:+.6f}]-")
+        elif delta:
+            out.append(f"{token[0]}[{delta:+.6f}]")
+        else:
+            out.append(token)
+    return "".join(out)
+
+
 def mztab_modifications(peptide: str | Sequence[str]) -> str:
     """The mzTab 1.0 ``modifications`` value: ``position-UNIMOD:id`` joined by commas.
 

@@ -51,6 +51,7 @@ CSV_HEADER = [
     "isotope",
     "n_steps",
     "status",
+    "q_value",
 ]
 BROKEN_SKIPPED = {1, 2, 3, 4, 5, 8, 9}  # see tests/data/README.md
 

@@ -172,3 +172,11 @@ def test_vocab_masses_line_up_with_tokens():
         assert masses.VOCAB_MASSES[index] == masses.TOKEN_MASSES[token]
     assert masses.VOCAB_MASSES[masses.STOP_INDEX] == 0
     assert "I" not in masses.VOCAB and np.all(np.diff(masses.N_TERMINAL_INDICES) == 1)
+
+
+def test_mass_proforma_writes_deltas_from_pyteomics():
+    assert masses.to_mass_proforma("+42.011M+15.995C+57.021K") == (
+        "[+42.010565]-M[+15.994915]C[+57.021464]K"  # Unimod 1, 35 and 4 deltas
+    )
+    assert masses.to_mass_proforma("+43.006-17.027PEPK") == "[+25.979265]-PEPK"
+    assert masses.to_mass_proforma("PEPTIDE") == "PEPTIDE"
