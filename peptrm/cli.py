@@ -1,4 +1,4 @@
-"""The `peptrm` command: sequence | train | evaluate | configure | version.
+"""The `peptrm` command: sequence | train | evaluate | calibrate | report | plot | ...
 
 This module parses arguments, loads the config, calls the modules that do the
 work and sets the exit code; no science lives here.
@@ -187,6 +187,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
     cal.add_argument("--device", default="cpu", help="torch device")
+
+    rep = commands.add_parser(
+        "report",
+        parents=[verbose],
+        help="a self-contained HTML report of a run: summary, histograms, "
+        "accuracy (with SEQ=) and annotated spectra (needs peptrm[report])",
+    )
+    rep.add_argument("results", help="our mzTab or CSV")
+    rep.add_argument("spectra", nargs="+", help="the spectrum files it was made from")
+    rep.add_argument("-o", "--output", required=True, help="the .html to write")
+    rep.add_argument(
+        "--examples",
+        type=_at_least(0),
+        default=3,
+        help="best and worst scored spectra to draw",
+    )
+    rep.add_argument(
+        "--index",
+        type=_at_least(0),
+        nargs="*",
+        default=[],
+        help="spectrum indices to draw as well",
+    )
+
+    plot = commands.add_parser(
+        "plot",
+        parents=[verbose],
+        help="one annotated spectrum (b/y ions, residue scores, mirror against "
+        "SEQ=) as a PNG (needs peptrm[report])",
+    )
+    plot.add_argument("results", help="our mzTab or CSV")
+    plot.add_argument("spectra", nargs="+", help="the spectrum files it was made from")
+    plot.add_argument(
+        "--index", type=_at_least(0), required=True, help="the spectrum's index"
+    )
+    plot.add_argument(
+        "--file", help="the spectrum file's name, when several share the index"
+    )
+    plot.add_argument("-o", "--output", required=True, help="the .png to write")
 
     cfg = commands.add_parser(
         "configure", parents=[verbose], help="write the default config to edit"
@@ -443,6 +482,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from peptrm import report
+
+    if not args.output.lower().endswith((".html", ".htm")):
+        raise ValueError(f"{args.output}: the report is HTML; name it .html")
+    path = report.write_report(
+        args.results, args.spectra, args.output, args.examples, args.index
+    )
+    log.info("wrote %s", path)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from peptrm import report
+
+    if not args.output.lower().endswith(".png"):
+        raise ValueError(f"{args.output}: the plot is a PNG; name it .png")
+    path = report.write_plot(
+        args.results, args.spectra, args.index, args.output, args.file
+    )
+    log.info("wrote %s", path)
+    return 0
+
+
 def _configure(args: argparse.Namespace) -> int:
     from peptrm.config import DEFAULTS_PATH
 
@@ -474,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _evaluate,
         "calibrate": _calibrate,
         "configure": _configure,
+        "report": _report,
+        "plot": _plot,
     }
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:  # signal handlers can only be set from the main thread
