@@ -433,3 +433,29 @@ def test_the_readme_shows_what_the_demo_prints(tmp_path, monkeypatch, capsys):
     assert _demo_table(printed.out) == table, (
         "README.md's 'What to expect' table is stale; paste what the demo prints"
     )
+
+
+def test_sigterm_leaves_no_output_and_exits_143(tmp_path):
+    import signal
+    import time
+
+    big = tmp_path / "big.mgf"  # the demo 10 times: a run of about a minute
+    demo = (Path(cli.__file__).parent / "resources" / "demo.mgf").read_text()
+    big.write_text(demo * 10)
+    out = tmp_path / "out.mztab"
+    command = [sys.executable, "-m", "peptrm", "sequence", str(big), "-o", str(out)]
+    process = subprocess.Popen(
+        [*command, "--no-progress", "--batch-size", "8"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:  # wait until sequencing has started
+        if "model: bundled" in line:
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 143, err
+    assert "peptrm sequence: terminated; no output written" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.mgf"]
