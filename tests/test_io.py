@@ -546,3 +546,8 @@ def test_every_output_column_is_documented():
     doc = (Path(__file__).parents[1] / "docs" / "file_formats.md").read_text()
     for column in (*io.PSM_COLUMNS, *io.CSV_COLUMNS):
         assert f"| `{column}` |" in doc, column
+
+
+def test_read_predictions_says_a_directory_is_one(tmp_path):
+    with pytest.raises(InputError, match="is a directory, not a results file"):
+        io.read_predictions(tmp_path)

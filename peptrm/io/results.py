@@ -405,6 +405,8 @@ def read_predictions(path: str | Path) -> list[Prediction]:
         When the file is missing or is neither our mzTab nor our CSV.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a results file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     with open(path, newline="") as handle:
