@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the bundled model, its T=1 ablation and a synthetic-only model side by side
+# Train the D = 256 GPU recipe (gpu_d256.yaml), its T=1 ablation and a synthetic-only model side by side
 # on one GPU, each in its own detached process, for the same wall-clock budget.
 #   bash configs/gpu_train.sh DATA_DIR RUN_DIR SECONDS
 # DATA_DIR holds train/*.mgf and fasta/*.fasta. max_steps comes from a measured
@@ -22,6 +22,6 @@ launch() {  # name config steps [labelled files...]
         > "$runs/$name.log" 2>&1 < /dev/null &
     echo "launched $name: $max_steps steps, at most $limit"
 }
-launch bundled configs/bundled.yaml "$(steps d256_n4_T2)" "${train[@]}"
+launch d256 configs/gpu_d256.yaml "$(steps d256_n4_T2)" "${train[@]}"
 launch ablation_t1 configs/ablation_t1.yaml "$(steps d256_n4_T1)" "${train[@]}"
-launch synthetic_only configs/bundled.yaml "$(steps d256_n4_T2)"
+launch synthetic_only configs/gpu_d256.yaml "$(steps d256_n4_T2)"

@@ -1,4 +1,4 @@
-"""The `peptrm` command: sequence | train | evaluate | configure | version.
+"""The `peptrm` command: sequence | train | evaluate | calibrate | report | plot | ...
 
 This module parses arguments, loads the config, calls the modules that do the
 work and sets the exit code; no science lives here.
@@ -10,8 +10,10 @@ import argparse
 import logging
 import platform
 import shutil
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +24,42 @@ log = logging.getLogger("peptrm")
 DEMO = Path(str(resources.files("peptrm") / "resources" / "demo.mgf"))
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (an FDR)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
+    return value
+
+
+def _charge(text: str) -> int:
+    """An argparse type: a precursor charge from 1 to `masses.MAX_CHARGE`."""
+    from peptrm.masses import MAX_CHARGE
+
+    value = _at_least(1)(text)
+    if value > MAX_CHARGE:
+        raise argparse.ArgumentTypeError(f"{value} is above {MAX_CHARGE}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peptrm",
@@ -30,10 +68,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", action="store_true", help="debug logging and tracebacks"
     )
+    # --verbose also after the subcommand; SUPPRESS keeps the top-level value
+    # when the subcommand does not repeat it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging and tracebacks",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     seq = commands.add_parser(
-        "sequence", help="sequence MS/MS spectra (MGF, mzML, mzXML)"
+        "sequence", parents=[verbose], help="sequence MS/MS spectra (MGF, mzML, mzXML)"
     )
     seq.add_argument("inputs", nargs="*", help="spectrum files")
     seq.add_argument("--demo", action="store_true", help="add the bundled demo spectra")
@@ -44,26 +91,32 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps"
     )
     seq.add_argument(
-        "--top-k", type=int, help="candidates per spectrum (default: config)"
+        "--top-k",
+        type=_at_least(1),
+        help="candidates per spectrum (default: config)",
     )
     seq.add_argument(
-        "--batch-size", type=int, help="spectra per batch (default: config)"
+        "--batch-size",
+        type=_at_least(1),
+        help="spectra per batch (default: config)",
     )
     seq.add_argument(
         "--default-charge",
-        type=int,
+        type=_charge,
         help="charge for spectra without one (default: skip them)",
     )
     seq.add_argument(
         "--fdr",
-        type=float,
+        type=_fraction,
         help="mark rank-1 rows whose estimated q-value is above this (e.g. 0.01) "
         "in their status; every row is still written, with its q_value",
     )
     seq.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     trn = commands.add_parser(
-        "train", help="train a model on labelled and simulated spectra"
+        "train",
+        parents=[verbose],
+        help="train a model on labelled and simulated spectra",
     )
     trn.add_argument("inputs", nargs="*", help="labelled spectrum files (SEQ=)")
     trn.add_argument(
@@ -82,7 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument(
         "--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/end.ckpt)"
     )
-    trn.add_argument("--max-steps", type=int, help="override training.max_steps")
+    trn.add_argument(
+        "--max-steps", type=_at_least(1), help="override training.max_steps"
+    )
     trn.add_argument(
         "--stop-at-step",
         type=int,
@@ -100,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = commands.add_parser(
-        "evaluate", help="score predictions against labelled spectra"
+        "evaluate", parents=[verbose], help="score predictions against labelled spectra"
     )
     ev.add_argument("predictions", help="our mzTab or CSV")
     ev.add_argument("labelled", nargs="+", help="labelled spectrum files (SEQ=)")
@@ -113,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cal = commands.add_parser(
         "calibrate",
+        parents=[verbose],
         help="fit the learned scorers (cleavage log-odds, reranker, calibrated "
         "peptide and residue scores) on labelled spectra",
     )
@@ -134,16 +190,126 @@ def _parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         help="folder for calibration.yaml, rerank.txt/.yaml and cleavage.yaml "
-        "(default: the model's)",
+        "(default: the -m folder; the bundled model's scorers are never replaced)",
     )
     cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
     cal.add_argument("--device", default="cpu", help="torch device")
 
-    cfg = commands.add_parser("configure", help="write the default config to edit")
+    rep = commands.add_parser(
+        "report",
+        parents=[verbose],
+        help="a self-contained HTML report of a run: summary, histograms, "
+        "accuracy (with SEQ=) and annotated spectra (needs peptrm[report])",
+    )
+    rep.add_argument("results", help="our mzTab or CSV")
+    rep.add_argument("spectra", nargs="+", help="the spectrum files it was made from")
+    rep.add_argument("-o", "--output", required=True, help="the .html to write")
+    rep.add_argument(
+        "--examples",
+        type=_at_least(0),
+        default=3,
+        help="best and worst scored spectra to draw",
+    )
+    rep.add_argument(
+        "--index",
+        type=_at_least(0),
+        nargs="*",
+        default=[],
+        help="spectrum indices to draw as well",
+    )
+
+    plot = commands.add_parser(
+        "plot",
+        parents=[verbose],
+        help="one annotated spectrum (b/y ions, residue scores, mirror against "
+        "SEQ=) as a PNG (needs peptrm[report])",
+    )
+    plot.add_argument("results", help="our mzTab or CSV")
+    plot.add_argument("spectra", nargs="+", help="the spectrum files it was made from")
+    plot.add_argument(
+        "--index", type=_at_least(0), required=True, help="the spectrum's index"
+    )
+    plot.add_argument(
+        "--file", help="the spectrum file's name, when several share the index"
+    )
+    plot.add_argument("-o", "--output", required=True, help="the .png to write")
+
+    cfg = commands.add_parser(
+        "configure", parents=[verbose], help="write the default config to edit"
+    )
     cfg.add_argument("-o", "--output", default="peptrm.yaml", help="where to write it")
 
-    commands.add_parser("version", help="print versions")
+    commands.add_parser("version", parents=[verbose], help="print versions")
     return parser
+
+
+REFERENCE = Path(__file__).parents[1] / "docs" / "cli.md"
+
+
+def _argument_name(action: argparse.Action) -> str:
+    """How an argument is written: ``-o, --output OUTPUT`` or ``inputs ...``."""
+    if not action.option_strings:
+        many = action.nargs in ("*", "+")
+        return f"`{action.dest}{' ...' if many else ''}`"
+    name = ", ".join(action.option_strings)
+    if action.nargs != 0:  # takes a value
+        metavar = action.metavar or action.dest.upper()
+        name += f" {metavar}{' ...' if action.nargs in ('*', '+') else ''}"
+    return f"`{name}`"
+
+
+def _cell(text: object) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """The command-line reference (docs/cli.md), built from the argument parser.
+
+    Generated, so it cannot drift from the parser: `write_reference` rewrites the
+    file and a test checks the committed copy against this text.
+    """
+    parser = _parser()
+    lines = [
+        "# Command-line reference",
+        "",
+        'Generated from the argument parser by `python -c "from peptrm import cli; '
+        'cli.write_reference()"`; do not edit by hand (a test checks it).',
+        "",
+        parser.description or "",
+        "",
+        "Exit codes: 0 ok, 1 error (one line on stderr; the traceback with "
+        "`--verbose`), 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated "
+        "(SIGTERM).",
+    ]
+    subcommands = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    helps = {a.dest: a.help for a in subcommands._choices_actions}
+    for name, sub in subcommands.choices.items():
+        lines += ["", f"## peptrm {name}", "", _cell(helps.get(name, "")), ""]
+        lines += ["| argument | default | meaning |", "|---|---|---|"]
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if action.option_strings:
+                required = action.required
+            else:  # argparse's own flag for positionals differs between versions
+                required = action.nargs not in ("*", "?")
+            if required:
+                default = "required"
+            elif action.default in (None, False, argparse.SUPPRESS, []):
+                default = ""
+            else:
+                default = f"`{action.default}`"
+            lines.append(
+                f"| {_argument_name(action)} | {default} | {_cell(action.help or '')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_reference(path: str | Path = REFERENCE) -> None:
+    """Rewrite docs/cli.md from the parser."""
+    Path(path).write_text(reference_markdown())
 
 
 def _versions() -> str:
@@ -210,7 +376,10 @@ def _sequence(args: argparse.Namespace) -> int:
         summary.decode_seconds,
         summary.mean_steps,
     )
-    report = evaluate.evaluate_files(args.output, inputs)
+    if not Path(args.output).is_file():  # a FIFO or device: nothing to read back
+        return 0
+    readable = [p for p in summary.inputs if p not in summary.unreadable]
+    report = evaluate.evaluate_files(args.output, readable)
     if report["overall"].get("n_spectra", 0):  # labelled input: say how we did
         sys.stdout.write("accuracy against the SEQ= labels in the input:\n")
         sys.stdout.write(evaluate.format_table(report) + "\n")
@@ -252,6 +421,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from peptrm import sequence, train
     from peptrm.weights import BUNDLED, load_model
 
+    folder = Path(args.output or args.model or BUNDLED)
+    if folder.resolve() == BUNDLED.resolve():
+        raise ValueError(
+            f"{folder}: is the bundled model; refusing to replace its calibration "
+            "(pass -o FOLDER for the new calibration.yaml, and -m FOLDER to use it)"
+        )
     model, cfg = load_model(args.model, args.config)
     if args.held_out and args.training_part:
         raise ValueError("give --held-out or --training-part, not both")
@@ -271,7 +446,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         + (" (held-out split)" if args.held_out else "")
         + (" (training part)" if args.training_part else ""),
     )
-    paths = scorers.save(args.output or args.model or BUNDLED)
+    paths = scorers.save(folder)
     reranker = scorers.reranker
     if reranker is not None:
         log.info(
@@ -300,11 +475,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     stem = Path(args.predictions)
     report = evaluate.evaluate_files(args.predictions, args.labelled)
     sys.stdout.write(evaluate.format_table(report) + "\n")
+    overall = report["overall"]
+    if overall["n_spectra"] and overall["n_no_row"] == overall["n_spectra"]:
+        raise ValueError(
+            f"no prediction of {args.predictions} joins any of the "
+            f"{overall['n_spectra']} labelled spectra: were the predictions made "
+            "from these files? (they join by file name and spectrum index)"
+        )
     json_path = args.output or str(stem.with_suffix(".eval.json"))
     png_path = args.plot or str(stem.with_suffix(".pc.png"))
     evaluate.write_report(report, json_path)
     evaluate.plot_precision_coverage(report, png_path)
     log.info("wrote %s and %s", json_path, png_path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from peptrm import report
+
+    if not args.output.lower().endswith((".html", ".htm")):
+        raise ValueError(f"{args.output}: the report is HTML; name it .html")
+    path = report.write_report(
+        args.results, args.spectra, args.output, args.examples, args.index
+    )
+    log.info("wrote %s", path)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from peptrm import report
+
+    if not args.output.lower().endswith(".png"):
+        raise ValueError(f"{args.output}: the plot is a PNG; name it .png")
+    path = report.write_plot(
+        args.results, args.spectra, args.index, args.output, args.file
+    )
+    log.info("wrote %s", path)
     return 0
 
 
@@ -317,7 +523,11 @@ def _configure(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 1 error)."""
+    """Run the command line; return the exit code.
+
+    0 ok, 1 error (one line on stderr; the traceback with --verbose), 2 bad
+    arguments, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -335,11 +545,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _evaluate,
         "calibrate": _calibrate,
         "configure": _configure,
+        "report": _report,
+        "plot": _plot,
     }
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # signal handlers can only be set from the main thread
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return handlers[args.command](args)
+    except KeyboardInterrupt as interrupt:
+        what = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"
+        sys.stderr.write(f"peptrm {args.command}: {what}; no output written\n")
+        return 143 if isinstance(interrupt, _Terminated) else 130
     except Exception as error:  # noqa: BLE001 - one line for users, traceback on --verbose
         if args.verbose:
             raise
         sys.stderr.write(f"peptrm {args.command}: error: {error}\n")
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary outputs are removed."""
+    raise _Terminated

@@ -21,7 +21,7 @@ DEFAULTS_PATH = Path(str(resources.files("peptrm") / "resources" / "defaults.yam
 
 
 class ConfigError(ValueError):
-    """A configuration file has an unknown key or a value of the wrong type."""
+    """A configuration file has an unknown key, a wrong type or a value out of range."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,12 @@ def _check_type(value: Any, expected: Any, key: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key} = {value!r} is not null")
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads 1e-2 as text: a float needs a dot, as in 1.0e-2.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if expected in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{source}: {key} = {value!r} should be {expected.__name__}")
     if not isinstance(value, expected):
@@ -179,6 +185,115 @@ def _check_type(value: Any, expected: Any, key: str, source: str) -> Any:
             f"not {type(value).__name__}"
         )
     return value
+
+
+# Allowed ranges, (lowest, highest) inclusive; None leaves that side open. A value
+# outside them would fail far from the config (a division by zero, an empty
+# top-k) or silently do something else (a negative top-k writes every candidate).
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "preprocess.min_mz": (0, None),
+    "preprocess.n_peaks": (1, None),
+    "preprocess.min_peaks": (0, None),
+    "preprocess.remove_precursor_tol_da": (0, None),
+    "preprocess.min_intensity": (0, 1),
+    "model.dim": (1, None),
+    "model.n_heads": (1, None),
+    "model.n_encoder_layers": (0, None),
+    "model.n_core_layers": (1, None),
+    "model.max_length": (2, None),
+    "model.dropout": (0, 1),
+    "model.min_wavelength": (1e-12, None),
+    "model.max_wavelength": (1e-12, None),
+    "model.max_charge": (1, None),
+    "recursion.n_latent_steps": (1, None),
+    "recursion.n_cycles": (1, None),
+    "recursion.n_supervision": (1, None),
+    "training.batch_size": (1, None),
+    "training.max_steps": (1, None),
+    "training.learning_rate": (0, None),
+    "training.weight_decay": (0, None),
+    "training.warmup_steps": (0, None),
+    "training.grad_clip": (0, None),
+    "training.ema_decay": (0, 1),
+    "training.supervision_decay": (0, None),
+    "training.halt_loss_weight": (0, None),
+    "training.mass_loss_weight": (0, None),
+    "training.spectrum_loss_weight": (0, None),
+    "training.sigma_start_da": (0, None),
+    "training.sigma_end_da": (0, None),
+    "training.real_fraction_start": (0, 1),
+    "training.real_fraction_end": (0, 1),
+    "training.synthetic_difficulty_steps": (0, None),
+    "training.val_fraction": (0, 1),
+    "training.val_every_steps": (1, None),
+    "training.checkpoint_every_steps": (1, None),
+    "training.num_workers": (0, None),
+    "simulation.min_length": (1, None),
+    "simulation.max_length": (1, None),
+    "simulation.missed_cleavages": (0, None),
+    "simulation.charge_weights": (0, None),
+    "simulation.oxidation_rate": (0, 1),
+    "simulation.deamidation_rate": (0, 1),
+    "simulation.n_terminal_rate": (0, 1),
+    "simulation.fragment_tol_ppm": (0, None),
+    "simulation.precursor_tol_ppm": (0, None),
+    "simulation.isotope_error_rate": (0, 1),
+    "simulation.dropout": (0, 1),
+    "simulation.noise_peaks": (0, None),
+    "decoding.precursor_tol_ppm": (0, None),
+    "decoding.top_k": (1, None),
+    "decoding.refine_rounds": (0, None),
+    "decoding.halt_threshold": (0, 1),
+    "decoding.batch_size": (1, None),
+    "decoding.max_expansions": (1, None),
+    "decoding.beam_width": (0, None),
+    "decoding.evidence_weight": (0, None),
+    "decoding.fragment_tol_da": (0, None),
+    "decoding.workers": (0, None),
+}
+# Pairs (lower, upper) where the first may not exceed the second.
+_ORDERED = (
+    ("preprocess.min_mz", "preprocess.max_mz"),
+    ("simulation.min_length", "simulation.max_length"),
+    ("decoding.min_isotope", "decoding.max_isotope"),
+)
+
+
+def range_problem(key: str, value: Any) -> str | None:
+    """Why `value` is out of range for the dotted `key`, or None when it is fine.
+
+    The CLI checks its flags (``--top-k``, ``--batch-size``) with the same table.
+    """
+    low, high = _RANGES.get(key, (None, None))
+    for item in value if isinstance(value, list) else [value]:
+        if low is not None and item < low:
+            return f"{key} = {value!r} is below {low}"
+        if high is not None and item > high:
+            return f"{key} = {value!r} is above {high}"
+    return None
+
+
+def _check_ranges(config: Config, source: str) -> None:
+    values = {
+        f"{section}.{key}": value
+        for section, keys in config_to_dict(config).items()
+        for key, value in keys.items()
+    }
+    for key, value in values.items():
+        problem = range_problem(key, value)
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
+    for lower, upper in _ORDERED:
+        if values[lower] > values[upper]:
+            raise ConfigError(
+                f"{source}: {lower} = {values[lower]!r} is above "
+                f"{upper} = {values[upper]!r}"
+            )
+    if config.model.dim % config.model.n_heads:
+        raise ConfigError(
+            f"{source}: model.dim = {config.model.dim} is not a multiple of "
+            f"model.n_heads = {config.model.n_heads}"
+        )
 
 
 def _merge(base: dict, overlay: dict, source: str, prefix: str = "") -> dict:
@@ -216,31 +331,54 @@ def _build(cls: type, values: dict, source: str, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """A config YAML as a nested dict (empty for an empty file)."""
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"{path}: is a directory, not a YAML file") from error
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: no such file") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
 
 
 def load_config(
-    path: str | Path | None = None, overrides: dict | None = None
+    path: str | Path | None = None,
+    overrides: dict | None = None,
+    overrides_source: str = "overrides",
 ) -> Config:
     """Read the shipped defaults, overlay the YAML at `path`, then `overrides`.
 
     `overrides` is a nested dict in the same shape (the CLI's flags and a model's
-    stored architecture use it).
+    stored architecture use it); `overrides_source` names it in error messages
+    (the model.yaml it came from, say).
     """
-    values = _read_yaml(DEFAULTS_PATH)
+    layers: list[tuple[str, dict]] = []
     if path is not None:
-        values = _merge(values, _read_yaml(Path(path)), str(path))
+        layers.append((str(path), read_yaml(Path(path))))
     if overrides:
-        values = _merge(values, overrides, "overrides")
-    return _build(Config, values, str(path or DEFAULTS_PATH))
+        layers.append((overrides_source, overrides))
+    return load_layers(layers)
+
+
+def load_layers(layers: list[tuple[str, dict]]) -> Config:
+    """Overlay (source, values) layers on the defaults, in order, and build.
+
+    Each layer is checked as it is laid on, so an unknown key, a wrong type or a
+    value out of range names the file that brought it.
+    """
+    values = read_yaml(DEFAULTS_PATH)
+    config = _build(Config, values, str(DEFAULTS_PATH))
+    for source, layer in layers:
+        values = _merge(values, layer, source)
+        config = _build(Config, values, source)
+        _check_ranges(config, source)
+    return config
 
 
 def config_to_dict(config: Any) -> dict:

@@ -148,66 +148,80 @@ def _label_problem(record: Spectrum | Skipped) -> str | None:
     return None
 
 
-def _index_predictions(
-    predictions: Iterable[Prediction],
-) -> dict[tuple[str, int], Prediction]:
-    """Rank-1 predictions keyed by (file name, index); a second row for one is a bug."""
-    by_key: dict[tuple[str, int], Prediction] = {}
+_AMBIGUOUS = object()  # two prediction files share a name: the name cannot join
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve())
+
+
+def _index_predictions(predictions: Iterable[Prediction]) -> tuple[dict, dict]:
+    """Rank-1 predictions keyed by (resolved path, index) and by (file name, index).
+
+    A second rank-1 row for one spectrum of one file is a bug and raises. Two
+    files that share a name mark their (name, index) keys ambiguous.
+    """
+    by_path: dict[tuple[str, int], Prediction] = {}
+    by_name: dict[tuple[str, int], Any] = {}
     for prediction in predictions:
         if prediction.rank != 1:
             continue
-        key = (Path(prediction.ref.path).name, prediction.ref.index)
-        if key in by_key:
+        key = (_resolved(prediction.ref.path), prediction.ref.index)
+        if key in by_path:
             raise ValueError(f"{prediction.ref}: more than one rank-1 prediction")
-        by_key[key] = prediction
-    return by_key
+        by_path[key] = prediction
+        name = (Path(prediction.ref.path).name, prediction.ref.index)
+        by_name[name] = _AMBIGUOUS if name in by_name else prediction
+    return by_path, by_name
 
 
 def join(
     predictions: Iterable[Prediction], spectra: Iterable[Spectrum | Skipped]
 ) -> tuple[dict[str, Joined], int]:
-    """Pair each labelled spectrum with its rank-1 prediction, by file name and index.
+    """Pair each labelled spectrum with its rank-1 prediction, by file and index.
 
-    File names are compared without their folders, because predictions are often
-    made from a copy of the labelled file elsewhere. Two labelled files with the
-    same name would be ambiguous, so they raise.
+    A prediction joins the spectrum of the same file (resolved path) and index;
+    failing that, the spectrum of a file with the same name, because predictions
+    are often made from a copy of the labelled file elsewhere. Labelled files
+    that share a name are reported under their full paths.
 
     Returns
     -------
     joined
-        Per labelled file name, its pairs and counts.
+        Per labelled file (its name, or its path when names collide), its pairs
+        and counts.
     n_unjoined
         Rank-1 predictions that matched no spectrum, labelled or not (a sign that
         the predictions were made from other files).
     """
-    by_key = _index_predictions(predictions)
+    by_path, by_name = _index_predictions(predictions)
     joined: dict[str, Joined] = {}
-    paths: dict[str, str] = {}
-    seen: set[tuple[str, int]] = set()
+    names: dict[str, str] = {}  # file name -> the first labelled path with it
+    used: set[int] = set()
     for record in spectra:
         name = Path(record.ref.path).name
-        if paths.setdefault(name, record.ref.path) != record.ref.path:
-            raise ValueError(
-                f"labelled files {paths[name]} and {record.ref.path} share the name "
-                f"{name!r}; predictions cannot tell them apart"
-            )
-        counts = joined.setdefault(name, Joined())
-        key = (name, record.ref.index)
-        seen.add(key)
+        first = names.setdefault(name, _resolved(record.ref.path))
+        label = name if first == _resolved(record.ref.path) else record.ref.path
+        counts = joined.setdefault(label, Joined())
+        prediction = by_path.get((_resolved(record.ref.path), record.ref.index))
+        if prediction is None:
+            prediction = by_name.get((name, record.ref.index))
+            prediction = None if prediction is _AMBIGUOUS else prediction
+        if prediction is not None:
+            used.add(id(prediction))
         if record.peptide is None:
             counts.n_unlabelled += 1
             continue
         if _label_problem(record):
             counts.n_bad_label += 1
             continue
-        prediction = by_key.get(key)
         if prediction is None:
             counts.n_no_row += 1
             counts.pairs.append(("", math.nan, record.peptide))
         else:
             counts.pairs.append((prediction.peptide, prediction.score, record.peptide))
         counts.n_missed += not (prediction and prediction.peptide)
-    unjoined = [p.ref for key, p in by_key.items() if key not in seen]
+    unjoined = [p.ref for p in by_path.values() if id(p) not in used]
     if unjoined:
         log.warning(
             "%d predictions match no labelled spectrum, such as %s",
@@ -255,8 +269,11 @@ def evaluate_files(
     predictions = io.read_predictions(predictions_path)
 
     def spectra() -> Iterable[Spectrum | Skipped]:
+        seen: set[str] = set()
         for path in labelled_paths:
-            yield from io.read_spectra(path)
+            if _resolved(str(path)) not in seen:  # a file given twice counts once
+                seen.add(_resolved(str(path)))
+                yield from io.read_spectra(path)
 
     joined, n_unjoined = join(predictions, spectra())
     report = evaluate_joined(joined)

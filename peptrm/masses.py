@@ -66,16 +66,20 @@ N_TERMINAL_MODIFICATIONS: dict[str, mass.Composition] = {
         {"C": 1, "H": -2, "O": 1}
     ),  # carbamyl + NH3 loss
 }
-# ProForma / UNIMOD names of each modification label (for mzTab and CSV).
-UNIMOD: dict[str, tuple[int, str]] = {
-    "C+57.021": (4, "Carbamidomethyl"),
-    "M+15.995": (35, "Oxidation"),
-    "N+0.984": (7, "Deamidated"),
-    "Q+0.984": (7, "Deamidated"),
-    "+42.011": (1, "Acetyl"),
-    "+43.006": (5, "Carbamyl"),
-    "-17.027": (385, "Ammonia-loss"),
-    "+43.006-17.027": (28, "Gln->pyro-Glu"),  # carbamyl and NH3 loss: same delta
+# Unimod entries (accession, PSI-MS name) of each modification label, for mzTab
+# and ProForma; their deltas add up to the label's composition (a test checks each
+# against the Unimod table psims ships). `+43.006-17.027` is two modifications on
+# one N-terminus, carbamylation then ammonia loss: Unimod has no single entry for
+# H(-2) C O (25.979 Da) as a chemical modification.
+UNIMOD: dict[str, tuple[tuple[int, str], ...]] = {
+    "C+57.021": ((4, "Carbamidomethyl"),),
+    "M+15.995": ((35, "Oxidation"),),
+    "N+0.984": ((7, "Deamidated"),),
+    "Q+0.984": ((7, "Deamidated"),),
+    "+42.011": ((1, "Acetyl"),),
+    "+43.006": ((5, "Carbamyl"),),
+    "-17.027": ((385, "Ammonia-loss"),),
+    "+43.006-17.027": ((5, "Carbamyl"), (385, "Ammonia-loss")),
 }
 
 
@@ -190,16 +194,45 @@ def strip_modifications(peptide: str | Sequence[str]) -> str:
 
 
 def to_proforma(peptide: str | Sequence[str]) -> str:
-    """Write a peptide in ProForma 2.0 with UNIMOD names.
+    """Write a peptide in ProForma 2.0 with Unimod names.
 
-    ``+42.011M+15.995K`` -> ``[Acetyl]-M[Oxidation]K``.
+    ``+42.011M+15.995K`` -> ``[Acetyl]-M[Oxidation]K``; a label made of two
+    modifications writes both, as ProForma 2.0 allows on a terminus
+    (``[Carbamyl][Ammonia-loss]-PEPTIDE``).
     """
     out = []
     for token in _tokens(peptide):
+        names = "".join(f"[{name}]" for _, name in UNIMOD.get(token, ()))
         if token in N_TERMINAL_MODIFICATIONS:
-            out.append(f"[{UNIMOD[token][1]}]-")
-        elif token in SIDE_CHAIN_MODIFICATIONS:
-            out.append(f"{token[0]}[{UNIMOD[token][1]}]")
+            out.append(f"{names}-")
+        else:
+            out.append(token[0] + names)
+    return "".join(out)
+
+
+def modification_delta(token: str) -> float:
+    """Mass added by a token's modification (Da): 0 for a plain residue."""
+    if token in N_TERMINAL_MODIFICATIONS:
+        return TOKEN_MASSES[token]
+    if token in SIDE_CHAIN_MODIFICATIONS:
+        return TOKEN_MASSES[token] - RESIDUE_MASSES[token[0]]
+    return 0.0
+
+
+def to_mass_proforma(peptide: str | Sequence[str]) -> str:
+    """Write a peptide in ProForma 2.0 with mass deltas instead of names.
+
+    ``+42.011M+15.995K`` -> ``[+42.010565]-M[+15.994915]K``. Tools that resolve
+    a named modification look it up in Unimod online (spectrum_utils does); a
+    delta needs no look-up.
+    """
+    out = []
+    for token in _tokens(peptide):
+        delta = modification_delta(token)
+        if token in N_TERMINAL_MODIFICATIONS:
+            out.append(f"[{delta:+.6f}]-")
+        elif delta:
+            out.append(f"{token[0]}[{delta:+.6f}]")
         else:
             out.append(token)
     return "".join(out)
@@ -208,18 +241,17 @@ def to_proforma(peptide: str | Sequence[str]) -> str:
 def mztab_modifications(peptide: str | Sequence[str]) -> str:
     """The mzTab 1.0 ``modifications`` value: ``position-UNIMOD:id`` joined by commas.
 
-    Positions count residues from 1; an N-terminal modification sits at 0. An
+    Positions count residues from 1; an N-terminal modification sits at 0. A
+    label made of two Unimod entries gives two entries at its position. An
     unmodified peptide gives ``null``.
     """
     entries = []
     position = 0
     for token in _tokens(peptide):
-        if token in N_TERMINAL_MODIFICATIONS:
-            entries.append(f"0-UNIMOD:{UNIMOD[token][0]}")
-            continue
-        position += 1
-        if token in SIDE_CHAIN_MODIFICATIONS:
-            entries.append(f"{position}-UNIMOD:{UNIMOD[token][0]}")
+        if token not in N_TERMINAL_MODIFICATIONS:
+            position += 1
+        for accession, _ in UNIMOD.get(token, ()):
+            entries.append(f"{position}-UNIMOD:{accession}")
     return ",".join(entries) if entries else "null"
 
 

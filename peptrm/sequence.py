@@ -39,7 +39,12 @@ from peptrm.io import (
     Prediction,
     Skipped,
     Spectrum,
+    SpectrumRef,
+    check_output_path,
+    estimate_spectra,
     read_spectra,
+    replace_when_done,
+    spectrum_files,
     write_csv,
     write_mztab,
 )
@@ -66,6 +71,8 @@ class RunSummary:
     model_seconds: float = 0.0
     decode_seconds: float = 0.0
     skip_examples: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # spectrum files, folders expanded
+    unreadable: dict[str, str] = field(default_factory=dict)  # file -> why
 
     @property
     def spectra_per_second(self) -> float:
@@ -301,6 +308,26 @@ def _skipped_row(record: Skipped) -> Prediction:
     )
 
 
+def _file_records(
+    path: str | Path, default_charge: int | None, summary: RunSummary
+) -> Iterator[Spectrum | Skipped]:
+    """The records of one input; a file we cannot read becomes one Skipped row.
+
+    Bad input never stops a run: when a file turns out unreadable (garbage, an
+    unknown extension, a broken gzip stream), the spectra read so far keep their
+    rows, the rest of the file gets one row saying why, and the next file is read.
+    """
+    n_records = 0
+    try:
+        for record in read_spectra(path, default_charge=default_charge):
+            n_records += 1
+            yield record
+    except InputError as error:
+        summary.unreadable[str(path)] = str(error)
+        rest = "; the rest of the file is skipped" if n_records else ""
+        yield Skipped(SpectrumRef(str(path), n_records), f"{error}{rest}")
+
+
 def predictions(
     inputs: Sequence[str | Path],
     model: PepTRM,
@@ -318,7 +345,15 @@ def predictions(
     prepare = preprocess.pipeline(cfg.preprocess)
     model = model.to(device).eval()
     pending: list[Spectrum | Skipped] = []
-    bar = tqdm(desc="sequencing", unit="spectra", disable=not progress)
+    # The total is an estimate from the raw bytes (MS1 and unreadable files make
+    # it inexact); the bar moves once per batch, when its rows are written.
+    bar = tqdm(
+        desc="sequencing",
+        unit="spectra",
+        total=estimate_spectra(inputs) if progress else None,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def flush() -> Iterator[Prediction]:
         spectra = [r for r in pending if isinstance(r, Spectrum)]
@@ -340,7 +375,7 @@ def predictions(
         pending.clear()
 
     for path in inputs:
-        for record in read_spectra(path, default_charge=default_charge):
+        for record in _file_records(path, default_charge, summary):
             summary.spectra += 1
             if isinstance(record, Spectrum):
                 record = prepare(record)
@@ -349,6 +384,50 @@ def predictions(
                 yield from flush()
     yield from flush()
     bar.close()
+
+
+def expand_folders(inputs: Sequence[str | Path]) -> list[str | Path]:
+    """Each input file as given, and each folder as the spectrum files inside it.
+
+    Raises
+    ------
+    InputError
+        For a path that does not exist or a folder without spectrum files.
+    """
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise InputError(f"{', '.join(missing)}: no such file")
+    out: list[str | Path] = []
+    for path in inputs:
+        if not Path(path).is_dir():
+            out.append(path)
+            continue
+        found = spectrum_files(path)
+        if not found:
+            raise InputError(
+                f"{path}: is a directory with no .mgf, .mzML or .mzXML files in it"
+            )
+        log.info("%s: %d spectrum files", path, len(found))
+        out += found
+    return out
+
+
+def distinct_inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
+    """The inputs with a file given twice kept once (first place), with a warning.
+
+    A file read twice would give each of its spectra two rows with one
+    (file, index), which nothing downstream can tell apart.
+    """
+    seen: set[str] = set()
+    out = []
+    for path in inputs:
+        key = str(Path(path).resolve())
+        if key in seen:
+            log.warning("%s: given more than once; reading it once", path)
+            continue
+        seen.add(key)
+        out.append(path)
+    return out
 
 
 def with_q_values(
@@ -397,14 +476,16 @@ def sequence_files(
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
 
-    Every input must exist before any work starts, and the output appears only
-    when the run succeeds (it is written next to it and renamed at the end).
-    Rank-1 rows carry q-values (`with_q_values`), filtered by `fdr` when given.
+    A folder stands for the spectrum files in it (sorted). Every input must
+    exist and the output must be a .mztab or .csv that is not an input before any
+    work starts; a file that turns out unreadable gets a skipped row and the run
+    goes on. The output appears only when the run succeeds: it is written beside
+    its final name and renamed at the end. Rank-1 rows carry q-values
+    (`with_q_values`), filtered by `fdr` when given.
     """
-    missing = [str(p) for p in inputs if not Path(p).is_file()]
-    if missing:
-        raise InputError(f"{', '.join(missing)}: no such file")
-    summary = RunSummary()
+    inputs = distinct_inputs(expand_folders(inputs))
+    check_output_path(output, inputs)
+    summary = RunSummary(inputs=[str(p) for p in inputs])
     started = time.perf_counter()
     rows: Iterable[Prediction] = predictions(
         inputs,
@@ -419,27 +500,26 @@ def sequence_files(
     )
     rows = with_q_values(rows, fdr)
     output = Path(output)
-    partial = output.with_name(output.name + ".partial")
-    if output.suffix.lower() == ".csv":
-        write_csv(partial, rows)
-    else:
-        write_mztab(
-            partial,
-            rows,
-            [str(Path(p).resolve()) for p in inputs],
-            __version__,
-            params={
-                "top_k": top_k or cfg.decoding.top_k,
-                "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
-                "isotope_errors": f"{cfg.decoding.min_isotope}.."
-                f"{cfg.decoding.max_isotope}",
-                "fragment_evidence_weight": cfg.decoding.evidence_weight,
-                "fragment_tol_da": cfg.decoding.fragment_tol_da,
-                "scores": (scorers or Scorers()).describe(),
-                "fdr": "off" if fdr is None else fdr,
-            },
-        )
-    partial.replace(output)
+    with replace_when_done(output) as path:
+        if output.suffix.lower() == ".csv":
+            write_csv(path, rows)
+        else:
+            write_mztab(
+                path,
+                rows,
+                [str(Path(p).resolve()) for p in inputs],
+                __version__,
+                params={
+                    "top_k": top_k or cfg.decoding.top_k,
+                    "precursor_tol_ppm": cfg.decoding.precursor_tol_ppm,
+                    "isotope_errors": f"{cfg.decoding.min_isotope}.."
+                    f"{cfg.decoding.max_isotope}",
+                    "fragment_evidence_weight": cfg.decoding.evidence_weight,
+                    "fragment_tol_da": cfg.decoding.fragment_tol_da,
+                    "scores": (scorers or Scorers()).describe(),
+                    "fdr": "off" if fdr is None else fdr,
+                },
+            )
     summary.seconds = time.perf_counter() - started
     return summary
 

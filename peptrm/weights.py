@@ -7,6 +7,7 @@ with the shape they were trained with.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from peptrm import masses
-from peptrm.config import Config, config_to_dict, load_config
+from peptrm.config import Config, config_to_dict, load_layers, read_yaml
 from peptrm.model import PepTRM
+
+log = logging.getLogger(__name__)
 
 BUNDLED = Path(str(resources.files("peptrm") / "resources"))
 WEIGHTS_NAME = "model.safetensors"
@@ -41,13 +44,42 @@ def save_model(model: PepTRM, cfg: Config, folder: str | Path) -> Path:
 
 
 def model_config(folder: str | Path, user_config: str | Path | None = None) -> Config:
-    """A saved model's config: defaults, the user's file, then its architecture."""
-    with open(Path(folder) / CONFIG_NAME) as handle:
-        architecture = yaml.safe_load(handle)
+    """A saved model's config: defaults, its preprocessing, the user's file, its shape.
+
+    The architecture (`model`, `recursion`) always comes from the model: the
+    weights only load with it. Preprocessing is the model's as trained unless the
+    user's file sets a key, which then takes effect with a warning that it differs
+    from the training setting (sequencing other instruments' spectra may need it).
+    """
+    path = Path(folder) / CONFIG_NAME
+    stored = read_yaml(path)
+    shape = {k: stored[k] for k in _ARCHITECTURE if k != "preprocess" and k in stored}
     # Models saved before these inputs existed were trained without them.
     for key in LEGACY_OFF:
-        architecture.setdefault("model", {}).setdefault(key, False)
-    return load_config(user_config, overrides=architecture)
+        shape.setdefault("model", {}).setdefault(key, False)
+    layers = [(str(path), {"preprocess": stored.get("preprocess") or {}})]
+    if user_config is not None:
+        user = read_yaml(Path(user_config))
+        _warn_about_preprocess(user.get("preprocess"), stored.get("preprocess"), path)
+        layers.append((str(user_config), user))
+    layers.append((str(path), shape))
+    return load_layers(layers)
+
+
+def _warn_about_preprocess(user: object, trained: object, path: Path) -> None:
+    if not isinstance(user, dict) or not isinstance(trained, dict):
+        return
+    for key, value in user.items():
+        if key in trained and value != trained[key]:
+            log.warning(
+                "preprocess.%s = %r differs from the %r the model was trained with "
+                "(%s); using %r",
+                key,
+                value,
+                trained[key],
+                path,
+                value,
+            )
 
 
 def load_model(

@@ -38,6 +38,7 @@ CSV_HEADER = [
     "file",
     "index",
     "title",
+    "retention_time",
     "rank",
     "peptide",
     "proforma",
@@ -272,3 +273,189 @@ def test_a_missing_input_leaves_no_output_file(tmp_path, monkeypatch):
     argv = ["sequence", "missing.mgf", "-o", "out.mztab", "--no-progress"]
     assert cli.main(argv) == 1
     assert not Path("out.mztab").exists()
+
+
+def _sequence_small(*extra: str) -> list[str]:
+    return ["sequence", str(DATA / "small.mgf"), "--no-progress", *extra]
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("small.mgf", "is an input file; refusing to overwrite it"),
+        ("other.mgf", "looks like a spectrum file"),
+        ("out.txt", "unknown output extension '.txt'"),
+    ],
+)
+def test_sequence_refuses_outputs_that_lose_data(
+    tmp_path, monkeypatch, capsys, output, message
+):
+    monkeypatch.chdir(tmp_path)
+    small = Path("small.mgf")
+    small.write_bytes((DATA / "small.mgf").read_bytes())
+    before = small.read_bytes()
+    assert cli.main(["sequence", "small.mgf", "-o", output, "--no-progress"]) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "sequence")
+    assert message in line
+    assert small.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.mgf"]
+
+
+def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path, monkeypatch, capsys):
+    from peptrm import sequence
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sequence, "predict_batch", interrupted)
+    assert cli.main(_sequence_small("-o", "out.mztab")) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "interrupted" in line] == [
+        "peptrm sequence: interrupted; no output written"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary file
+
+
+def test_calibrate_never_replaces_the_bundled_calibration(tmp_path, capsys):
+    from peptrm.weights import BUNDLED
+
+    before = (BUNDLED / "calibration.yaml").read_bytes()
+    assert cli.main(["calibrate", str(DATA / "small.mgf")]) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "calibrate")
+    assert "is the bundled model; refusing to replace its calibration" in line
+    assert cli.main(["calibrate", str(DATA / "small.mgf"), "-o", str(BUNDLED)]) == 1
+    assert (BUNDLED / "calibration.yaml").read_bytes() == before
+
+
+def test_evaluate_against_the_wrong_labelled_file_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(_sequence_small("-o", "out.csv")) == 0
+    Path("copy").mkdir()
+    other = Path("copy/small.mgf")  # a copy elsewhere still joins, by file name
+    other.write_bytes((DATA / "small.mgf").read_bytes())
+    capsys.readouterr()
+    assert cli.main(["evaluate", "out.csv", str(DATA / "broken.mgf")]) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "evaluate")
+    assert "no prediction of out.csv joins any of the" in line
+    assert cli.main(["evaluate", "out.csv", str(other)]) == 0
+
+
+def test_a_file_twice_or_two_files_of_one_name_exit_zero(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("b").mkdir()
+    Path("b/small.mgf").write_bytes((DATA / "small.mgf").read_bytes())
+    small = str(DATA / "small.mgf")
+    assert cli.main(["sequence", small, small, "-o", "twice.csv"]) == 0
+    _, rows = _csv_rows(Path("twice.csv"))
+    assert len(rows) == 10  # read once
+    assert cli.main(["sequence", small, "b/small.mgf", "-o", "two.mztab"]) == 0
+    assert len(_psm_rows(Path("two.mztab"))) == 20
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--top-k", "-2"], "argument --top-k: -2 is below 1"),
+        (["--top-k", "0"], "argument --top-k: 0 is below 1"),
+        (["--default-charge", "0"], "argument --default-charge: 0 is below 1"),
+        (["--default-charge", "99"], "argument --default-charge: 99 is above 10"),
+        (["--batch-size", "0"], "argument --batch-size: 0 is below 1"),
+        (["--fdr", "5"], "argument --fdr: 5 is not between 0 and 1"),
+    ],
+)
+def test_flags_out_of_range_are_usage_errors(capsys, flag, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(_sequence_small("-o", "out.mztab", *flag))
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_verbose_also_works_after_the_subcommand(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="missing.mgf: no such file"):
+        cli.main(["sequence", "missing.mgf", "-o", "x.mztab", "--verbose"])
+
+
+def test_the_cli_reference_is_generated_from_the_parser():
+    committed = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    assert committed == cli.reference_markdown(), (
+        'docs/cli.md is stale: run python -c "from peptrm import cli; '
+        'cli.write_reference()"'
+    )
+    for option in ("--default-charge", "--fdr", "--held-out", "--top-k"):
+        assert f"| `{option}" in committed
+
+
+def readme_example() -> tuple[dict[str, int], dict[str, list[str]]]:
+    """The demo run's counts and accuracy table as the README's "What to expect" shows.
+
+    Counts come from its "wrote ...: N spectra, N sequenced, N skipped, N without
+    a mass-fitting peptide" line; the table maps each file row to its cells.
+    """
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### What to expect", 1)[1].split("```", 2)[1]
+    return _demo_counts(section), _demo_table(section)
+
+
+def _demo_counts(text: str) -> dict[str, int]:
+    import re
+
+    match = re.search(
+        r"(\d+) spectra, (\d+) sequenced, (\d+) skipped, (\d+) without a "
+        r"mass-fitting peptide",
+        text,
+    )
+    assert match, "no 'wrote ...' line"
+    keys = ("spectra", "sequenced", "skipped", "unconstrained")
+    return dict(zip(keys, map(int, match.groups()), strict=True))
+
+
+def _demo_table(text: str) -> dict[str, list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("file "))
+    rows = {}
+    for line in lines[start + 1 :]:
+        cells = line.split()
+        if not cells:
+            break
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_readme_shows_what_the_demo_prints(tmp_path, monkeypatch, capsys):
+    counts, table = readme_example()
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sequence", "--demo", "-o", "demo.mztab", "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert _demo_counts(printed.err) == counts
+    assert _demo_table(printed.out) == table, (
+        "README.md's 'What to expect' table is stale; paste what the demo prints"
+    )
+
+
+def test_sigterm_leaves_no_output_and_exits_143(tmp_path):
+    import signal
+    import time
+
+    big = tmp_path / "big.mgf"  # the demo 10 times: a run of about a minute
+    demo = (Path(cli.__file__).parent / "resources" / "demo.mgf").read_text()
+    big.write_text(demo * 10)
+    out = tmp_path / "out.mztab"
+    command = [sys.executable, "-m", "peptrm", "sequence", str(big), "-o", str(out)]
+    process = subprocess.Popen(
+        [*command, "--no-progress", "--batch-size", "8"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:  # wait until sequencing has started
+        if "model: bundled" in line:
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 143, err
+    assert "peptrm sequence: terminated; no output written" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.mgf"]

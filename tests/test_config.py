@@ -67,3 +67,57 @@ def test_integers_are_accepted_for_floats():
     assert cfg.decoding.precursor_tol_ppm == 10.0 and isinstance(
         cfg.decoding.precursor_tol_ppm, float
     )
+
+
+def test_numbers_in_exponent_form_are_floats(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("training:\n  learning_rate: 1e-2\n")  # PyYAML reads this as text
+    assert config.load_config(path).training.learning_rate == 0.01
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("decoding:\n  top_k: 0\n", r"decoding.top_k = 0 is below 1"),
+        ("decoding:\n  top_k: -2\n", r"decoding.top_k = -2 is below 1"),
+        (
+            "decoding:\n  precursor_tol_ppm: -5\n",
+            r"decoding.precursor_tol_ppm = -5.0 is below 0",
+        ),
+        (
+            "decoding:\n  fragment_tol_da: -0.1\n",
+            r"decoding.fragment_tol_da = -0.1 is below 0",
+        ),
+        ("decoding:\n  batch_size: 0\n", r"decoding.batch_size = 0 is below 1"),
+        ("preprocess:\n  n_peaks: 0\n", r"preprocess.n_peaks = 0 is below 1"),
+        (
+            "preprocess:\n  min_mz: 3000\n",
+            r"preprocess.min_mz = 3000.0 is above preprocess.max_mz",
+        ),
+        (
+            "decoding:\n  min_isotope: 2\n",
+            r"decoding.min_isotope = 2 is above decoding.max_isotope",
+        ),
+        (
+            "simulation:\n  charge_weights: [1, -1]\n",
+            r"simulation.charge_weights = \[1.0, -1.0\] is below 0",
+        ),
+        ("model:\n  dim: 30\n", r"model.dim = 30 is not a multiple of model.n_heads"),
+    ],
+)
+def test_values_out_of_range_name_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match="bad.yaml: " + message):
+        config.load_config(path)
+
+
+def test_defaults_are_in_range():
+    config.load_layers([("defaults again", {})])
+
+
+def test_a_directory_or_a_missing_file_says_so(tmp_path):
+    with pytest.raises(config.ConfigError, match="is a directory"):
+        config.load_config(tmp_path)
+    with pytest.raises(config.ConfigError, match="none.yaml: no such file"):
+        config.load_config(tmp_path / "none.yaml")

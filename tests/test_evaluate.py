@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,38 @@ def test_metric_functions_are_re_exported():
         assert hasattr(evaluate, name), name
     assert evaluate.aa_match.__module__ == "peptrm.metrics"
     assert evaluate.BatchMatch.__module__ == "peptrm.metrics"
+
+
+def test_two_labelled_files_of_one_name_join_by_path(tmp_path):
+    first, second = tmp_path / "a" / "run.mgf", tmp_path / "b" / "run.mgf"
+    for path, peptide in ((first, "PEPTIDE"), (second, "LESLIEK")):
+        path.parent.mkdir()
+        path.write_text(_mgf_block("s0", peptide))
+    rows = [
+        _prediction(first, 0, "PEPTIDE", 0.9),  # right for a/run.mgf only
+        _prediction(second, 0, "LESLIEK", 0.8),  # right for b/run.mgf only
+    ]
+    spectra = [*io.read_spectra(first), *io.read_spectra(second)]
+    joined, n_unjoined = evaluate.join(rows, spectra)
+    assert n_unjoined == 0
+    report = evaluate.evaluate_joined(joined)
+    assert list(report["files"]) == ["run.mgf", str(second)]
+    assert report["overall"]["peptide_recall"] == 1.0
+
+
+def _keys(report):
+    out = set()
+    for key, value in report.items():
+        out.add(key)
+        if isinstance(value, dict) and key not in ("files",):
+            out |= _keys(value)
+    return out
+
+
+def test_every_report_key_is_documented(tmp_path, labelled_mgf, predictions):
+    csv_path = tmp_path / "out.csv"
+    io.write_csv(csv_path, predictions)
+    report = evaluate.evaluate_files(csv_path, [labelled_mgf])
+    doc = (Path(__file__).parents[1] / "docs" / "file_formats.md").read_text()
+    for key in _keys(report):
+        assert f"`{key}`" in doc, key

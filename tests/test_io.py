@@ -1,3 +1,4 @@
+import gzip
 import logging
 import math
 import shutil
@@ -9,6 +10,8 @@ from pyteomics import mass, mztab
 
 from peptrm import io, masses
 from peptrm.io import InputError, Prediction, Skipped, Spectrum, SpectrumRef
+
+DATA = Path(__file__).parent / "data"
 
 
 def records(path, **kwargs):
@@ -196,6 +199,52 @@ def test_unreadable_files_raise_input_error(tmp_path, name, content, message):
 def test_missing_file_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         io.read_spectra(tmp_path / "absent.mgf")
+    with pytest.raises(InputError, match="is a directory, not a spectrum file"):
+        io.read_spectra(tmp_path)
+
+
+def test_a_byte_order_mark_loses_no_spectrum():
+    out = records(DATA / "bom.mgf")
+    assert (DATA / "bom.mgf").read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert [r.ref.index for r in out] == [0, 1, 2]  # 3 BEGIN IONS in the file
+    assert out[0].ref.title.endswith("scan=2")
+    assert out[0].ref.retention_time == 1443.664  # RTINSECONDS=1443.664
+    assert out[0].peptide == "RGNVC+57.021GDAK"
+
+
+@pytest.mark.parametrize("name", ["small.mgf", "small.mzML", "small.mzXML"])
+def test_gzipped_inputs_read_like_the_plain_file(tmp_path, name):
+    gzipped = tmp_path / (name + ".gz")
+    gzipped.write_bytes(gzip.compress((DATA / name).read_bytes()))
+    plain, packed = records(DATA / name), records(gzipped)
+    assert [r.ref.index for r in packed] == [r.ref.index for r in plain]
+    assert [r.ref.title for r in packed] == [r.ref.title for r in plain]
+    for a, b in zip(plain, packed, strict=True):
+        np.testing.assert_array_equal(a.mz, b.mz)
+        assert a.precursor_mz == b.precursor_mz
+
+
+def test_a_broken_gzip_is_an_input_error(tmp_path):
+    path = tmp_path / "fake.mgf.gz"
+    path.write_bytes(b"BEGIN IONS\n")  # not gzip at all
+    with pytest.raises(InputError, match="fake.mgf.gz: cannot read the file"):
+        records(path)
+
+
+@pytest.mark.parametrize("name", ["ms1_only.mzML", "cut_early.mzML"])
+def test_mzml_without_ms2_spectra_warns(caplog, name):
+    with caplog.at_level("WARNING"):
+        assert records(DATA / name) == []
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert name in message and "no MS2 spectra" in message
+
+
+def test_spectrum_files_of_a_folder_are_sorted(tmp_path):
+    for name in ("b.mzML", "a.mgf", "c.mgf.gz", "notes.txt", "d.MZXML"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "sub.mgf").mkdir()
+    found = [p.name for p in io.spectrum_files(tmp_path)]
+    assert found == ["a.mgf", "b.mzML", "c.mgf.gz", "d.MZXML"]
 
 
 # --------------------------------------------------------------------- mzML, mzXML
@@ -213,6 +262,9 @@ def test_mzml_yields_ms2_only_with_file_positions(small_mzml):
     assert first.charge == 2
     assert len(first.mz) == 206  # defaultArrayLength in the file
     assert first.peptide is None
+    assert first.ref.native_id == first.ref.title  # the mzML spectrum id
+    # scan start time 24.0610716666667 minutes in the file
+    assert first.ref.retention_time == pytest.approx(24.0610716666667 * 60)
 
 
 def test_mzxml_matches_the_same_spectra_as_mzml(small_mzml, small_mzxml):
@@ -343,8 +395,32 @@ def test_mztab_rows_follow_the_spec(tmp_path, small_mgf):
     assert first["opt_ms_run[1]_proforma"] == "[Acetyl]-FMKVDGAKELPDVLERVK"
     last = dict(zip(header, rows[-1], strict=True))
     assert last["sequence"] == "null"
+    assert first["retention_time"] == "null"  # massive-KB MGF has no RTINSECONDS
     assert last["search_engine_score[1]"] == "null"
     assert last["opt_ms_run[1]_status"].startswith("skipped: small.mgf, spectrum 10")
+
+
+def test_mztab_rows_of_mzml_carry_native_id_and_retention_time(tmp_path, small_mzml):
+    spectra = records(small_mzml)
+    written = [
+        Prediction(s.ref, "PEPTIDE", 0.5, [0.5] * 7, s.charge, s.precursor_mz)
+        for s in spectra
+    ]
+    path = tmp_path / "out.mztab"
+    io.write_mztab(path, written, [str(small_mzml)], "0.1.0")
+    lines = path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("PSH")).split("\t")
+    row = next(line for line in lines if line.startswith("PSM")).split("\t")
+    first = dict(zip(header, row, strict=True))
+    assert (
+        first["spectra_ref"] == "ms_run[1]:controllerType=0 controllerNumber=1 scan=2"
+    )
+    assert first["retention_time"] == "1443.664"  # 24.0610716666667 min
+    assert first["opt_ms_run[1]_spectrum_index"] == "1"
+    read = io.read_predictions(path)
+    assert [r.ref.index for r in read] == [1, 2, 3, 4]
+    assert read[0].ref.native_id == "controllerType=0 controllerNumber=1 scan=2"
+    assert read[0].ref.retention_time == pytest.approx(1443.664)
 
 
 def test_pyteomics_reads_our_mztab(tmp_path, small_mgf):
@@ -386,3 +462,92 @@ def test_read_predictions_rejects_other_files(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="other.csv: not a PepTRM mzTab or CSV"):
         io.read_predictions(path)
+
+
+# --- where results may be written ---
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("v.mgf", "looks like a spectrum file"),
+        ("v.mzML", "looks like a spectrum file"),
+        ("v.MZXML", "looks like a spectrum file"),
+        ("v.mgf.gz", "looks like a spectrum file"),
+        ("v.txt", r"unknown output extension '.txt' \(use .mztab or .csv\)"),
+        ("v", "unknown output extension ''"),
+        ("nofolder/v.mztab", "folder .*nofolder does not exist"),
+    ],
+)
+def test_output_paths_that_are_refused(tmp_path, name, message):
+    with pytest.raises(io.InputError, match=message):
+        io.check_output_path(tmp_path / name, [])
+
+
+def test_an_input_is_never_an_output(tmp_path, small_mgf):
+    copy = tmp_path / "v.mztab"  # even with a results extension
+    copy.write_text(small_mgf.read_text())
+    with pytest.raises(io.InputError, match="is an input file"):
+        io.check_output_path(copy, [copy])
+    with pytest.raises(io.InputError, match="is a directory"):
+        io.check_output_path(tmp_path, [])
+    io.check_output_path(tmp_path / "v.mgf.mztab", [small_mgf])  # named after one
+
+
+def test_replace_when_done_leaves_nothing_after_a_failure(tmp_path):
+    out = tmp_path / "out.mztab"
+    out.write_text("old results\n")
+    with pytest.raises(KeyboardInterrupt):
+        with io.replace_when_done(out) as path:
+            path.write_text("half a file")
+            raise KeyboardInterrupt
+    assert out.read_text() == "old results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mztab"]
+    with io.replace_when_done(out) as path:
+        assert path != out and path.parent == out.parent
+        path.write_text("new results\n")
+    assert out.read_text() == "new results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mztab"]
+
+
+def test_a_fifo_is_written_to_not_replaced(tmp_path):
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.mztab"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(
+        target=lambda: received.append(fifo.read_text()), daemon=True
+    )
+    reader.start()
+    io.check_output_path(fifo, [])  # accepted whatever its name
+    with io.replace_when_done(fifo) as path:
+        assert path == fifo
+        path.write_text("rows\n")
+    reader.join(timeout=10)
+    assert received == ["rows\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1 << 24])  # 7 cuts markers in two
+def test_estimate_spectra_counts_ms2_spectra_from_bytes(
+    tmp_path, chunk_size, small_mgf, small_mzml, small_mzxml
+):
+    files = [small_mgf, small_mzml, small_mzxml]
+    assert io.estimate_spectra(files, chunk_size) == 10 + 4 + 4  # MS1 not counted
+    gzipped = tmp_path / "small.mgf.gz"
+    gzipped.write_bytes(gzip.compress(small_mgf.read_bytes()))
+    assert io.estimate_spectra([small_mgf, gzipped], chunk_size) is None
+
+
+def test_every_output_column_is_documented():
+    doc = (Path(__file__).parents[1] / "docs" / "file_formats.md").read_text()
+    for column in (*io.PSM_COLUMNS, *io.CSV_COLUMNS):
+        assert f"| `{column}` |" in doc, column
+
+
+def test_read_predictions_says_a_directory_is_one(tmp_path):
+    with pytest.raises(InputError, match="is a directory, not a results file"):
+        io.read_predictions(tmp_path)

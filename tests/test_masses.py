@@ -1,3 +1,7 @@
+import gzip
+from importlib import resources
+from xml.etree import ElementTree
+
 import numpy as np
 import pytest
 from pyteomics import mass
@@ -119,6 +123,40 @@ def test_proforma_and_mztab_modifications():
         "0-UNIMOD:1,1-UNIMOD:35,2-UNIMOD:4"
     )
     assert masses.mztab_modifications("PEPTIDE") == "null"
+    assert masses.to_proforma("+43.006-17.027PEPK") == "[Carbamyl][Ammonia-loss]-PEPK"
+    assert masses.mztab_modifications("+43.006-17.027PEPK") == "0-UNIMOD:5,0-UNIMOD:385"
+
+
+def _unimod_table() -> dict[int, dict[str, str]]:
+    """Unimod's modifications table as psims ships it (offline), by accession."""
+    table = (
+        resources.files("psims.controlled_vocabulary.vendor") / "unimod_tables.xml.gz"
+    )
+    root = ElementTree.fromstring(gzip.decompress(table.read_bytes()))
+    ns = "{http://www.unimod.org/xmlns/schema/unimod_tables_1}"
+    return {
+        int(row.get("record_id")): row.attrib for row in root.find(ns + "modifications")
+    }
+
+
+def test_every_label_maps_to_unimod_entries_of_its_mass():
+    unimod = _unimod_table()
+    labels = {*masses.SIDE_CHAIN_MODIFICATIONS, *masses.N_TERMINAL_MODIFICATIONS}
+    assert set(masses.UNIMOD) == labels
+    for label, entries in masses.UNIMOD.items():
+        if label in masses.SIDE_CHAIN_MODIFICATIONS:
+            residue, _ = masses.SIDE_CHAIN_MODIFICATIONS[label]
+            delta = masses.TOKEN_MASSES[label] - masses.RESIDUE_MASSES[residue]
+        else:
+            delta = masses.TOKEN_MASSES[label]
+        unimod_delta = sum(float(unimod[a]["mono_mass"]) for a, _ in entries)
+        assert unimod_delta == pytest.approx(delta, abs=1e-5), label
+        for accession, name in entries:
+            assert unimod[accession]["ex_code_name"] == name, (label, accession)
+    # the label's own number is the sum of its parts, as written (3 decimals)
+    assert sum(
+        float(unimod[a]["mono_mass"]) for a, _ in masses.UNIMOD["+43.006-17.027"]
+    ) == pytest.approx(43.006 - 17.027, abs=1e-3)
 
 
 def test_encode_folds_isoleucine_and_pads_with_stop():
@@ -134,3 +172,11 @@ def test_vocab_masses_line_up_with_tokens():
         assert masses.VOCAB_MASSES[index] == masses.TOKEN_MASSES[token]
     assert masses.VOCAB_MASSES[masses.STOP_INDEX] == 0
     assert "I" not in masses.VOCAB and np.all(np.diff(masses.N_TERMINAL_INDICES) == 1)
+
+
+def test_mass_proforma_writes_deltas_from_pyteomics():
+    assert masses.to_mass_proforma("+42.011M+15.995C+57.021K") == (
+        "[+42.010565]-M[+15.994915]C[+57.021464]K"  # Unimod 1, 35 and 4 deltas
+    )
+    assert masses.to_mass_proforma("+43.006-17.027PEPK") == "[+25.979265]-PEPK"
+    assert masses.to_mass_proforma("PEPTIDE") == "PEPTIDE"

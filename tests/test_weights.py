@@ -90,3 +90,29 @@ def test_bundled_model_is_small_and_loads_with_its_vocabulary():
     assert cfg.model.dim == stored["model"]["dim"]
     assert model.z_init.shape == (stored["model"]["dim"],)
     assert not model.training
+
+
+def test_user_preprocess_overrides_the_models_with_a_warning(tmp_path, caplog):
+    model, cfg = _tiny_model()  # trained on 50 peaks
+    save_model(model, cfg, tmp_path / "model")
+    _, plain = load_model(tmp_path / "model")
+    assert plain.preprocess.n_peaks == 50  # the model's setting, not the default
+    user = tmp_path / "user.yaml"
+    user.write_text("preprocess:\n  n_peaks: 80\n  min_mz: 50.0\n")
+    with caplog.at_level("WARNING"):
+        _, loaded_cfg = load_model(tmp_path / "model", user)
+    assert loaded_cfg.preprocess.n_peaks == 80  # the user's setting takes effect
+    assert loaded_cfg.preprocess.min_mz == 50.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # min_mz equals the model's: no warning
+    assert "preprocess.n_peaks = 80 differs from the 50" in warnings[0]
+    assert "model.yaml" in warnings[0]
+
+
+def test_errors_in_a_models_yaml_name_that_file(tmp_path):
+    model, cfg = _tiny_model()
+    save_model(model, cfg, tmp_path / "model")
+    path = tmp_path / "model" / CONFIG_NAME
+    path.write_text(path.read_text().replace("dim: 32", "dim: wide"))
+    with pytest.raises(ValueError, match=r"model\.yaml: model\.dim = 'wide'"):
+        load_model(tmp_path / "model")

@@ -6,12 +6,14 @@ that cannot be read at all raises `InputError`.
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import io
 import logging
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from pyteomics import mgf, mzml, mzxml
@@ -41,16 +43,79 @@ def read_spectra(
         its extension claims.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a spectrum file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
+    suffix = spectrum_suffix(path)
     if suffix == ".mgf":
         return _read_mgf(path, default_charge)
     if suffix in (".mzml", ".mzxml"):
         return _read_xml(path, default_charge, suffix)
     raise InputError(
-        f"{path}: unknown extension {path.suffix!r} (use .mgf, .mzML or .mzXML)"
+        f"{path}: unknown extension {path.suffix!r} (use .mgf, .mzML or .mzXML, "
+        "optionally gzipped as .gz)"
     )
+
+
+SPECTRUM_SUFFIXES = (".mgf", ".mzml", ".mzxml")
+
+
+def spectrum_suffix(path: str | Path) -> str:
+    """The format extension of a spectrum file, lower case, looking past ``.gz``."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def spectrum_files(folder: str | Path) -> list[Path]:
+    """The spectrum files directly inside `folder` (gzipped too), sorted by name."""
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and spectrum_suffix(p) in SPECTRUM_SUFFIXES
+    )
+
+
+_MS2_MARKERS = {
+    ".mgf": b"BEGIN IONS",
+    ".mzml": b'name="ms level" value="2"',
+    ".mzxml": b'msLevel="2"',
+}
+
+
+def estimate_spectra(
+    paths: Iterable[str | Path], chunk_size: int = 1 << 24
+) -> int | None:
+    """Roughly how many MS2 spectra `paths` hold, for a progress bar's total.
+
+    Counts a marker in the raw bytes (BEGIN IONS; the MS level 2 attribute of
+    mzML and mzXML as ProteoWizard writes it), about 1 s per GB; None when a file
+    is gzipped or unreadable, since decompressing twice costs as much as reading.
+    """
+    total = 0
+    for path in paths:
+        path = Path(path)
+        marker = _MS2_MARKERS.get(spectrum_suffix(path))
+        if marker is None or _is_gzip(path) or not path.is_file():
+            return None
+        tail = b""
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                data = tail + chunk
+                total += data.count(marker)
+                tail = data[-(len(marker) - 1) :]  # a marker cut by the chunk edge
+    return total
+
+
+def _is_gzip(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed when it is gzipped (``.gz``)."""
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
 class _PeakCounter:
@@ -181,8 +246,11 @@ def _read_mgf(path: Path, default_charge: int | None) -> Iterator[Spectrum | Ski
     block_start = 0  # line number of the current BEGIN IONS (1-based)
     index = 0
     in_block = False
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    # utf-8-sig drops a leading byte-order mark, which would hide the first
+    # BEGIN IONS (and shift every index by one).
+    opened = _open_binary(path)
+    with io.TextIOWrapper(opened, encoding="utf-8-sig", errors="replace") as handle:
+        for line_number, line in enumerate(_lines(path, handle), start=1):
             if "\x00" in line:
                 raise InputError(
                     f"{path}: binary data at line {line_number}; not an MGF file"
@@ -215,6 +283,14 @@ def _read_mgf(path: Path, default_charge: int | None) -> Iterator[Spectrum | Ski
         raise InputError(f"{path}: no BEGIN IONS line; not an MGF file")
 
 
+def _lines(path: Path, handle: IO[str]) -> Iterator[str]:
+    """The lines of a text file; a broken gzip stream is an InputError."""
+    try:
+        yield from handle
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{path}: cannot read the file ({error})") from error
+
+
 def _block_param(block: list[str], key: str) -> str | None:
     """Return the value of `KEY=` in an MGF block as written (None if absent)."""
     prefix = key.upper() + "="
@@ -222,6 +298,15 @@ def _block_param(block: list[str], key: str) -> str | None:
         if line.lstrip().upper().startswith(prefix):
             return line.split("=", 1)[1].strip()
     return None
+
+
+def _number(text: str | None) -> float | None:
+    """A finite number written in a file, or None (absent, a range, text)."""
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _truncated(path: Path, index: int, block: list[str], reason: str) -> Skipped:
@@ -257,7 +342,8 @@ def _parse_mgf_block(
     counter: _PeakCounter,
 ) -> Spectrum | Skipped:
     title = _block_param(block, "TITLE") or ""
-    ref = SpectrumRef(str(path), index, title)
+    seconds = _number(_block_param(block, "RTINSECONDS"))
+    ref = SpectrumRef(str(path), index, title, retention_time=seconds)
     source = io.StringIO("".join(header + block))
     try:
         reader = mgf.MGF(source, read_charges=False, read_ions=False, use_header=True)
@@ -298,20 +384,24 @@ def _parse_mgf_block(
 def _read_xml(
     path: Path, default_charge: int | None, suffix: str
 ) -> Iterator[Spectrum | Skipped]:
-    with open(path, "rb") as handle:
-        head = handle.read(4096)
+    try:
+        with _open_binary(path) as handle:
+            head = handle.read(4096)
+    except (OSError, EOFError) as error:
+        raise InputError(f"{path}: cannot read the file ({error})") from error
     root = b"<mzML" if suffix == ".mzml" else b"<mzXML"
     if root not in head and b"<indexedmzML" not in head:
         kind = "mzML" if suffix == ".mzml" else "mzXML"
         raise InputError(
             f"{path}: no <{kind}> element at the start; not an {kind} file"
         )
+    source: Any = _open_binary(path) if _is_gzip(path) else str(path)
     try:
         if suffix == ".mzml":
-            reader = mzml.MzML(str(path), use_index=True, decode_binary=True)
+            reader = mzml.MzML(source, use_index=True, decode_binary=True)
             ids = list(reader.index["spectrum"])
         else:
-            reader = mzxml.MzXML(str(path), use_index=True, decode_binary=True)
+            reader = mzxml.MzXML(source, use_index=True, decode_binary=True)
             ids = list(reader.index["scan"])
     except Exception as error:  # pyteomics raises many kinds
         raise InputError(f"{path}: cannot read the file ({error})") from error
@@ -322,25 +412,32 @@ def _iterate_xml(
     path: Path, reader: Any, ids: list[str], default_charge: int | None, suffix: str
 ) -> Iterator[Spectrum | Skipped]:
     counter = _PeakCounter()
+    other_levels = 0
+    yielded = 0
     with reader:
         for index, spectrum_id in enumerate(ids):
-            title = str(spectrum_id) if suffix == ".mzml" else f"scan={spectrum_id}"
-            ref = SpectrumRef(str(path), index, title)
+            native_id = str(spectrum_id) if suffix == ".mzml" else f"scan={spectrum_id}"
+            ref = SpectrumRef(str(path), index, native_id, native_id)
             try:
                 spectrum = reader.get_by_id(spectrum_id)
             except Exception as error:  # one bad spectrum, one row
+                yielded += 1
                 yield Skipped(ref, f"{ref}: cannot parse the spectrum ({error})")
                 continue
             read = _mzml_fields if suffix == ".mzml" else _mzxml_fields
             try:
                 level, precursor, charge = read(spectrum)
             except (KeyError, IndexError, TypeError, ValueError) as error:
+                yielded += 1
                 yield Skipped(ref, f"{ref}: cannot read the precursor ({error!r})")
                 continue
             if level != 2:
+                other_levels += 1
                 continue
+            ref = dataclasses.replace(ref, retention_time=_scan_seconds(spectrum))
             written_mz = None if precursor is None else str(precursor)
             written_charge = None if charge is None else str(charge)
+            yielded += 1
             yield _make_record(
                 ref,
                 spectrum.get("m/z array", np.empty(0)),
@@ -352,6 +449,28 @@ def _iterate_xml(
                 counter,
             )
     counter.report(path)
+    if not yielded:
+        log.warning(
+            "%s: no MS2 spectra (%d spectra in all, %d of other MS levels)%s",
+            path,
+            len(ids),
+            other_levels,
+            "" if ids else "; the file may be cut short",
+        )
+
+
+def _scan_seconds(spectrum: dict) -> float | None:
+    """Retention time in seconds of a pyteomics mzML spectrum or mzXML scan."""
+    if "retentionTime" in spectrum:  # mzXML
+        value = spectrum["retentionTime"]
+    else:
+        scans = spectrum.get("scanList", {}).get("scan", [{}])
+        value = scans[0].get("scan start time") if scans else None
+    if value is None:
+        return None
+    unit = getattr(value, "unit_info", None)
+    seconds = float(value) * (60.0 if unit in ("minute", "min") else 1.0)
+    return seconds if math.isfinite(seconds) else None
 
 
 def _mzml_fields(spectrum: dict) -> tuple[int, float | None, int | None]:

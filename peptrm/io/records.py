@@ -18,11 +18,19 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class SpectrumRef:
-    """Where a spectrum came from: file, 0-based index in that file, and title."""
+    """Where a spectrum came from: file, 0-based index in that file, and title.
+
+    `native_id` is the mzML spectrum id (mzXML: ``scan=N``), the identifier
+    downstream tools join on; "" for MGF, whose spectra are known by index.
+    `retention_time` is in seconds (MGF RTINSECONDS, mzML/mzXML scan start
+    time), None when the file does not say.
+    """
 
     path: str
     index: int
     title: str = ""
+    native_id: str = ""
+    retention_time: float | None = None
 
     def __str__(self) -> str:
         title = f" (TITLE={self.title})" if self.title else ""

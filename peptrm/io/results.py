@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
+import stat
+import tempfile
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from peptrm import masses
+from peptrm.io.readers import SPECTRUM_SUFFIXES, spectrum_suffix
 from peptrm.io.records import InputError, Prediction, SpectrumRef
 
 NULL = "null"  # mzTab 1.0's missing value (section 5.5)
+OUTPUT_SUFFIXES = (".mztab", ".csv")  # what `peptrm sequence -o` can write
 
 CSV_COLUMNS = (
     "file",
     "index",
     "title",
+    "retention_time",
     "rank",
     "peptide",
     "proforma",
@@ -62,6 +69,7 @@ PSM_COLUMNS = (
             "rank",
             "status",
             "title",
+            "spectrum_index",
             "mass_error_ppm",
             "isotope",
             "n_steps",
@@ -122,15 +130,12 @@ def _metadata(
             "[MS, MS:1001143, search engine specific score for PSMs, ]",
         )
     )
-    unimod_c = masses.UNIMOD["C+57.021"]
+    ((accession_c, name_c),) = masses.UNIMOD["C+57.021"]
     lines += [
-        ("fixed_mod[1]", f"[UNIMOD, UNIMOD:{unimod_c[0]}, {unimod_c[1]}, ]"),
+        ("fixed_mod[1]", f"[UNIMOD, UNIMOD:{accession_c}, {name_c}, ]"),
         ("fixed_mod[1]-site", "C"),
     ]
-    variable = [m for m in masses.UNIMOD if m != "C+57.021"]
-    for i, label in enumerate(variable, start=1):
-        accession, name = masses.UNIMOD[label]
-        site = "N-term" if label in masses.N_TERMINAL_MODIFICATIONS else label[0]
+    for i, (accession, name, site) in enumerate(_variable_modifications(), start=1):
         lines.append((f"variable_mod[{i}]", f"[UNIMOD, UNIMOD:{accession}, {name}, ]"))
         lines.append((f"variable_mod[{i}]-site", site))
         if site == "N-term":
@@ -138,6 +143,19 @@ def _metadata(
     for i, run in enumerate(ms_runs, start=1):
         lines.append((f"ms_run[{i}]-location", Path(run).resolve().as_uri()))
     return lines
+
+
+def _variable_modifications() -> list[tuple[int, str, str]]:
+    """(accession, name, site) of each variable Unimod modification, once each."""
+    out: list[tuple[int, str, str]] = []
+    for label, entries in masses.UNIMOD.items():
+        if label == "C+57.021":
+            continue
+        site = "N-term" if label in masses.N_TERMINAL_MODIFICATIONS else label[0]
+        for accession, name in entries:
+            if (accession, name, site) not in out:
+                out.append((accession, name, site))
+    return out
 
 
 def _flatten(params: dict, prefix: str = "") -> dict[str, Any]:
@@ -172,11 +190,11 @@ def _psm_row(prediction: Prediction, psm_id: int, run: int, version: str) -> lis
         f"[MS, MS:1001456, analysis software, PepTRM {version}]",
         _number(prediction.score, 6),
         modifications,
-        NULL,
+        _number(ref.retention_time, 3),
         _integer(prediction.charge),
         _number(prediction.precursor_mz, 6),
         _number(prediction.calc_mz, 6),
-        f"ms_run[{run}]:index={ref.index}",
+        f"ms_run[{run}]:{_clean(ref.native_id) or f'index={ref.index}'}",
         NULL,
         NULL,
         NULL,
@@ -187,6 +205,7 @@ def _psm_row(prediction: Prediction, psm_id: int, run: int, version: str) -> lis
         str(prediction.rank),
         _clean(prediction.status) or NULL,
         _clean(ref.title) or NULL,
+        str(ref.index),
         _number(prediction.mass_error_ppm, 3),
         _integer(prediction.isotope),
         _integer(prediction.n_steps),
@@ -240,6 +259,7 @@ def write_csv(path: str | Path, predictions: Iterable[Prediction]) -> None:
                     p.ref.path,
                     p.ref.index,
                     p.ref.title,
+                    _number(p.ref.retention_time, 3, ""),
                     p.rank,
                     p.peptide,
                     proforma,
@@ -255,6 +275,69 @@ def write_csv(path: str | Path, predictions: Iterable[Prediction]) -> None:
                     _number(p.q_value, 6, ""),
                 ]
             )
+
+
+def check_output_path(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that would replace an input or is not .mztab / .csv.
+
+    Writing mzTab over ``v.mgf`` destroys the spectra; so would a typo such as
+    ``-o v.mgf`` for a second file. An existing non-regular file (a FIFO,
+    /dev/stdout) is accepted whatever its name: it is written to, not replaced.
+
+    Raises
+    ------
+    InputError
+        Naming the output and what is wrong with it.
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise InputError(f"{output}: is a directory; give a .mztab or .csv file")
+    if output.exists() and not output.is_file():
+        return  # a device or FIFO: written to directly
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: folder {output.parent} does not exist")
+    for path in inputs:
+        if output.exists() and Path(path).exists() and output.samefile(path):
+            raise InputError(f"{output}: is an input file; refusing to overwrite it")
+    if spectrum_suffix(output) in SPECTRUM_SUFFIXES:
+        raise InputError(
+            f"{output}: looks like a spectrum file; refusing to write results over "
+            f"it (use {' or '.join(OUTPUT_SUFFIXES)})"
+        )
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(
+            f"{output}: unknown output extension {output.suffix!r} (use "
+            f"{' or '.join(OUTPUT_SUFFIXES)})"
+        )
+
+
+@contextlib.contextmanager
+def replace_when_done(output: str | Path) -> Iterator[Path]:
+    """Yield a path to write; it becomes `output` only when the block succeeds.
+
+    The file is written beside `output` under a unique temporary name and moved
+    over it with `os.replace` (atomic on one file system), so a failed or
+    interrupted run leaves no partial file and two runs at once never mix their
+    rows. A non-regular `output` (a FIFO, /dev/stdout) is written directly: it
+    must not be replaced by a regular file.
+    """
+    output = Path(output)
+    if output.exists() and not stat.S_ISREG(output.stat().st_mode):
+        yield output
+        return
+    handle, name = tempfile.mkstemp(
+        prefix=f".{output.name}.", suffix=".tmp", dir=output.parent or "."
+    )
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600: use the umask
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _float(text: str) -> float | None:
@@ -322,6 +405,8 @@ def read_predictions(path: str | Path) -> list[Prediction]:
         When the file is missing or is neither our mzTab nor our CSV.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a results file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     with open(path, newline="") as handle:
@@ -338,7 +423,12 @@ def read_predictions(path: str | Path) -> list[Prediction]:
             )
         out = []
         for row in reader:
-            ref = SpectrumRef(row["file"], int(row["index"]), row["title"])
+            ref = SpectrumRef(
+                row["file"],
+                int(row["index"]),
+                row["title"],
+                retention_time=_float(row["retention_time"]),
+            )
             out.append(_prediction(ref, row, _CSV_NAMES))
         return out
 
@@ -349,6 +439,27 @@ def _uri_to_path(uri: str) -> str:
     if parsed.scheme != "file":
         return uri
     return urllib.parse.unquote(parsed.path)
+
+
+def _mztab_ref(row: dict[str, str], runs: dict[str, str]) -> SpectrumRef:
+    """The SpectrumRef of a PSM row: its run, index, title, native ID and time.
+
+    ``spectra_ref`` is ``ms_run[N]:index=i`` for MGF and ``ms_run[N]:<native
+    ID>`` for mzML/mzXML, whose index is then in ``opt_ms_run[1]_spectrum_index``.
+    """
+    run, _, spectrum = row["spectra_ref"].partition(":")
+    title = row.get(_OPT + "title", NULL)
+    if spectrum.startswith("index="):
+        index, native_id = int(spectrum.removeprefix("index=")), ""
+    else:
+        index, native_id = int(row[_OPT + "spectrum_index"]), spectrum
+    return SpectrumRef(
+        runs[run],
+        index,
+        "" if title == NULL else title,
+        native_id,
+        _float(row.get("retention_time", NULL)),
+    )
 
 
 def _read_mztab(path: Path, handle: Iterable[str]) -> list[Prediction]:
@@ -364,9 +475,7 @@ def _read_mztab(path: Path, handle: Iterable[str]) -> list[Prediction]:
         elif cells[0] == "PSM":
             row = dict(zip(header, cells[1:], strict=False))
             try:
-                run, _, index = row["spectra_ref"].partition(":index=")
-                title = row.get(_OPT + "title", NULL)
-                ref = SpectrumRef(runs[run], int(index), "" if title == NULL else title)
+                ref = _mztab_ref(row, runs)
                 out.append(_prediction(ref, row, _MZTAB_NAMES))
             except (KeyError, ValueError) as error:
                 raise InputError(

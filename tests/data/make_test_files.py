@@ -129,6 +129,33 @@ def small_mzxml(mzml_path: Path) -> None:
     (HERE / "small.mzXML").write_text(text)
 
 
+def bom_mgf() -> None:
+    """Write bom.mgf: 3 spectra of mzlib_yeast_mzid.mgf (with RTINSECONDS) after a BOM.
+
+    Windows tools often start UTF-8 text with a byte-order mark; the first
+    BEGIN IONS must still be found.
+    """
+    first = blocks(SHARED / "train" / "mzlib_yeast_mzid.mgf")[:3]
+    text = "".join("\n".join(b) + "\n" for b in first)
+    (HERE / "bom.mgf").write_bytes(b"\xef\xbb\xbf" + text.encode())
+
+
+def odd_mzml(mzml_path: Path) -> None:
+    """Write ms1_only.mzML (spectrum 0 of small.mzML) and cut_early.mzML (no spectrum).
+
+    Both are valid starts of an mzML run that hold no MS2 spectrum to sequence.
+    """
+    lines = mzml_path.read_text().splitlines()
+    second = next(i for i, line in enumerate(lines) if 'index="1"' in line)
+    first = next(i for i, line in enumerate(lines) if 'index="0"' in line)
+    tail = ["      </spectrumList>", "    </run>", "  </mzML>"]
+    ms1 = [line.replace('count="5"', 'count="1"') for line in lines[:second]]
+    (HERE / "ms1_only.mzML").write_text("\n".join(ms1 + tail) + "\n")
+    (HERE / "cut_early.mzML").write_text("\n".join(lines[:first]) + "\n")
+
+
 if __name__ == "__main__":
     broken_mgf(small_mgf())
     small_mzxml(small_mzml())
+    bom_mgf()
+    odd_mzml(HERE / "small.mzML")
