@@ -560,6 +560,7 @@ def calibrate(
         )  # fmt: skip
         groups += found
         peaks += found_peaks
+        log.info("calibrate: searched %d of %d spectra", len(groups), len(spectra))
     candidates = [options[0] for options in groups]
     labels = [s.peptide for s in spectra]
     fitted = confidence.fit(candidates, peaks, labels, fitted_on)

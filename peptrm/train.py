@@ -621,6 +621,25 @@ def export_checkpoint(path: str | Path, folder: str | Path) -> Path:
     return save_model(model, cfg, folder)
 
 
+class BatchProgressBar(L.pytorch.callbacks.TQDMProgressBar):
+    """Lightning's bar, counting batches against the batches the run will make.
+
+    Lightning sizes an endless stream's bar by max_steps, but each batch takes
+    N_sup optimiser steps, so the bar stopped at 1/N_sup of its total with an
+    ETA N_sup times too long.
+    """
+
+    def __init__(self, n_supervision: int) -> None:
+        super().__init__()
+        self.n_supervision = n_supervision
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches until max_steps optimiser steps."""
+        steps = self.trainer.max_steps
+        return math.ceil(steps / self.n_supervision) if steps > 0 else math.inf
+
+
 def config_from_checkpoint(path: str | Path) -> Config:
     """The config stored inside a training checkpoint."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -685,7 +704,7 @@ def train(
         val_check_interval=batches_per_val,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, BatchProgressBar(n_sup)] if progress else [checkpoints],
         logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs"),
         log_every_n_steps=max(1, min(50, batches_per_val)),
         enable_progress_bar=progress,
