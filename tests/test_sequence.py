@@ -213,8 +213,15 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
     assert fitted.fitted_on == "demo" and fitted.peptide.shape == (5,)
 
     found, peaks, _ = sequence.decode_batch(
-        model, spectra, cfg, "cpu", 1, sequence.RunSummary()
-    )
+        model,
+        spectra,
+        cfg,
+        "cpu",
+        1,
+        sequence.RunSummary(),
+        sequence.Scorers(cleavage=scorers.cleavage),
+        head_k=20,
+    )  # fmt: skip  (what calibrate searched: its cleavage table, a top-20 search)
     best = [options[0] for options in found]
     assert all(c.tokens for c in best)  # every demo spectrum decodes to a peptide
     correct = np.array(
@@ -231,9 +238,9 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
     assert _log_loss(scores, correct) <= entropy + 1e-6
     assert scores.mean() == pytest.approx(rate, abs=1e-3)  # calibration in the large
 
-    again, _, _ = sequence.calibrate(model, spectra, cfg, fitted_on="demo")
-    np.testing.assert_array_equal(again.peptide, fitted.peptide)
-    np.testing.assert_array_equal(again.residue, fitted.residue)
+    again, _ = sequence.calibrate(model, spectra, cfg, fitted_on="demo")
+    np.testing.assert_array_equal(again.calibration.peptide, fitted.peptide)
+    np.testing.assert_array_equal(again.calibration.residue, fitted.residue)
     with pytest.raises(ValueError, match="no usable labelled spectra"):
         sequence.calibrate(model, [], cfg)
 
