@@ -34,7 +34,7 @@ from peptrm import decoding, evidence, masses, preprocess, rerank, train
 from peptrm.confidence import cleavage_evidence, q_values
 from peptrm.io import Spectrum, read_spectra
 from peptrm.metrics import expected_calibration_error
-from peptrm.sequence import load_scorers, refine
+from peptrm.sequence import load_scorers, refine, search_top
 from peptrm.weights import BUNDLED, load_model
 
 
@@ -106,9 +106,7 @@ def decode_top(model, cfg, spectra, k, table=None):
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
         log_probs, _, _ = refine(model, batch, cfg.recursion.n_supervision, 1.1)
         peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, table)
-        groups += decoding.decode(
-            log_probs, batch["precursor_mass"], cfg.decoding, k, peaks
-        )
+        groups += search_top(log_probs, batch["precursor_mass"], cfg, k, peaks, k)
         history += list(log_probs.double().numpy())
         peaks_all += peaks
     return groups, history, peaks_all

@@ -185,6 +185,14 @@ def search_top(
     """
     log_probs = log_probs.float().cpu()
     found = decoding.decode(log_probs, precursor_mass, cfg.decoding, head_k, peaks)
+    if head_k > 1:
+        # A search asked for many peptides prunes less, runs out of budget more
+        # often and can miss the best one that a search for one finds: put that
+        # one first, so reranking starts from at least the plain search's answer.
+        best = decoding.decode(log_probs, precursor_mass, cfg.decoding, 1, peaks)
+        for options, (first, *_) in zip(found, best, strict=True):
+            rest = [c for c in options if c.indices != first.indices]
+            options[:] = [first, *rest][:head_k] if first.constrained else options
     if top_k > head_k:
         more = decoding.decode(log_probs, precursor_mass, cfg.decoding, top_k, peaks)
         for options, extra in zip(found, more, strict=True):
