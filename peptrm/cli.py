@@ -205,6 +205,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("spectra", nargs="+", help="the spectrum files it was made from")
     rep.add_argument("-o", "--output", required=True, help="the .html to write")
     rep.add_argument(
+        "-m",
+        "--model",
+        help="model folder whose refinement the report shows step by step for the "
+        "chosen spectra (default: the bundled model)",
+    )
+    rep.add_argument(
         "--examples",
         type=_at_least(0),
         default=3,
@@ -496,7 +502,7 @@ def _report(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith((".html", ".htm")):
         raise ValueError(f"{args.output}: the report is HTML; name it .html")
     path = report.write_report(
-        args.results, args.spectra, args.output, args.examples, args.index
+        args.results, args.spectra, args.output, args.examples, args.index, args.model
     )
     log.info("wrote %s", path)
     return 0

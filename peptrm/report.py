@@ -303,6 +303,58 @@ def _examples_section(title: str, chosen: Sequence[Entry]) -> str:
     return "".join(parts)
 
 
+def refinement_plot(trace: Sequence[Any]) -> bytes:
+    """Mean draft confidence and explained intensity after each supervision step."""
+    figure = _figure(5, 2.6)
+    axes = figure.add_subplot(1, 1, 1)
+    steps = [t.step for t in trace]
+    axes.plot(steps, [float(np.mean(t.confidence or [0])) for t in trace], "o-",
+              label="mean residue confidence")  # fmt: skip
+    axes.plot(steps, [t.explained for t in trace], "s-", label="intensity explained")
+    axes.set_xlabel("supervision step")
+    axes.set_ylim(0, 1)
+    axes.set_xticks(steps)
+    axes.legend(fontsize=8)
+    return png_bytes(figure)
+
+
+def _refinement_section(chosen: Sequence[Entry], model_dir: str | Path | None) -> str:
+    """For each chosen spectrum: its draft after every step, as a table and a plot."""
+    from peptrm import preprocess
+    from peptrm.sequence import refinement_trace
+    from peptrm.weights import load_model
+
+    spectra = [e for e in chosen if isinstance(e.spectrum, io.Spectrum)]
+    if not spectra:
+        return ""
+    model, cfg = load_model(model_dir)
+    prepare = preprocess.pipeline(cfg.preprocess)
+    parts = ["<h2>The refinement, step by step</h2>"]
+    for entry in spectra:
+        spectrum = prepare(entry.spectrum)
+        if isinstance(spectrum, io.Skipped):
+            continue
+        trace = refinement_trace(model, spectrum, cfg, FRAGMENT_TOL_DA)
+        rows = [
+            [
+                t.step,
+                t.peptide,
+                " ".join(f"{c:.2f}" for c in t.confidence),
+                f"{t.explained:.3f}",
+            ]
+            for t in trace
+        ]
+        truth = (
+            f"; true peptide {entry.spectrum.peptide}" if entry.spectrum.peptide else ""
+        )
+        parts.append(f"<h3>{html.escape(str(entry.spectrum.ref) + truth)}</h3>")
+        parts.append(
+            _table(rows, ["step", "draft (greedy)", "residue confidence", "explained"])
+        )
+        parts.append(_image(refinement_plot(trace), "refinement curve"))
+    return "".join(parts)
+
+
 _STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
@@ -316,8 +368,13 @@ def render(
     entries: list[Entry],
     n_examples: int = N_EXAMPLES,
     chosen: Sequence[Entry] = (),
+    model_dir: str | Path | None = None,
 ) -> str:
-    """The report as one HTML document, every image embedded."""
+    """The report as one HTML document, every image embedded.
+
+    The refinement section runs the model (`model_dir`, default the bundled one)
+    on the chosen spectra, or on the best-scored one when none is chosen.
+    """
     counts = summary(predictions)
     first = [p for p in predictions if p.rank == 1]
     reasons = counts["skip_reasons"][:MAX_SKIP_REASONS]
@@ -362,6 +419,7 @@ def render(
         _examples_section("Chosen spectra", chosen),
         _examples_section("Best scored spectra", best),
         _examples_section("Worst scored spectra", worst),
+        _refinement_section(list(chosen) or list(best[:1]), model_dir),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -373,11 +431,12 @@ def write_report(
     output: str | Path,
     n_examples: int = N_EXAMPLES,
     indices: Sequence[int] = (),
+    model_dir: str | Path | None = None,
 ) -> Path:
     """Write the HTML report of `results` (made from `spectra_paths`) to `output`."""
     predictions, entries = load(results, spectra_paths)
     chosen = [entry_at(entries, i) for i in indices]
-    text = render(results, predictions, entries, n_examples, chosen)
+    text = render(results, predictions, entries, n_examples, chosen, model_dir)
     with io.replace_when_done(output) as path:
         Path(path).write_text(text, encoding="utf-8")
     return Path(output)

@@ -154,6 +154,52 @@ def refine(
     return y.log_softmax(dim=-1), steps, history
 
 
+@dataclass
+class DraftStep:
+    """The network's draft after one supervision step, for showing the recursion."""
+
+    step: int  # 1-based supervision step
+    peptide: str  # greedy reading of the draft (Casanovo notation)
+    confidence: list[float]  # probability of each token at its position
+    explained: float  # share of the spectrum's intensity its b/y ions (1+, 2+) explain
+
+
+def refinement_trace(
+    model: PepTRM, spectrum: Spectrum, cfg: Config, tol_da: float = 0.02
+) -> list[DraftStep]:
+    """How the recursion changed its mind on one preprocessed spectrum.
+
+    Runs every supervision step (no halting) and reads each step's draft greedily,
+    with each token's probability and the share of intensity the draft's b and y
+    ions (1+ and 2+) explain within `tol_da`.
+    """
+    batch = preprocess.collate([spectrum], cfg.preprocess.n_peaks)
+    _, _, history = refine(model, batch, cfg.recursion.n_supervision, 1.1)
+    peaks = FragmentEvidence(
+        spectrum.mz, spectrum.intensity, 0.0, spectrum.charge, tol_da
+    )
+    total = float(peaks.weight.sum()) or 1.0
+    trace = []
+    for k, log_probs in enumerate(history, start=1):
+        (candidate,) = decoding.greedy(log_probs.float())
+        explained = 0.0
+        if candidate.tokens:
+            ions = [
+                np.concatenate(masses.fragment_mz(candidate.tokens, z)) for z in (1, 2)
+            ]
+            found = peaks.nearest_within(np.concatenate(ions))
+            explained = float(peaks.weight[np.unique(found[found >= 0])].sum()) / total
+        trace.append(
+            DraftStep(
+                k,
+                masses.format_peptide(candidate.tokens),
+                list(candidate.aa_scores),
+                explained,
+            )
+        )
+    return trace
+
+
 def candidates_as_draft(
     candidates: list[list[decoding.Candidate]], length: int
 ) -> Tensor:

@@ -62,8 +62,9 @@ def test_report_is_one_file_with_every_image_embedded(tmp_path, results, small_m
     text = out.read_text()
     assert 'src="http' not in text and "<link" not in text and "<script" not in text
     images = _images(text)
-    # score and ppm histograms, the precision-coverage curve, 2 best + 2 worst
-    assert len(images) == 3 + 2 + 2
+    # score and ppm histograms, the precision-coverage curve, 2 best + 2 worst, and
+    # the refinement curve of the best spectrum
+    assert len(images) == 3 + 2 + 2 + 1
     for png in images:
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no CHARGE line; pass --default-charge" in text  # skip reasons, counted
@@ -158,4 +159,21 @@ def test_report_renders_in_headless_chromium(tmp_path, results, small_mgf):
         timeout=120,
         check=True,
     ).stdout
-    assert 'data-images="5/5"' in dom  # 2 histograms, the curve, best, worst
+    assert (
+        'data-images="6/6"' in dom
+    )  # 2 histograms, the curve, best, worst, refinement
+
+
+def test_report_shows_the_draft_after_every_supervision_step(
+    tmp_path, results, small_mgf
+):
+    from peptrm.weights import load_model
+
+    _, cfg = load_model()
+    out = report.write_report(results, [small_mgf], tmp_path / "r.html", 1, [4])
+    section = out.read_text().split("The refinement, step by step", 1)[1]
+    assert "small.mgf, spectrum 4 " in section  # the chosen spectrum, with its truth
+    steps = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td>", section)
+    assert [int(step) for step, _ in steps] == list(
+        range(1, cfg.recursion.n_supervision + 1)
+    )

@@ -320,3 +320,18 @@ def test_fdr_marks_rows_above_it_and_keeps_every_row(tmp_path, broken_mgf, small
     for row in ranked:
         assert (row.q_value <= 0.05) == (not row.status.startswith("above FDR"))
     assert all(r.q_value is None for r in rows if not r.peptide)
+
+
+def test_refinement_trace_reads_every_step_of_the_draft(small_mgf):
+    model, cfg = load_model()
+    spectrum = _demo_spectra(cfg)[0]
+    trace = sequence.refinement_trace(model, spectrum, cfg)
+    assert [t.step for t in trace] == list(range(1, cfg.recursion.n_supervision + 1))
+    for step in trace:
+        assert len(step.confidence) == len(masses.parse(step.peptide))
+        assert all(0 < c <= 1 for c in step.confidence) and 0 <= step.explained <= 1
+    # the last step's draft is what refine's final distribution reads greedily
+    batch = preprocess.collate([spectrum], cfg.preprocess.n_peaks)
+    log_probs, _, _ = sequence.refine(model, batch, cfg.recursion.n_supervision, 1.1)
+    (last,) = decoding.greedy(log_probs)
+    assert trace[-1].peptide == masses.format_peptide(last.tokens)
