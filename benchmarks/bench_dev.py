@@ -194,12 +194,7 @@ def main() -> None:
             for options, peaks_of, charge in zip(
                 top, peaks, batch["charge"].tolist(), strict=True
             ):
-                if calibration is not None:
-                    for candidate in options:
-                        candidate.score, candidate.aa_scores = calibration.apply(
-                            candidate, peaks_of
-                        )
-                reranked.append(reranker.rerank(options, peaks_of, charge)[:1])
+                reranked.append(scorers.apply(options, peaks_of, charge)[:1])
         by_halting += [
             [dataclasses.replace(c, score=float(p))]
             for (c,), p in zip(decoded, halting.tolist(), strict=True)

@@ -195,13 +195,11 @@ def main() -> None:
         )
     if reranker is not None:
         started = time.perf_counter()
-        reranked = []
-        for options, peaks, charge in zip(groups, peaks_all, charges, strict=True):
-            options = [dataclasses.replace(c) for c in options]
-            if scorers.calibration is not None:
-                for c in options:
-                    c.score, c.aa_scores = scorers.calibration.apply(c, peaks)
-            reranked.append(reranker.rerank(options, peaks, charge))
+        scoring = dataclasses.replace(scorers, reranker=reranker)
+        reranked = [
+            scoring.apply([dataclasses.replace(c) for c in options], peaks, charge)
+            for options, peaks, charge in zip(groups, peaks_all, charges, strict=True)
+        ]
         spent = time.perf_counter() - started
         after = recall_at(reranked, labels, ks)
         print(f"{'reranked (shipped)':<24}" + "".join(f"{after[k]:>11.4f}" for k in ks))

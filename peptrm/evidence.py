@@ -167,17 +167,12 @@ class FragmentEvidence:
 
     def _match(self, ion_mz: np.ndarray) -> np.ndarray:
         """1 + weight of the nearest peak within tolerance of each ion, else 0."""
-        # Sentinels far outside any m/z let every ion have a left and a right peak.
-        right = np.searchsorted(self._padded_mz, ion_mz)
-        left = right - 1
-        to_left = np.abs(self._padded_mz[left] - ion_mz)
-        to_right = np.abs(self._padded_mz[right] - ion_mz)
-        pick = np.where(to_left <= to_right, left, right)
-        distance = np.minimum(to_left, to_right)
-        return np.where(distance <= self.tol_da, 1.0 + self._padded_weight[pick], 0.0)
+        index = self.nearest_within(ion_mz)  # -1 (no peak) reads the 0 sentinel
+        return np.where(index >= 0, 1.0 + self._padded_weight[index + 1], 0.0)
 
     def nearest_within(self, ion_mz: np.ndarray) -> np.ndarray:
         """Index into `mz` of the nearest peak within tolerance of each ion, else -1."""
+        # Sentinels far outside any m/z let every ion have a left and a right peak.
         right = np.searchsorted(self._padded_mz, ion_mz)
         left = right - 1
         to_left = np.abs(self._padded_mz[left] - ion_mz)
@@ -188,9 +183,7 @@ class FragmentEvidence:
 
     def ion_mz(self, ion: tuple, prefix_mass: np.ndarray) -> np.ndarray:
         """m/z of one `masses.FRAGMENT_IONS` type after prefixes of `prefix_mass`."""
-        _, side, charge, offset = ion
-        neutral = prefix_mass if side == "b" else self.precursor_mass - prefix_mass
-        return (neutral + charge * masses.PROTON) / charge + offset
+        return masses.fragment_ion_mz(ion, prefix_mass, self.precursor_mass)
 
     def states(self, prefix_mass: np.ndarray) -> np.ndarray:
         """(I, C) state of every `TABLE_IONS` type after each prefix (0: no peak)."""
@@ -238,40 +231,38 @@ class FragmentEvidence:
         for side in ("b", "y"):
             best = np.zeros(n_cells)
             for z in self.charges:
-                # ion m/z = (m + z p) / z for b, (M - m + z p) / z for y
-                centre = self.mz * z - z * masses.PROTON
-                if side == "y":
-                    centre = self.precursor_mass - centre
-                half = z * self.tol_da + EDGE_DA
-                lo = np.floor((centre - half) / GRID_DA).astype(np.int64)
-                hi = np.floor((centre + half) / GRID_DA).astype(np.int64)
-                span = int((hi - lo).max(initial=0)) + 1
-                cells = lo[:, None] + np.arange(span)[None, :]  # (K, span)
-                valid = (cells <= hi[:, None]) & (cells >= 0) & (cells < n_cells)
-                values = np.broadcast_to((1.0 + self.weight)[:, None], cells.shape)
-                np.maximum.at(best, cells[valid], values[valid])
+                self._raise_cells(best, (side, side, z, 0.0), 1.0 + self.weight)
             sides.append(best)
         return sides[0] + sides[1] - 1.0
 
     def _table_grid(self, n_cells: int) -> np.ndarray:
         """`grid` for the learned score: a sum over ion types of per-type bests."""
         total = np.zeros(n_cells)
-        for i, (_, side, z, offset) in enumerate(TABLE_IONS):
+        for i, ion in enumerate(TABLE_IONS):
             best = np.full(n_cells, self.log_odds[i, 0])
-            # ion m/z = (m + z p) / z + offset for b, (M - m + z p) / z + offset for y
-            centre = (self.mz - offset) * z - z * masses.PROTON
-            if side == "y":
-                centre = self.precursor_mass - centre
-            half = z * self.tol_da + EDGE_DA
-            lo = np.floor((centre - half) / GRID_DA).astype(np.int64)
-            hi = np.floor((centre + half) / GRID_DA).astype(np.int64)
-            span = int((hi - lo).max(initial=0)) + 1
-            cells = lo[:, None] + np.arange(span)[None, :]  # (K, span)
-            valid = (cells <= hi[:, None]) & (cells >= 0) & (cells < n_cells)
-            values = np.broadcast_to(self.log_odds[i, self.state][:, None], cells.shape)
-            np.maximum.at(best, cells[valid], values[valid])
+            self._raise_cells(best, ion, self.log_odds[i, self.state])
             total += best
         return self.scale * total + self.bias
+
+    def _raise_cells(self, best: np.ndarray, ion: tuple, values: np.ndarray) -> None:
+        """Raise `best` to each peak's value over the cells where it matches `ion`.
+
+        Peak k matches the ion of a cleavage mass m when |ion m/z - mz_k| <= tol:
+        an interval of m around the mass that puts the ion exactly on the peak
+        (m = z (mz - offset) - z p for b; M minus that for y), z tol wide each way.
+        """
+        _, side, z, offset = ion
+        centre = (self.mz - offset) * z - z * masses.PROTON
+        if side == "y":
+            centre = self.precursor_mass - centre
+        half = z * self.tol_da + EDGE_DA
+        lo = np.floor((centre - half) / GRID_DA).astype(np.int64)
+        hi = np.floor((centre + half) / GRID_DA).astype(np.int64)
+        span = int((hi - lo).max(initial=0)) + 1
+        cells = lo[:, None] + np.arange(span)[None, :]  # (K, span)
+        valid = (cells <= hi[:, None]) & (cells >= 0) & (cells < len(best))
+        spread = np.broadcast_to(values[:, None], cells.shape)
+        np.maximum.at(best, cells[valid], spread[valid])
 
     def window_bounds(self, lo_da: np.ndarray, hi_da: np.ndarray) -> np.ndarray:
         """Upper bound of `score` over each window [lo_da, hi_da] of cleavage mass.

@@ -41,6 +41,19 @@ FRAGMENT_IONS: tuple[tuple[str, str, int, float], ...] = (
     ("y, precursor +1 iso", "y", 1, -C13_SPACING),
 )
 
+
+def fragment_ion_mz(ion: tuple, b_mass, precursor_mass):
+    """m/z of one `FRAGMENT_IONS` type of cleavages whose b fragments weigh `b_mass`.
+
+    `b_mass` is the b fragment's residue sum (neutral) and `precursor_mass` the
+    peptide's neutral mass, so the y fragment weighs their difference. Plain
+    arithmetic: works on floats, NumPy arrays and torch tensors alike.
+    """
+    _, side, charge, offset = ion
+    neutral = b_mass if side == "b" else precursor_mass - b_mass
+    return (neutral + charge * PROTON) / charge + offset
+
+
 # The 20 residues; I and L share a composition, so they share a mass.
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 RESIDUE_MASSES: dict[str, float] = {

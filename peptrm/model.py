@@ -258,11 +258,8 @@ def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
     `b` is each cleavage's b-fragment residue mass (neutral); the y fragment is
     precursor_mass - b. Returns (B, L, V, I).
     """
-    y = precursor_mass.view(-1, 1, 1) - b  # (B, L, V) neutral y fragment
-    ions = []
-    for _, side, charge, offset in ION_TYPES:
-        neutral = b if side == "b" else y
-        ions.append((neutral + charge * masses.PROTON) / charge + offset)
+    precursor = precursor_mass.view(-1, 1, 1)  # (B, 1, 1)
+    ions = [masses.fragment_ion_mz(ion, b, precursor) for ion in ION_TYPES]
     return torch.stack(ions, dim=-1)  # (B, L, V, I)
 
 

@@ -85,6 +85,9 @@ BOOSTING = {  # small trees: a few thousand candidates of a few hundred spectra
     "force_row_wise": True,
 }
 ROUNDS = 200
+# The fragment ion types the features read (`masses.FRAGMENT_IONS` names); the
+# 13C types are not read: y ions are placed from the precursor less the isotope.
+FEATURE_IONS = ("b", "y", "b++", "y++", "a", "b-H2O", "b-NH3", "y-H2O", "y-NH3")
 DEFAULT_K = 20  # candidates reranked: recall@20 holds most of the search's headroom
 
 
@@ -146,20 +149,11 @@ def _features_of(
     if n_term and len(prefix):
         prefix = prefix[1:]  # no cleavage between the modification and residue 1
     n_cleavages = len(prefix)
-    suffix = precursor - prefix
-    proton = masses.PROTON
-    ion = {
-        "b": prefix + proton,
-        "y": suffix + proton,
-        "b++": (prefix + 2 * proton) / 2,
-        "y++": (suffix + 2 * proton) / 2,
-        "a": prefix + proton - masses.CO,
-        "b-H2O": prefix + proton - masses.H2O,
-        "y-H2O": suffix + proton - masses.H2O,
-        "b-NH3": prefix + proton - masses.NH3,
-        "y-NH3": suffix + proton - masses.NH3,
+    found = {
+        ion[0]: peaks.nearest_within(masses.fragment_ion_mz(ion, prefix, precursor))
+        for ion in masses.FRAGMENT_IONS
+        if ion[0] in FEATURE_IONS
     }
-    found = {name: peaks.nearest_within(mz) for name, mz in ion.items()}
     hit = {name: index >= 0 for name, index in found.items()}
     if n_cleavages:
         b, y = hit["b"], hit["y"]

@@ -105,6 +105,26 @@ class Scorers:
             return "reranked, calibrated"
         return "calibrated" if self.calibration else "model probabilities"
 
+    def apply(
+        self,
+        candidates: list[decoding.Candidate],
+        peaks: FragmentEvidence,
+        charge: int,
+    ) -> list[decoding.Candidate]:
+        """One spectrum's candidates, scored and (with a reranker) reordered.
+
+        The calibration sets each candidate's score and residue scores; the
+        reranker then reorders its head and sets the peptide scores there.
+        """
+        if self.calibration is not None:
+            for candidate in candidates:
+                candidate.score, candidate.aa_scores = self.calibration.apply(
+                    candidate, peaks
+                )
+        if self.reranker is not None:
+            return self.reranker.rerank(candidates, peaks, charge)
+        return candidates
+
     def save(self, folder: str | Path) -> list[Path]:
         """Write each scorer that is set into a model folder."""
         parts = (self.calibration, self.reranker, self.cleavage)
@@ -277,7 +297,7 @@ def decode_batch(
     )
     summary.model_seconds += time.perf_counter() - started
     scorers = scorers or Scorers()
-    calibration, reranker = scorers.calibration, scorers.reranker
+    reranker = scorers.reranker
     head = head_k or (reranker.k if reranker is not None else 1)
     precursor_mass = batch["precursor_mass"].cpu()
     peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, scorers.cleavage)
@@ -295,15 +315,8 @@ def decode_batch(
         summary.decode_seconds += time.perf_counter() - started
     started = time.perf_counter()
     charges = batch["charge"].tolist()
-    for b, (options, peaks_of) in enumerate(zip(candidates, peaks, strict=True)):
-        if calibration is not None:
-            for candidate in options:
-                candidate.score, candidate.aa_scores = calibration.apply(
-                    candidate, peaks_of
-                )
-        if reranker is not None:
-            options[:] = reranker.rerank(options, peaks_of, charges[b])
-        del options[top_k:]
+    for options, peaks_of, charge in zip(candidates, peaks, charges, strict=True):
+        options[:] = scorers.apply(options, peaks_of, charge)[:top_k]
     summary.decode_seconds += time.perf_counter() - started
     return candidates, peaks, steps
 
