@@ -207,7 +207,7 @@ def main() -> None:
                     [dataclasses.replace(candidate, score=score, aa_scores=residues)]
                 )
         if not args.no_feedback:
-            draft = candidates_as_draft(decoded, cfg.model.max_length)
+            draft = candidates_as_draft(model, decoded, cfg.model.max_length)
             with torch.no_grad():
                 again, _, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft=draft)
             feedback += decoding.decode(

@@ -136,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/end.ckpt)"
     )
     trn.add_argument(
+        "--init-from",
+        help="a saved model folder to start a new run from (same model settings)",
+    )
+    trn.add_argument(
         "--max-steps", type=_at_least(1), help="override training.max_steps"
     )
     trn.add_argument(
@@ -418,6 +422,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         max_time=args.max_time,
         stop_at_step=args.stop_at_step,
+        init_from=args.init_from,
     )
     log.info("model written to %s (use: peptrm sequence ... -m %s)", folder, folder)
     return 0

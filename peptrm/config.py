@@ -95,6 +95,8 @@ class TrainingConfig:
     augment_noise_peaks: float  # mean noise peaks added to a real spectrum per draw
     augment_intensity_sd: float  # lognormal sd of per-peak intensity jitter
     augment_shift_ppm: float  # sd of per-peak m/z shifts of real spectra (ppm)
+    draft_fraction: float  # share of spectra whose recursion starts from a wrong draft
+    draft_mean_errors: float  # mean errors in such a draft (Poisson; 0 errors allowed)
     val_fraction: float  # share of labelled training spectra held out for validation
     val_every_steps: int  # run validation every this many steps
     checkpoint_every_steps: int  # write a checkpoint every this many steps
@@ -225,6 +227,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.real_fraction_end": (0, 1),
     "training.synthetic_difficulty_steps": (0, None),
     "training.val_fraction": (0, 1),
+    "training.draft_fraction": (0, 1),
+    "training.draft_mean_errors": (0, None),
     "training.val_every_steps": (1, None),
     "training.checkpoint_every_steps": (1, None),
     "training.num_workers": (0, None),

@@ -24,6 +24,7 @@ from peptrm import masses
 from peptrm.config import ModelConfig, RecursionConfig
 
 MAX_STEPS = 64  # step embeddings available; later steps share the last one
+DRAFT_CONFIDENCE = 5.0  # logit margin of a given draft: p ~ 0.85 after softmax
 
 
 # --------------------------------------------------------------------------
@@ -342,6 +343,19 @@ class PepTRM(nn.Module):
         )  # (B, L, V)
         z = (self.z_init + self.position_embedding).expand(batch, -1, -1)  # (B, L, D)
         return y, z
+
+    def draft_logits(self, tokens: Tensor, given: Tensor | None = None) -> Tensor:
+        """A confident draft (B, L, V) of token indices (B, L), blank where not given.
+
+        This is how a peptide from outside the recursion (the search's answer at
+        inference, a corrupted label in training) becomes the draft `y` that the
+        next improvement step re-reads the spectrum from. `given` (B,) marks the
+        rows that get their tokens; the others keep the uniform blank draft.
+        """
+        y = nn.functional.one_hot(tokens, self.vocab_size).float() * DRAFT_CONFIDENCE
+        if given is not None:
+            y = y * given.view(-1, 1, 1).to(y.dtype)
+        return y  # (B, L, V)
 
     def ladder(self, probs: Tensor, precursor_mass: Tensor) -> Tensor:
         """Encoded b and y ion m/z after each draft position (B, L, D)."""

@@ -53,7 +53,6 @@ from peptrm.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
-DRAFT_CONFIDENCE = 5.0  # logit margin of a fed-back peptide: p ~ 0.85 after softmax
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
 MAX_SKIP_MESSAGES = 50  # skipped spectra named one by one in the log; the rest counted
 
@@ -221,17 +220,19 @@ def refinement_trace(
 
 
 def candidates_as_draft(
-    candidates: list[list[decoding.Candidate]], length: int
+    model: PepTRM, candidates: list[list[decoding.Candidate]], length: int
 ) -> Tensor:
-    """Logits (B, L, V) that put a confident draft on each spectrum's best peptide."""
-    rows = []
-    for options in candidates:
-        tokens = masses.encode(options[0].tokens, length) if options else None
-        row = torch.zeros(length, len(masses.VOCAB))
-        if tokens is not None:
-            row[torch.arange(length), torch.as_tensor(tokens)] = DRAFT_CONFIDENCE
-        rows.append(row)
-    return torch.stack(rows)
+    """The draft (B, L, V) that puts each spectrum's best peptide back in the recursion.
+
+    Spectra without a candidate get the blank draft.
+    """
+    tokens = torch.zeros(len(candidates), length, dtype=torch.long)
+    given = torch.zeros(len(candidates), dtype=torch.bool)
+    for row, options in enumerate(candidates):
+        if options:
+            tokens[row] = torch.as_tensor(masses.encode(options[0].tokens, length))
+            given[row] = True
+    return model.draft_logits(tokens, given)
 
 
 def search_top(
@@ -305,7 +306,8 @@ def decode_batch(
     candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, head)
     summary.decode_seconds += time.perf_counter() - started
     for _ in range(cfg.decoding.refine_rounds):
-        draft = candidates_as_draft(candidates, cfg.model.max_length).to(device)
+        draft = candidates_as_draft(model, candidates, cfg.model.max_length)
+        draft = draft.to(device)
         started = time.perf_counter()
         log_probs, more, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft=draft)
         steps = steps + more

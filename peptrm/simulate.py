@@ -485,6 +485,89 @@ def augment(
 
 
 # ---------------------------------------------------------------------------
+# Wrong drafts: what a search hands back to the recursion
+# ---------------------------------------------------------------------------
+# Residue tokens a draft may hold at any position (no STOP, no N-terminal mod).
+_RESIDUE_TOKENS = np.array(
+    [i for i in range(1, len(masses.VOCAB)) if i not in masses.N_TERMINAL_INDICES]
+)
+NEAR_MASS_DA = 1.1  # tokens this close in mass are the search's usual confusions
+PAIR_MASS_DA = 0.05  # a residue pair this close to one residue (GG ~ N) is a swap
+
+
+def _near_mass_tokens() -> dict[int, np.ndarray]:
+    """For each residue token, the others within `NEAR_MASS_DA` (K/Q, N/D+...)."""
+    weights = masses.VOCAB_MASSES[_RESIDUE_TOKENS]
+    near = {}
+    for token, mass in zip(_RESIDUE_TOKENS, weights, strict=True):
+        close = _RESIDUE_TOKENS[
+            (np.abs(weights - mass) < NEAR_MASS_DA) & (_RESIDUE_TOKENS != token)
+        ]
+        if close.size:
+            near[int(token)] = close
+    return near
+
+
+def _pair_swaps() -> dict[int, list[tuple[int, int]]]:
+    """For each residue token, the residue pairs of (almost) its mass (N ~ GG)."""
+    weights = masses.VOCAB_MASSES
+    swaps: dict[int, list[tuple[int, int]]] = {}
+    for single in _RESIDUE_TOKENS:
+        for a in _RESIDUE_TOKENS:
+            for b in _RESIDUE_TOKENS:
+                if abs(weights[a] + weights[b] - weights[single]) < PAIR_MASS_DA:
+                    swaps.setdefault(int(single), []).append((int(a), int(b)))
+    return swaps
+
+
+NEAR_MASS = _near_mass_tokens()
+PAIR_SWAPS = _pair_swaps()
+PAIR_OF = {pair: single for single, pairs in PAIR_SWAPS.items() for pair in pairs}
+DRAFT_ERROR_KINDS = ("substitute", "near_mass", "swap", "pair")
+
+
+def draft_errors(
+    tokens: np.ndarray, rng: np.random.Generator, mean_errors: float
+) -> np.ndarray:
+    """A wrong draft of a peptide, like the ones the search feeds back.
+
+    `tokens` are a peptide's token indices padded with STOP (L,). A Poisson
+    (`mean_errors`) number of errors (none is allowed: the draft may be right)
+    are made, each one of `DRAFT_ERROR_KINDS`: a random residue, a residue of
+    nearly the same mass (K/Q, M+15.995/F), two neighbours swapped (right
+    mass, wrong order), or a residue and the pair of its mass exchanged (N and
+    GG, Q and GA), which shifts every later position. An N-terminal
+    modification stays. Returns the draft, padded to L.
+    """
+    length = len(tokens)
+    draft = [int(t) for t in tokens if t != masses.STOP_INDEX]
+    first = 1 if draft and draft[0] in masses.N_TERMINAL_INDICES else 0
+    for _ in range(int(rng.poisson(mean_errors))):
+        n = len(draft) - first
+        if n < 2:
+            break
+        i = first + int(rng.integers(n))
+        kind = DRAFT_ERROR_KINDS[int(rng.integers(len(DRAFT_ERROR_KINDS)))]
+        if kind == "near_mass" and draft[i] in NEAR_MASS:
+            draft[i] = int(rng.choice(NEAR_MASS[draft[i]]))
+        elif kind == "swap" and i + 1 < len(draft) and draft[i] != draft[i + 1]:
+            draft[i], draft[i + 1] = draft[i + 1], draft[i]
+        elif (
+            kind == "pair"
+            and i + 1 < len(draft)
+            and (pair := (draft[i], draft[i + 1])) in PAIR_OF
+        ):
+            draft[i : i + 2] = [PAIR_OF[pair]]
+        elif kind == "pair" and draft[i] in PAIR_SWAPS:
+            options = PAIR_SWAPS[draft[i]]
+            draft[i : i + 1] = list(options[int(rng.integers(len(options)))])
+        else:
+            draft[i] = int(rng.choice(_RESIDUE_TOKENS))
+    draft = draft[:length]
+    return np.array(draft + [masses.STOP_INDEX] * (length - len(draft)), np.int64)
+
+
+# ---------------------------------------------------------------------------
 # Checking the model against real spectra
 # ---------------------------------------------------------------------------
 def _match_intensity(

@@ -20,6 +20,7 @@ import lightning as L  # noqa: N812 - the Lightning convention
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from safetensors.torch import load_file
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -28,7 +29,7 @@ from peptrm import masses, preprocess, simulate
 from peptrm.config import Config, config_to_dict, load_config
 from peptrm.io import Skipped, Spectrum, read_spectra
 from peptrm.model import PepTRM, count_parameters
-from peptrm.weights import save_model
+from peptrm.weights import WEIGHTS_NAME, save_model
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +308,31 @@ class TrainingStream(IterableDataset):
                 spectrum = self.prepare(spectrum)
                 if not isinstance(spectrum, Skipped):
                     spectra.append(spectrum)
-        return preprocess.collate(
+        batch = preprocess.collate(
             spectra, self.cfg.preprocess.n_peaks, self.cfg.model.max_length
         )
+        return self.add_drafts(batch, rng)
+
+    def add_drafts(
+        self, batch: dict[str, Tensor], rng: np.random.Generator
+    ) -> dict[str, Tensor]:
+        """Give a `draft_fraction` of the batch a wrong draft to start from.
+
+        Adds ``draft`` (B, L) token indices (`simulate.draft_errors` of the
+        label) and ``drafted`` (B,) True where the recursion starts from it.
+        """
+        t = self.cfg.training
+        if t.draft_fraction <= 0:
+            return batch
+        tokens = batch["tokens"].numpy()
+        drafted = rng.random(len(tokens)) < t.draft_fraction
+        drafts = [
+            simulate.draft_errors(row, rng, t.draft_mean_errors) if use else row
+            for row, use in zip(tokens, drafted, strict=True)
+        ]
+        batch["draft"] = torch.from_numpy(np.stack(drafts))  # (B, L)
+        batch["drafted"] = torch.from_numpy(drafted)  # (B,)
+        return batch
 
     def __iter__(self):
         info = get_worker_info()
@@ -472,6 +495,8 @@ class PepTRMModule(L.LightningModule):
             spectrum = model.encode_batch(batch)
             if y is None:
                 y, z = model.initial_state(spectrum)
+                if "draft" in batch:  # some spectra start from a draft to repair
+                    y = model.draft_logits(batch["draft"], batch["drafted"])
             y, z, halt = model(spectrum, y, z, supervision_step=k)
             losses = self.step_loss(y, halt, batch)
             optimizer.zero_grad()
@@ -658,9 +683,12 @@ def train(
     progress: bool = True,
     max_time: str | None = None,
     stop_at_step: int | None = None,
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train (or resume) a PepTRM model; export the EMA weights into `out_dir`/model.
 
+    `init_from` (a saved model folder of the same architecture) starts a new
+    run from its weights, with fresh schedules: fine-tuning with a new recipe.
     Returns the folder holding `model.safetensors` and `model.yaml`.
     """
     out_dir = Path(out_dir)
@@ -668,6 +696,11 @@ def train(
     datamodule = DataModule(cfg, train_paths, fasta_paths, val_paths)
     datamodule.setup()
     module = PepTRMModule(cfg, val_names=list(datamodule.val_sets))
+    if init_from is not None and not resume:
+        state = load_file(Path(init_from) / WEIGHTS_NAME)
+        module.model.load_state_dict(state)
+        module.ema.module.load_state_dict(state)
+        log.info("starting from the weights of %s", init_from)
     log.info(
         "model: %d parameters (%.1f MB fp32)",
         count_parameters(module.model),

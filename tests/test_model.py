@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -164,3 +165,15 @@ def test_ion_evidence_finds_the_true_ladder_from_either_end():
         assert suffix[0, i, tokens[i], y_ion, 0] > 0.99
     wrong = masses.TOKEN_INDEX["W"]  # W at position 2 has no ions here
     assert prefix[0, 2, wrong, b_ion, 0] < 0.01 and suffix[0, 2, wrong, y_ion, 0] < 0.01
+
+
+def test_draft_logits_put_a_confident_draft_only_where_given(tiny):
+    model, cfg = tiny
+    tokens = torch.as_tensor(np.stack([masses.encode("PEPTLDEK", 12)] * 2))
+    y = model.draft_logits(tokens, torch.tensor([True, False]))
+    assert y.shape == (2, 12, V)
+    assert torch.equal(y[0].argmax(-1), tokens[0])
+    p = y[0].softmax(-1).max(-1).values
+    expected = math.exp(5) / (math.exp(5) + V - 1)  # DRAFT_CONFIDENCE = 5
+    assert torch.allclose(p, torch.full_like(p, expected), atol=1e-4)
+    assert torch.count_nonzero(y[1]) == 0  # the blank draft of initial_state

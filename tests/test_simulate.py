@@ -9,8 +9,12 @@ from peptrm import masses
 from peptrm.config import load_config
 from peptrm.io import Spectrum, SpectrumRef
 from peptrm.simulate import (
+    NEAR_MASS,
+    PAIR_OF,
+    PAIR_SWAPS,
     charge_range,
     digest_fasta,
+    draft_errors,
     fragment_statistics,
     random_peptide,
     sample_charge,
@@ -232,3 +236,50 @@ def test_real_spectra_statistics_resemble_simulation(cfg):
         assert simulated_stats[key] == pytest.approx(real_stats[key], abs=tol)
     assert real_stats["y_share"] > 0.6 and simulated_stats["y_share"] > 0.6
     assert real_stats["proline_effect"] > 2 and simulated_stats["proline_effect"] > 2
+
+
+def _tokens(peptide):
+    return masses.encode(peptide, 32)
+
+
+def _mass(tokens):
+    return float(masses.VOCAB_MASSES[tokens].sum())
+
+
+def test_draft_errors_without_errors_is_the_peptide():
+    rng = np.random.default_rng(0)
+    tokens = _tokens("LVNELTEFAK")
+    assert np.array_equal(draft_errors(tokens, rng, 0.0), tokens)
+
+
+def test_draft_errors_make_each_kind_of_search_mistake():
+    """Near-mass residues and swaps keep the mass within 1.1 Da, N <-> GG
+    exchanges change the length but not the mass, random substitutions change
+    the mass; an N-terminal mod is never touched."""
+    rng = np.random.default_rng(1)
+    tokens = _tokens("+42.011NGGAKQWEPFK")
+    mass = _mass(tokens)
+    kinds = {"same": 0, "near": 0, "far": 0, "length": 0}
+    for _ in range(400):
+        draft = draft_errors(tokens, rng, 1.0)
+        assert draft[0] == tokens[0] and draft.shape == tokens.shape
+        n_draft = int((draft != 0).sum())
+        if np.array_equal(draft, tokens):
+            kinds["same"] += 1
+        elif n_draft != int((tokens != 0).sum()):
+            # N = GG, Q = GA, W = SV, ... (unless another error joined it)
+            kinds["length"] += abs(_mass(draft) - mass) < 0.05
+        elif abs(_mass(draft) - mass) < 1.1:
+            kinds["near"] += 1
+        else:
+            kinds["far"] += 1
+    # Poisson(1): ~37 % right drafts; every kind of mistake is made
+    assert 100 < kinds["same"] < 200 and min(kinds.values()) > 20, kinds
+
+
+def test_near_mass_and_pair_tables_hold_the_usual_confusions():
+    index = masses.TOKEN_INDEX
+    assert index["Q"] in NEAR_MASS[index["K"]]
+    assert index["M+15.995"] in NEAR_MASS[index["F"]]
+    assert (index["G"], index["G"]) in PAIR_SWAPS[index["N"]]
+    assert PAIR_OF[(index["G"], index["G"])] == index["N"]

@@ -229,3 +229,53 @@ def test_held_out_split_is_what_training_validates_on():
     held_out = held_out_split([DATA / "overfit64.mgf"], cfg)
     assert held_out and len(held_out) < 64
     assert [s.ref for s in held_out] == [s.ref for s in module.val_sets["real"]]
+
+
+def test_stream_gives_a_share_of_spectra_a_wrong_draft_of_their_own_peptide():
+    cfg = load_config(
+        overrides={
+            **TINY,
+            "training": {
+                **TINY["training"],
+                "batch_size": 64,
+                "draft_fraction": 0.5,
+                "draft_mean_errors": 1.5,
+            },
+        }
+    )
+    real = [s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)]
+    prepare = preprocess.pipeline(cfg.preprocess)
+    stream = TrainingStream(cfg, [], [prepare(s) for s in real])
+    batch = stream.make_batch(2)
+    drafted = batch["drafted"]
+    assert 16 < int(drafted.sum()) < 48
+    tokens, draft = batch["tokens"], batch["draft"]
+    assert torch.equal(draft[~drafted], tokens[~drafted])
+    wrong = (draft[drafted] != tokens[drafted]).any(dim=1).float().mean()
+    assert 0.6 < wrong < 0.95  # Poisson(1.5) errors: ~78 % of drafts are wrong
+    again = TrainingStream(cfg, [], [prepare(s) for s in real]).make_batch(2)
+    assert torch.equal(again["draft"], draft)  # f(seed, batch index)
+
+
+def test_init_from_starts_a_run_from_saved_weights(tmp_path):
+    cfg = load_config(overrides=TINY)
+    first = train(cfg, [DATA / "overfit64.mgf"], [], tmp_path / "a", progress=False)
+    module = PepTRMModule(cfg)
+    fresh = {k: v.clone() for k, v in module.model.state_dict().items()}
+    second = train(
+        cfg,
+        [DATA / "overfit64.mgf"],
+        [],
+        tmp_path / "b",
+        progress=False,
+        stop_at_step=2,
+        init_from=first,
+    )
+    from safetensors.torch import load_file
+
+    start = load_file(first / "model.safetensors")
+    after = load_file(second / "model.safetensors")
+    # one batch of fine-tuning moves the weights a little from the start, far
+    # less than they are from a fresh initialisation
+    key = "heads.residues.weight"
+    assert (after[key] - start[key]).norm() < 0.5 * (fresh[key] - start[key]).norm()
