@@ -55,6 +55,7 @@ class ModelConfig:
     ion_evidence: bool  # draft positions read the peaks at each candidate's ions
     complement_encoding: bool  # peaks also carry their mirror m/z M + 2 proton - m
     suffix_evidence: bool  # ion evidence also anchored at the draft's C-terminus
+    evidence_logits: bool  # each candidate token's ion evidence also scores it directly
 
 
 @dataclass(frozen=True)

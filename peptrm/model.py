@@ -215,6 +215,7 @@ ION_TYPES = masses.FRAGMENT_IONS
 KERNEL_WIDTHS_DA = (0.02, 0.3)
 EVIDENCE_CHANNELS = 2 * len(KERNEL_WIDTHS_DA)  # presence and intensity per width
 ABSENT_MZ = 1e6  # m/z given to padding peaks so a spectrum's peaks stay sorted
+EVIDENCE_HIDDEN = 32  # width of the per-token evidence scorer (`evidence_logits`)
 
 
 class SortedPeaks(NamedTuple):
@@ -312,6 +313,17 @@ class PepTRM(nn.Module):
             self.evidence_projection = nn.Linear(features, cfg.dim)
         if cfg.ion_evidence and cfg.suffix_evidence:
             self.suffix_evidence_projection = nn.Linear(features, cfg.dim)
+        if cfg.ion_evidence and cfg.evidence_logits:
+            # Shared by every token: its I x C ion features -> one logit. The last
+            # layer starts at zero, so a model fine-tuned with it starts unchanged.
+            per_token = len(ION_TYPES) * EVIDENCE_CHANNELS
+            self.evidence_scorer = nn.Sequential(
+                nn.Linear(per_token, EVIDENCE_HIDDEN),
+                nn.GELU(),
+                nn.Linear(EVIDENCE_HIDDEN, 1),
+            )
+            nn.init.zeros_(self.evidence_scorer[-1].weight)
+            nn.init.zeros_(self.evidence_scorer[-1].bias)
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         self.net = TinyNetwork(cfg)
         self.heads = Heads(cfg, vocab_size)
@@ -404,19 +416,25 @@ class PepTRM(nn.Module):
         found = lookup_peaks(spectrum.peaks, ion_mz.float().reshape(batch, -1))
         return found.reshape(batch, length, -1)  # (B, L, V * I * C)
 
-    def embed_draft(self, y: Tensor, spectrum: Encoded) -> Tensor:
-        """Soft embedding of the draft: probabilities x token embeddings (B, L, D)."""
+    def embed_draft(self, y: Tensor, spectrum: Encoded) -> tuple[Tensor, Tensor | None]:
+        """Soft embedding of the draft (B, L, D), and the ion evidence it read.
+
+        The embedding is probabilities x token embeddings, plus what the draft
+        says about the spectrum; the evidence (B, L, V * I * C) is None without
+        `ion_evidence`.
+        """
         probs = y.softmax(dim=-1)  # (B, L, V)
         h = self.token_embedding(probs) + self.position_embedding
+        found = None
         if self.cfg.draft_mass_encoding:
             h = h + self.ladder(probs, spectrum.precursor_mass).to(h.dtype)
         if self.cfg.ion_evidence:
             found = self.ion_evidence(probs.detach(), spectrum).to(h.dtype)
             h = h + self.evidence_projection(found)  # (B, L, D)
         if self.cfg.ion_evidence and self.cfg.suffix_evidence:
-            found = self.suffix_ion_evidence(probs.detach(), spectrum).to(h.dtype)
-            h = h + self.suffix_evidence_projection(found)  # (B, L, D)
-        return h
+            suffix = self.suffix_ion_evidence(probs.detach(), spectrum).to(h.dtype)
+            h = h + self.suffix_evidence_projection(suffix)  # (B, L, D)
+        return h, found
 
     def think(
         self, z: Tensor, draft: Tensor, spectrum: Encoded, step: Tensor
@@ -425,10 +443,19 @@ class PepTRM(nn.Module):
         h = z + draft + step  # (B, L, D)
         return self.net(h, memory=spectrum.x, memory_padding=spectrum.padding)
 
-    def revise(self, y: Tensor, z: Tensor, draft: Tensor) -> Tensor:
-        """Gated residual revision of the draft from the latent state alone."""
+    def revise(
+        self, y: Tensor, z: Tensor, draft: Tensor, found: Tensor | None = None
+    ) -> Tensor:
+        """Gated residual revision of the draft from the latent state alone.
+
+        With `evidence_logits`, each candidate token's own ion evidence `found`
+        (B, L, V * I * C) adds its learned score to the residue logits.
+        """
         h = self.net(z + draft)  # (B, L, D) no spectrum x
         candidate = self.heads.residues(h)  # (B, L, V)
+        if found is not None and self.cfg.evidence_logits:
+            per_token = found.view(*candidate.shape, -1)  # (B, L, V, I * C)
+            candidate = candidate + self.evidence_scorer(per_token).squeeze(-1)
         gate = torch.sigmoid(self.heads.gate(h))  # (B, L, 1)
         return (1 - gate) * y + gate * candidate  # (B, L, V)
 
@@ -437,10 +464,10 @@ class PepTRM(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """One improvement step: think n times about the draft, then revise it once."""
         step_vector = self.step_embedding.weight[min(step, MAX_STEPS - 1)]  # (D,)
-        draft = self.embed_draft(y, spectrum)  # (B, L, D) y is fixed until revised
+        draft, found = self.embed_draft(y, spectrum)  # (B, L, D) fixed until revised
         for _ in range(self.recursion.n_latent_steps):
             z = self.think(z, draft, spectrum, step_vector)  # (B, L, D)
-        y = self.revise(y, z, draft)  # (B, L, V)
+        y = self.revise(y, z, draft, found)  # (B, L, V)
         return y, z
 
     def forward(

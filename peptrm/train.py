@@ -698,9 +698,16 @@ def train(
     module = PepTRMModule(cfg, val_names=list(datamodule.val_sets))
     if init_from is not None and not resume:
         state = load_file(Path(init_from) / WEIGHTS_NAME)
-        module.model.load_state_dict(state)
-        module.ema.module.load_state_dict(state)
-        log.info("starting from the weights of %s", init_from)
+        # Parts the recipe adds (e.g. model.evidence_logits) start fresh.
+        missing, unexpected = module.model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(
+                f"{init_from}: weights the model settings do not have: {unexpected}"
+            )
+        module.ema.module.load_state_dict(state, strict=False)
+        log.info(
+            "starting from the weights of %s (new: %s)", init_from, missing or "none"
+        )
     log.info(
         "model: %d parameters (%.1f MB fp32)",
         count_parameters(module.model),

@@ -28,6 +28,7 @@ LEGACY_OFF = (
     "ion_evidence",
     "complement_encoding",
     "suffix_evidence",
+    "evidence_logits",
 )  # absent from older model.yaml
 
 

@@ -177,3 +177,34 @@ def test_draft_logits_put_a_confident_draft_only_where_given(tiny):
     expected = math.exp(5) / (math.exp(5) + V - 1)  # DRAFT_CONFIDENCE = 5
     assert torch.allclose(p, torch.full_like(p, expected), atol=1e-4)
     assert torch.count_nonzero(y[1]) == 0  # the blank draft of initial_state
+
+
+def test_evidence_logits_start_as_the_model_without_them_and_learn():
+    """The per-token evidence scorer starts at zero (a fine-tuned model starts
+    unchanged) and a gradient reaches it through the revision."""
+    overrides = {
+        "model": {"dim": 32, "n_heads": 4, "max_length": 12, "evidence_logits": True},
+        "recursion": {"n_latent_steps": 1, "n_cycles": 1, "n_supervision": 1},
+    }
+    cfg = load_config(overrides=overrides)
+    torch.manual_seed(0)
+    with_logits = PepTRM(cfg.model, cfg.recursion, V)
+    plain_cfg = dataclasses.replace(cfg.model, evidence_logits=False)
+    plain = PepTRM(plain_cfg, cfg.recursion, V)
+    missing, unexpected = plain.load_state_dict(with_logits.state_dict(), strict=False)
+    assert not missing and all(k.startswith("evidence_scorer") for k in unexpected)
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    b, y = masses.fragment_mz(peptide, 1)
+    mz = torch.tensor([np.concatenate([b, y])], dtype=torch.float32)
+    intensity = torch.ones_like(mz)
+    mass = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
+    outputs = []
+    for model in (with_logits, plain):
+        spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
+        y0, z0 = model.initial_state(spectrum)
+        outputs.append(model(spectrum, y0, z0)[0])
+    torch.testing.assert_close(outputs[0], outputs[1])
+    tokens = torch.as_tensor(masses.encode(peptide, 12)).unsqueeze(0)
+    loss = torch.nn.functional.cross_entropy(outputs[0].transpose(1, 2), tokens)
+    loss.backward()
+    assert with_logits.evidence_scorer[-1].weight.grad.abs().sum() > 0
