@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from peptrm import masses, rerank
+from peptrm import masses, predicted, preprocess, rerank
 from peptrm.decoding import Candidate
 from peptrm.evidence import FragmentEvidence
 
@@ -90,3 +90,77 @@ def test_fitted_reranker_puts_the_supported_peptide_first_and_keeps_the_tail(tmp
 
 def test_no_reranker_in_a_folder_without_one(tmp_path):
     assert rerank.load_reranker(tmp_path) is None
+
+
+needs_ms2pip = pytest.mark.skipif(
+    not predicted.available(), reason=f"ms2pip {predicted.VERSION} is not installed"
+)
+
+
+def real_spectra(path) -> list:
+    from peptrm.config import load_config
+    from peptrm.io import Spectrum, read_spectra
+
+    prepare = preprocess.pipeline(load_config().preprocess)
+    return [prepare(s) for s in read_spectra(path) if isinstance(s, Spectrum)]
+
+
+def shuffled(tokens: list[str], rng) -> list[str]:
+    """The same residues, first and last kept, the middle permuted (same mass)."""
+    head = [t for t in tokens if t in masses.N_TERMINAL_MODIFICATIONS]
+    body = [t for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS]
+    return head + [body[0], *rng.permutation(body[1:-1]).tolist(), body[-1]]
+
+
+@needs_ms2pip
+def test_ms2pip_agreement_of_the_true_peptide_beats_a_shuffled_one(small_mgf):
+    rng = np.random.default_rng(0)
+    names = rerank.PREDICTED_FEATURES
+    cosine, pearson = names.index("ms2pip_cosine"), names.index("ms2pip_pearson")
+    for spectrum in real_spectra(small_mgf):  # 10 MassIVE-KB HCD spectra, charge 2-4
+        tokens = [t.replace("I", "L") for t in masses.parse(spectrum.peptide)]
+        peaks = FragmentEvidence(
+            spectrum.mz,
+            spectrum.intensity,
+            masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge),
+            spectrum.charge,
+            0.01,
+        )
+        right = candidate(masses.format_peptide(tokens), 0.0)
+        wrong = candidate(masses.format_peptide(shuffled(tokens, rng)), 0.0)
+        x = rerank.candidate_features([right, wrong], peaks, spectrum.charge, names)
+        assert x[0, cosine] > x[1, cosine], spectrum.peptide
+        assert x[0, pearson] > x[1, pearson], spectrum.peptide
+        assert x[0, names.index("ms2pip_cosine_gap")] == 0
+
+
+@needs_ms2pip
+def test_a_reranker_with_ms2pip_features_says_so_and_runs_without_it(
+    tmp_path, monkeypatch, caplog
+):
+    peptides = ["PEPTLDEK", "LGEYGFQNALLVR", "AEFVEVTK", "YLYELAR", "HLVDEPQNLLK"]
+    rng = np.random.default_rng(1)
+    groups, peaks, labels = [], [], []
+    for i in range(40):
+        truth = peptides[i % len(peptides)]
+        decoy = masses.format_peptide(shuffled(masses.parse(truth), rng))
+        order = [decoy, truth] if i % 2 else [truth, decoy]
+        groups.append([candidate(p, -float(k)) for k, p in enumerate(order)])
+        peaks.append(spectrum_of(truth))
+        labels.append(truth)
+    fitted, _ = rerank.fit(
+        groups, peaks, [2] * 40, labels, k=2, features=rerank.PREDICTED_FEATURES
+    )
+    fitted.save(tmp_path)
+    with open(tmp_path / rerank.SETTINGS_NAME) as handle:
+        assert "ms2pip_cosine" in handle.read()  # the shipped file names its needs
+    assert rerank.load_reranker(tmp_path).features == rerank.PREDICTED_FEATURES
+    monkeypatch.setattr(predicted, "available", lambda: False)
+    loaded = rerank.load_reranker(tmp_path)
+    assert "ms2pip" in caplog.text and "not installed" in caplog.text
+    p = loaded.probabilities(groups[0], peaks[0], 2)
+    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    with pytest.raises(ValueError, match="need ms2pip"):
+        rerank.fit(
+            groups, peaks, [2] * 40, labels, 2, features=rerank.PREDICTED_FEATURES
+        )
