@@ -194,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
     cal.add_argument("--device", default="cpu", help="torch device")
+    cal.add_argument(
+        "--ms2pip",
+        action="store_true",
+        help="the reranker also reads ms2pip's predicted fragment intensities "
+        "(needs the ms2pip extra; see peptrm/predicted.py)",
+    )
 
     rep = commands.add_parser(
         "report",
@@ -424,7 +430,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from peptrm import sequence, train
+    from peptrm import predicted, rerank, sequence, train
     from peptrm.weights import BUNDLED, load_model
 
     folder = Path(args.output or args.model or BUNDLED)
@@ -432,6 +438,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{folder}: is the bundled model; refusing to replace its calibration "
             "(pass -o FOLDER for the new calibration.yaml, and -m FOLDER to use it)"
+        )
+    if args.ms2pip and not predicted.available():
+        raise ValueError(
+            f"--ms2pip needs ms2pip {predicted.VERSION}: {predicted.INSTALL}"
         )
     model, cfg = load_model(args.model, args.config)
     if args.held_out and args.training_part:
@@ -448,6 +458,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         spectra,
         cfg,
         args.device,
+        rerank_features=rerank.PREDICTED_FEATURES if args.ms2pip else rerank.FEATURES,
         fitted_on=f"{len(spectra)} spectra of {names}"
         + (" (held-out split)" if args.held_out else "")
         + (" (training part)" if args.training_part else ""),
