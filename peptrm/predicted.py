@@ -18,6 +18,7 @@ modification would make pyteomics look it up in Unimod online.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from importlib import metadata
@@ -45,6 +46,7 @@ FEATURES = (
 )
 
 
+@functools.cache  # asked once a spectrum; installing mid-run is not a case
 def available() -> bool:
     """Whether ms2pip 4.1.2 is installed (another version is not used)."""
     try:

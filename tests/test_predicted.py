@@ -71,3 +71,11 @@ def test_tryptic_y_ions_outweigh_b_ions_in_hcd():
     # HCD: with a C-terminal K or R the y series carries most of the intensity
     for b, y in predicted.predict(["PEPTLDEK", "LGEYGFQNALLVR", "AEFVEVTK"], 2):
         assert y.sum() > 2 * b.sum()
+
+
+@needs_ms2pip
+def test_the_proline_effect_puts_the_tallest_ion_before_proline():
+    # HCD cleaves most readily N-terminal to proline: in PEPTLDEK the tallest ion is
+    # y6 (PTLDEK), the y ion of the second cleavage (E|P)
+    ((b, y),) = predicted.predict(["PEPTLDEK"], 2)
+    assert np.argmax(y) == 1 and y[1] > b.max()
