@@ -189,7 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "-o",
         "--output",
-        help="folder for calibration.yaml, rerank.txt/.yaml and cleavage.yaml "
+        help="folder for calibration.yaml, rerank.txt/.yaml (and rerank_ms2pip.txt/"
+        ".yaml with --ms2pip) and cleavage.yaml "
         "(default: the -m folder; the bundled model's scorers are never replaced)",
     )
     cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
@@ -473,6 +474,12 @@ def _calibrate(args: argparse.Namespace) -> int:
             report["reranked_rank1_recall_out_of_fold"],
             reranker.k,
             report[f"recall_at_{reranker.k}"],
+        )
+    if "reranked_rank1_recall_out_of_fold_without_ms2pip" in report:
+        log.info(
+            "reranker without ms2pip's features (the fallback): %.3f reranked "
+            "(out-of-fold)",
+            report["reranked_rank1_recall_out_of_fold_without_ms2pip"],
         )
     log.info(
         "calibrated on %d spectra (%d peptides right): peptide-score ECE %.3f raw, "

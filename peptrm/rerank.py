@@ -29,13 +29,17 @@ The classifier's output is mapped to a probability by a logistic (Platt) fit on
 out-of-fold predictions, so the peptide score users see is calibrated. Both are
 fitted by `peptrm calibrate` and saved beside the weights (`rerank.txt`, the
 LightGBM text model, and `rerank.yaml`, which lists the features it reads).
+`peptrm calibrate --ms2pip` also saves `rerank_ms2pip.txt` / `.yaml`, fitted on
+the same candidates with the predicted features added; it is used where ms2pip
+is installed, and the plain one everywhere else, so a model folder ranks and
+calibrates well with or without ms2pip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +54,8 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "rerank.txt"
 SETTINGS_NAME = "rerank.yaml"
+PREDICTED_MODEL_NAME = "rerank_ms2pip.txt"  # with the ms2pip features
+PREDICTED_SETTINGS_NAME = "rerank_ms2pip.yaml"
 FEATURES = (
     "log_score",
     "mean_log_prob",
@@ -162,11 +168,10 @@ def _with_predicted(
 ) -> list[dict[str, float]]:
     """Add the agreement with ms2pip's predicted b/y intensities to each row.
 
-    One ms2pip call for the spectrum's candidates; without ms2pip installed
-    the features are nan (`load_reranker` has warned).
+    One ms2pip call for the spectrum's candidates.
     """
     if not predicted.available():
-        return [{**row, **predicted.missing()} for row in rows]
+        raise ValueError(f"the ms2pip features need ms2pip: {predicted.INSTALL}")
     intensities = predicted.predict([c.tokens for c in candidates], charge)
     agreements = []
     for by_weight, found in zip(observed, intensities, strict=True):
@@ -279,7 +284,7 @@ def is_correct(candidate: Candidate, label: str) -> bool:
 # --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclasses.dataclass
 class Reranker:
     """A LightGBM candidate classifier and the Platt map of its raw output."""
 
@@ -288,6 +293,9 @@ class Reranker:
     platt: tuple[float, float]  # probability = sigmoid(a * raw + b)
     fitted_on: str = ""
     features: tuple[str, ...] = FEATURES  # or PREDICTED_FEATURES (needs ms2pip)
+    # With PREDICTED_FEATURES: the reranker of the same fit on FEATURES alone,
+    # saved beside it and loaded instead where ms2pip is not installed.
+    fallback: Reranker | None = None
 
     def probabilities(
         self, candidates: Sequence[Candidate], peaks: FragmentEvidence, charge: int
@@ -320,50 +328,76 @@ class Reranker:
         return head + tail
 
     def save(self, folder: str | Path) -> Path:
-        """Write `rerank.txt` and `rerank.yaml` into a model folder."""
+        """Write `rerank.txt` and `rerank.yaml` (and the ms2pip pair) into a folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(folder / MODEL_NAME))
+        model, settings_name = _file_names(self.features)
+        self.booster.save_model(str(folder / model))
         settings = {
             "k": self.k,
             "platt": [float(v) for v in self.platt],
             "features": list(self.features),
             "fitted_on": self.fitted_on,
         }
-        with open(folder / SETTINGS_NAME, "w") as handle:
+        if self.features == PREDICTED_FEATURES:
+            settings["ms2pip"] = f"{predicted.VERSION}, model {predicted.MODEL}"
+        with open(folder / settings_name, "w") as handle:
             yaml.safe_dump(settings, handle, sort_keys=False)
-        return folder / MODEL_NAME
+        if self.fallback is not None:
+            self.fallback.save(folder)
+        return folder / model
+
+
+def _file_names(features: Sequence[str]) -> tuple[str, str]:
+    """The model and settings file names of a reranker reading `features`."""
+    if tuple(features) == PREDICTED_FEATURES:
+        return PREDICTED_MODEL_NAME, PREDICTED_SETTINGS_NAME
+    return MODEL_NAME, SETTINGS_NAME
 
 
 def load_reranker(folder: str | Path) -> Reranker | None:
     """A model folder's reranker, or None when it has none.
 
-    A reranker fitted with ms2pip's features still loads without ms2pip: it
-    then reads them as missing (nan), which LightGBM sends down each split's
-    default branch, and a warning says so once.
+    Where the folder has one fitted with ms2pip's features (`rerank_ms2pip.*`)
+    and ms2pip is installed, that one, with the plain one as its fallback;
+    otherwise the plain one (`rerank.*`), and a log line says what ms2pip would
+    add. A folder with only the ms2pip one needs ms2pip.
     """
     folder = Path(folder)
-    if not (folder / MODEL_NAME).exists():
-        return None
+    plain = _load(folder, FEATURES) if (folder / MODEL_NAME).exists() else None
+    if not (folder / PREDICTED_MODEL_NAME).exists():
+        return plain
+    if predicted.available():
+        return dataclasses.replace(_load(folder, PREDICTED_FEATURES), fallback=plain)
+    if plain is None:
+        raise ValueError(
+            f"{folder / PREDICTED_SETTINGS_NAME}: this reranker reads ms2pip "
+            f"{predicted.VERSION}'s predicted intensities: {predicted.INSTALL}"
+        )
+    log.info(
+        "reranking without predicted intensities (%s); with ms2pip %s installed "
+        "the model's %s would read them: %s",
+        MODEL_NAME,
+        predicted.VERSION,
+        PREDICTED_MODEL_NAME,
+        predicted.INSTALL,
+    )
+    return plain
+
+
+def _load(folder: Path, features: tuple[str, ...]) -> Reranker:
+    """The reranker a folder saved for `features`, checked against them."""
     import lightgbm
 
-    with open(folder / SETTINGS_NAME) as handle:
+    model, settings_name = _file_names(features)
+    with open(folder / settings_name) as handle:
         settings = yaml.safe_load(handle)
-    features = tuple(settings.get("features", []))
-    if features not in (FEATURES, PREDICTED_FEATURES):
+    if tuple(settings.get("features", [])) != features:
         raise ValueError(
-            f"{folder / SETTINGS_NAME}: fitted on other features; "
+            f"{folder / settings_name}: fitted on other features; "
             "refit with peptrm calibrate"
         )
-    if features == PREDICTED_FEATURES and not predicted.available():
-        log.warning(
-            "%s: this reranker reads ms2pip %s's predicted intensities, which are "
-            "not installed; it runs without them and ranks less well (%s)",
-            folder / SETTINGS_NAME,
-            predicted.VERSION,
-            predicted.INSTALL,
-        )
-    booster = lightgbm.Booster(model_file=str(folder / MODEL_NAME))
+    booster = lightgbm.Booster(model_file=str(folder / model))
     return Reranker(
         booster,
         int(settings["k"]),
@@ -437,7 +471,9 @@ def fit(
 
     The Platt map is fitted on out-of-fold raw scores (5 folds by spectrum), so
     the probabilities are calibrated for spectra the booster did not see.
-    `features` is `FEATURES` or `PREDICTED_FEATURES` (needs ms2pip).
+    `features` is `FEATURES` or `PREDICTED_FEATURES` (needs ms2pip); with the
+    latter the same candidates also fit the plain `fallback`, and the report
+    gives its out-of-fold recall too.
     """
     features = tuple(features)
     if features not in (FEATURES, PREDICTED_FEATURES):
@@ -447,20 +483,34 @@ def fit(
     x, y, group = training_table(groups, peaks, charges, labels, k, features)
     if y.min() == y.max():
         raise ValueError("the reranker needs both right and wrong candidates")
-    raw = out_of_fold(x, y, group, folds=5, seed=seed)
-    a, b = logistic_fit(raw[:, None], y)
-    booster = _train_booster(x, y, seed)
+    reranker, recall = _fit_table(x, y, group, seed)
+    reranker = dataclasses.replace(reranker, k=k, fitted_on=fitted_on)
     n = len(groups)
-    search_first = sum(y[group == g][0] for g in np.unique(group))
-    reranked_first = sum(
-        y[group == g][np.argmax(raw[group == g])] for g in np.unique(group)
-    )
+    spectra = np.unique(group)
     report = {
         "spectra": n,
         "candidates": len(y),
-        f"recall_at_{k}": float(sum(y[group == g].max() for g in np.unique(group)) / n),
-        "search_rank1_recall": float(search_first / n),
-        "reranked_rank1_recall_out_of_fold": float(reranked_first / n),
+        f"recall_at_{k}": float(sum(y[group == g].max() for g in spectra) / n),
+        "search_rank1_recall": float(sum(y[group == g][0] for g in spectra) / n),
+        "reranked_rank1_recall_out_of_fold": recall / n,
     }
-    platt = (float(a), float(b))
-    return Reranker(booster, k, platt, fitted_on, features), report
+    if features == PREDICTED_FEATURES:
+        plain, plain_recall = _fit_table(x[:, : len(FEATURES)], y, group, seed)
+        reranker.fallback = dataclasses.replace(plain, k=k, fitted_on=fitted_on)
+        report["reranked_rank1_recall_out_of_fold_without_ms2pip"] = plain_recall / n
+    return reranker, report
+
+
+def _fit_table(
+    x: np.ndarray, y: np.ndarray, group: np.ndarray, seed: int
+) -> tuple[Reranker, float]:
+    """A reranker on the features `x` holds, and how many spectra it gets right.
+
+    The count is out-of-fold rank-1 hits; `k` and `fitted_on` are the caller's.
+    """
+    raw = out_of_fold(x, y, group, folds=5, seed=seed)
+    a, b = logistic_fit(raw[:, None], y)
+    booster = _train_booster(x, y, seed)
+    right = sum(y[group == g][np.argmax(raw[group == g])] for g in np.unique(group))
+    features = PREDICTED_FEATURES if x.shape[1] == len(PREDICTED_FEATURES) else FEATURES
+    return Reranker(booster, 0, (float(a), float(b)), "", features), float(right)

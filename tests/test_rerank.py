@@ -135,9 +135,7 @@ def test_ms2pip_agreement_of_the_true_peptide_beats_a_shuffled_one(small_mgf):
 
 
 @needs_ms2pip
-def test_a_reranker_with_ms2pip_features_says_so_and_runs_without_it(
-    tmp_path, monkeypatch, caplog
-):
+def test_an_ms2pip_reranker_ships_with_a_plain_fallback(tmp_path, monkeypatch, caplog):
     peptides = ["PEPTLDEK", "LGEYGFQNALLVR", "AEFVEVTK", "YLYELAR", "HLVDEPQNLLK"]
     rng = np.random.default_rng(1)
     groups, peaks, labels = [], [], []
@@ -148,18 +146,29 @@ def test_a_reranker_with_ms2pip_features_says_so_and_runs_without_it(
         groups.append([candidate(p, -float(k)) for k, p in enumerate(order)])
         peaks.append(spectrum_of(truth))
         labels.append(truth)
-    fitted, _ = rerank.fit(
+    fitted, report = rerank.fit(
         groups, peaks, [2] * 40, labels, k=2, features=rerank.PREDICTED_FEATURES
     )
+    assert "reranked_rank1_recall_out_of_fold_without_ms2pip" in report
     fitted.save(tmp_path)
-    with open(tmp_path / rerank.SETTINGS_NAME) as handle:
-        assert "ms2pip_cosine" in handle.read()  # the shipped file names its needs
-    assert rerank.load_reranker(tmp_path).features == rerank.PREDICTED_FEATURES
-    monkeypatch.setattr(predicted, "available", lambda: False)
+    settings = (tmp_path / rerank.PREDICTED_SETTINGS_NAME).read_text()
+    assert "ms2pip_cosine" in settings and "4.1.2, model HCD2019" in settings
+    assert "ms2pip" not in (tmp_path / rerank.SETTINGS_NAME).read_text()
     loaded = rerank.load_reranker(tmp_path)
-    assert "ms2pip" in caplog.text and "not installed" in caplog.text
-    p = loaded.probabilities(groups[0], peaks[0], 2)
-    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    assert loaded.features == rerank.PREDICTED_FEATURES and loaded.k == 2
+    assert loaded.fallback.features == rerank.FEATURES
+    # the fallback is the plain fit of the same candidates: the same scores
+    plain = rerank.fit(groups, peaks, [2] * 40, labels, k=2)[0]
+    probability = plain.probabilities(groups[0], peaks[0], 2)
+    fallback = loaded.fallback.probabilities(groups[0], peaks[0], 2)
+    assert fallback == pytest.approx(probability)
+    with caplog.at_level("INFO"):
+        monkeypatch.setattr(predicted, "available", lambda: False)
+        without = rerank.load_reranker(tmp_path)
+    assert without.features == rerank.FEATURES and "without predicted" in caplog.text
+    (tmp_path / rerank.MODEL_NAME).unlink()  # an ms2pip reranker alone needs ms2pip
+    with pytest.raises(ValueError, match="rerank_ms2pip.yaml: this reranker reads"):
+        rerank.load_reranker(tmp_path)
     with pytest.raises(ValueError, match="need ms2pip"):
         rerank.fit(
             groups, peaks, [2] * 40, labels, 2, features=rerank.PREDICTED_FEATURES
