@@ -14,10 +14,16 @@ It prints recall@1/5/K of the search, then the same after reranking: with
 `--fit`, out-of-fold (5 folds by spectrum, the model never scores a spectrum it
 was fitted on); with `--fit-train`, a reranker fitted on the training part of
 the training files (what the held-out split is not); otherwise with the
-model's shipped reranker (`rerank.txt`).
+model's shipped reranker (`rerank.txt`). After reranking it also prints the
+rank-1 AUPCC, the peptide-score ECE and the reranking time per spectrum.
+
+`--ms2pip` (with `--fit` or `--fit-train`) fits a second reranker that also
+reads ms2pip's predicted intensities (`peptrm.predicted`) and shows the two
+side by side. A shipped reranker with ms2pip features is shown beside its
+plain fallback (what users without ms2pip get).
 
     python benchmarks/bench_rerank.py [--model DIR] [--files A.mgf ...] [--k 20]
-        [--fit | --fit-train]
+        [--fit | --fit-train] [--ms2pip]
 """
 
 from __future__ import annotations
@@ -30,10 +36,14 @@ from pathlib import Path
 import numpy as np
 from common import TRAIN_FILES, print_provenance
 
-from peptrm import decoding, evidence, masses, preprocess, rerank, train
+from peptrm import decoding, evidence, masses, predicted, preprocess, rerank, train
 from peptrm.confidence import cleavage_evidence, q_values
 from peptrm.io import Spectrum, read_spectra
-from peptrm.metrics import expected_calibration_error
+from peptrm.metrics import (
+    area_under_precision_coverage,
+    expected_calibration_error,
+    precision_coverage,
+)
 from peptrm.sequence import load_scorers, refine, search_top
 from peptrm.weights import BUNDLED, load_model
 
@@ -134,6 +144,58 @@ def fdr_table(groups, labels) -> None:
         print(f"{threshold:>10.2f} {n:>9} {estimated:>14.4f} {true:>9.4f}")
 
 
+def fit_on_training_part(model, cfg, table, k, feature_sets):
+    """Rerankers fitted on the training part of the training files, one per set."""
+    fit_on = train.training_part(TRAIN_FILES, cfg)
+    started = time.perf_counter()
+    fit_groups, _, fit_peaks = decode_top(model, cfg, fit_on, k, table)
+    print(
+        f"training part: {len(fit_on)} spectra, searched in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    rerankers = {}
+    for name, features in feature_sets.items():
+        started = time.perf_counter()
+        rerankers[name], report = rerank.fit(
+            fit_groups,
+            fit_peaks,
+            [s.charge for s in fit_on],
+            [s.peptide for s in fit_on],
+            k,
+            features=features,
+        )
+        print(f"fitted {name} ({time.perf_counter() - started:.0f} s): {report}")
+    return rerankers
+
+
+def rerank_all(scorers, reranker, groups, peaks_all, charges):
+    """Every spectrum's candidates reranked (copies) and the seconds it took."""
+    started = time.perf_counter()
+    scoring = dataclasses.replace(scorers, reranker=reranker)
+    reranked = [
+        scoring.apply([dataclasses.replace(c) for c in options], peaks, charge)
+        for options, peaks, charge in zip(groups, peaks_all, charges, strict=True)
+    ]
+    return reranked, time.perf_counter() - started
+
+
+def rank1_right(groups, labels) -> np.ndarray:
+    """Whether each spectrum's first candidate is its label."""
+    return np.array(
+        [
+            bool(o) and rerank.is_correct(o[0], label)
+            for o, label in zip(groups, labels, strict=True)
+        ]
+    )
+
+
+def aupcc(groups, labels) -> float:
+    """Area under the precision-coverage curve of the rank-1 peptide scores."""
+    scores = np.array([o[0].score if o else np.nan for o in groups])
+    coverage, precision = precision_coverage(scores, rank1_right(groups, labels))
+    return area_under_precision_coverage(coverage, precision)
+
+
 def main() -> None:
     """Decode the top K, print the anatomy and recall@K before and after reranking."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -143,6 +205,12 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="out-of-fold reranking")
     parser.add_argument(
         "--fit-train", action="store_true", help="fit on the training part first"
+    )
+    parser.add_argument(
+        "--ms2pip",
+        action="store_true",
+        help="with --fit or --fit-train: also fit with ms2pip's predicted-intensity "
+        "features and compare side by side",
     )
     args = parser.parse_args()
     print_provenance(args.model)
@@ -162,57 +230,76 @@ def main() -> None:
     seconds = time.perf_counter() - started
     n = len(spectra)
     print(f"{n} spectra; model + top-{args.k} search {seconds:.1f} s")
+    feature_sets = {"ours": rerank.FEATURES}
+    if args.ms2pip:
+        if not predicted.available():
+            raise SystemExit(f"--ms2pip needs ms2pip: {predicted.INSTALL}")
+        feature_sets["ours + ms2pip"] = rerank.PREDICTED_FEATURES
     ks = (1, 5, args.k)
     search_recall = recall_at(groups, labels, ks)
-    print(f"\n{'':<24}" + "".join(f"{'recall@' + str(k):>11}" for k in ks))
-    print(f"{'search order':<24}" + "".join(f"{search_recall[k]:>11.4f}" for k in ks))
+    print(f"\n{'':<30}" + "".join(f"{'recall@' + str(k):>11}" for k in ks))
+    print(f"{'search order':<30}" + "".join(f"{search_recall[k]:>11.4f}" for k in ks))
     counts = anatomy(groups, spectra, history, peaks_all, cfg.decoding)
     charges = [s.charge for s in spectra]
     if args.fit:
-        _, report = rerank.fit(groups, peaks_all, charges, labels, args.k)
-        out_of_fold = report["reranked_rank1_recall_out_of_fold"]
-        print(f"{'reranked (out-of-fold)':<24}{out_of_fold:>11.4f}")
-        print(f"fit report: {report}")
-    reranker = None if args.fit else scorers.reranker
+        for name, features in feature_sets.items():
+            started = time.perf_counter()
+            _, report = rerank.fit(
+                groups, peaks_all, charges, labels, args.k, features=features
+            )
+            out_of_fold = report["reranked_rank1_recall_out_of_fold"]
+            print(f"{'reranked out-of-fold, ' + name:<30}{out_of_fold:>11.4f}")
+            print(f"  fit report ({time.perf_counter() - started:.0f} s): {report}")
+    rerankers = {}
     if args.fit_train:
-        fit_on, _ = train.split_by_peptide(
-            train.load_labelled(TRAIN_FILES, cfg),
-            cfg.training.val_fraction,
-            cfg.training.seed,
+        rerankers = fit_on_training_part(model, cfg, table, args.k, feature_sets)
+    elif not args.fit and scorers.reranker is not None:
+        rerankers = {"shipped": scorers.reranker}
+    results = {}
+    for name, reranker in rerankers.items():
+        reranked, spent = rerank_all(scorers, reranker, groups, peaks_all, charges)
+        results[name] = reranked, spent
+        if name == "shipped" and reranker.fallback is not None:
+            results["shipped, without ms2pip"] = rerank_all(
+                scorers, reranker.fallback, groups, peaks_all, charges
+            )
+    if results:
+        print(
+            f"\n{'reranked':<30}"
+            + "".join(f"{'recall@' + str(k):>11}" for k in ks)
+            + f"{'AUPCC':>8}{'ECE':>8}{'ms/spectrum':>13}"
         )
-        started = time.perf_counter()
-        fit_groups, _, fit_peaks = decode_top(model, cfg, fit_on, args.k, table)
-        reranker, report = rerank.fit(
-            fit_groups,
-            fit_peaks,
-            [s.charge for s in fit_on],
-            [s.peptide for s in fit_on],
-            args.k,
+    for name, (reranked, spent) in results.items():
+        after = recall_at(reranked, labels, ks)
+        scores = np.array([o[0].score if o else np.nan for o in reranked])
+        right = rank1_right(reranked, labels)
+        ece = expected_calibration_error(
+            scores[np.isfinite(scores)], right[np.isfinite(scores)]
         )
         print(
-            f"fitted on the training part ({len(fit_on)} spectra, "
-            f"{time.perf_counter() - started:.0f} s): {report}"
+            f"{name:<30}"
+            + "".join(f"{after[k]:>11.4f}" for k in ks)
+            + f"{aupcc(reranked, labels):>8.4f}{ece:>8.4f}{1000 * spent / n:>13.1f}"
         )
-    if reranker is not None:
-        started = time.perf_counter()
-        scoring = dataclasses.replace(scorers, reranker=reranker)
-        reranked = [
-            scoring.apply([dataclasses.replace(c) for c in options], peaks, charge)
-            for options, peaks, charge in zip(groups, peaks_all, charges, strict=True)
-        ]
-        spent = time.perf_counter() - started
-        after = recall_at(reranked, labels, ks)
-        print(f"{'reranked (shipped)':<24}" + "".join(f"{after[k]:>11.4f}" for k in ks))
-        print(f"reranking: {spent:.1f} s ({n / spent:.0f} spectra/s)")
-        after_counts = anatomy(reranked, spectra, history, peaks_all, cfg.decoding)
+    if len(results) > 1:
+        names = list(results)
+        base = rank1_right(results[names[0]][0], labels)
+        for name in names[1:]:
+            other = rank1_right(results[name][0], labels)
+            gained, lost = int((other & ~base).sum()), int((base & ~other).sum())
+            print(f"rank 1, {name} vs {names[0]}: {gained} gained, {lost} lost")
+    for name, (reranked, _) in results.items():
+        print(f"\nFDR, {name}:", end="")
         fdr_table(reranked, labels)
-    print("\nanatomy at rank 1 (search order" + (", reranked)" if reranker else ")"))
+    print("\nanatomy at rank 1 (search order" + (", reranked)" if results else ")"))
+    after_counts = {
+        name: anatomy(reranked, spectra, history, peaks_all, cfg.decoding)
+        for name, (reranked, _) in results.items()
+    }
     for name, value in counts.items():
         line = f"  {name:<18} {value:>5} ({value / n:.3f})"
-        if reranker is not None:
-            line += (
-                f"   reranked {after_counts[name]:>5} ({after_counts[name] / n:.3f})"
-            )
+        for which, numbers in after_counts.items():
+            line += f"   {which} {numbers[name]:>5} ({numbers[name] / n:.3f})"
         print(line)
 
 

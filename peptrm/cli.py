@@ -193,11 +193,18 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "-o",
         "--output",
-        help="folder for calibration.yaml, rerank.txt/.yaml and cleavage.yaml "
+        help="folder for calibration.yaml, rerank.txt/.yaml (and rerank_ms2pip.txt/"
+        ".yaml with --ms2pip) and cleavage.yaml "
         "(default: the -m folder; the bundled model's scorers are never replaced)",
     )
     cal.add_argument("-c", "--config", help="YAML overlaid on the defaults")
     cal.add_argument("--device", default="cpu", help="torch device")
+    cal.add_argument(
+        "--ms2pip",
+        action="store_true",
+        help="the reranker also reads ms2pip's predicted fragment intensities "
+        "(needs the ms2pip extra; see peptrm/predicted.py)",
+    )
 
     rep = commands.add_parser(
         "report",
@@ -429,7 +436,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from peptrm import sequence, train
+    from peptrm import predicted, rerank, sequence, train
     from peptrm.weights import BUNDLED, load_model
 
     folder = Path(args.output or args.model or BUNDLED)
@@ -437,6 +444,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{folder}: is the bundled model; refusing to replace its calibration "
             "(pass -o FOLDER for the new calibration.yaml, and -m FOLDER to use it)"
+        )
+    if args.ms2pip and not predicted.available():
+        raise ValueError(
+            f"--ms2pip needs ms2pip {predicted.VERSION}: {predicted.INSTALL}"
         )
     model, cfg = load_model(args.model, args.config)
     if args.held_out and args.training_part:
@@ -453,6 +464,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         spectra,
         cfg,
         args.device,
+        rerank_features=rerank.PREDICTED_FEATURES if args.ms2pip else rerank.FEATURES,
         fitted_on=f"{len(spectra)} spectra of {names}"
         + (" (held-out split)" if args.held_out else "")
         + (" (training part)" if args.training_part else ""),
@@ -467,6 +479,12 @@ def _calibrate(args: argparse.Namespace) -> int:
             report["reranked_rank1_recall_out_of_fold"],
             reranker.k,
             report[f"recall_at_{reranker.k}"],
+        )
+    if "reranked_rank1_recall_out_of_fold_without_ms2pip" in report:
+        log.info(
+            "reranker without ms2pip's features (the fallback): %.3f reranked "
+            "(out-of-fold)",
+            report["reranked_rank1_recall_out_of_fold_without_ms2pip"],
         )
     log.info(
         "calibrated on %d spectra (%d peptides right): peptide-score ECE %.3f raw, "

@@ -16,6 +16,11 @@ candidate, taken against the spectrum, reorders them:
                 intensity model (`simulate.ladder_intensities`)
     precursor   |ppm error|, isotope error, charge
     peptide     length, tryptic C-terminus, missed cleavages, N-terminal mod
+    predicted   optional (`PREDICTED_FEATURES`, needs ms2pip): Pearson and
+                Spearman correlation and cosine of the matched b/y intensities
+                with ms2pip's HCD2019 prediction, share of its top ions and of
+                its intensity observed, the tallest predicted ion not observed,
+                and the cosine's gap to the spectrum's best (`peptrm.predicted`)
 
 Fragment ions are placed from the precursor less the candidate's own isotope
 error, so a precursor picked at its 13C peak still finds its y ions.
@@ -23,25 +28,34 @@ error, so a precursor picked at its 13C peak still finds its y ions.
 The classifier's output is mapped to a probability by a logistic (Platt) fit on
 out-of-fold predictions, so the peptide score users see is calibrated. Both are
 fitted by `peptrm calibrate` and saved beside the weights (`rerank.txt`, the
-LightGBM text model, and `rerank.yaml`).
+LightGBM text model, and `rerank.yaml`, which lists the features it reads).
+`peptrm calibrate --ms2pip` also saves `rerank_ms2pip.txt` / `.yaml`, fitted on
+the same candidates with the predicted features added; it is used where ms2pip
+is installed, and the plain one everywhere else, so a model folder ranks and
+calibrates well with or without ms2pip.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from peptrm import masses, metrics, simulate
+from peptrm import masses, metrics, predicted, simulate
 from peptrm.confidence import logistic_fit
 from peptrm.decoding import Candidate
 from peptrm.evidence import FragmentEvidence
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "rerank.txt"
 SETTINGS_NAME = "rerank.yaml"
+PREDICTED_MODEL_NAME = "rerank_ms2pip.txt"  # with the ms2pip features
+PREDICTED_SETTINGS_NAME = "rerank_ms2pip.yaml"
 FEATURES = (
     "log_score",
     "mean_log_prob",
@@ -70,6 +84,7 @@ FEATURES = (
     "missed_cleavages",
     "n_terminal_mod",
 )
+PREDICTED_FEATURES = FEATURES + predicted.FEATURES  # with ms2pip's intensities
 BOOSTING = {  # small trees: a few thousand candidates of a few hundred spectra
     "objective": "binary",
     "learning_rate": 0.05,
@@ -115,28 +130,68 @@ def _missed_cleavages(residues: str) -> int:
 
 
 def candidate_features(
-    candidates: Sequence[Candidate], peaks: FragmentEvidence, charge: int
+    candidates: Sequence[Candidate],
+    peaks: FragmentEvidence,
+    charge: int,
+    features: Sequence[str] = FEATURES,
 ) -> np.ndarray:
-    """(K, len(FEATURES)) features of one spectrum's candidates, best first."""
+    """(K, len(features)) features of one spectrum's candidates, best first.
+
+    `features` is `FEATURES` or `PREDICTED_FEATURES`; the predicted ones are
+    nan where ms2pip cannot predict the candidate.
+    """
     search = np.array([c.search_score for c in candidates], np.float64)
     best = search.max() if len(search) else 0.0
     total_weight = peaks.weight.sum() if len(peaks.weight) else 0.0
-    rows = []
+    rows, observed = [], []
     for rank, candidate in enumerate(candidates):
-        values = _features_of(candidate, peaks, charge, total_weight)
+        values, by_weight = _features_of(candidate, peaks, charge, total_weight)
         values["search_score"] = search[rank]
         values["search_rank"] = float(rank)
         following = search[rank + 1] if rank + 1 < len(search) else search[rank]
         values["margin_next"] = search[rank] - following
         values["gap_best"] = best - search[rank]
-        rows.append([values[name] for name in FEATURES])
-    return np.array(rows, np.float64).reshape(-1, len(FEATURES))
+        rows.append(values)
+        observed.append(by_weight)
+    if any(name in predicted.FEATURES for name in features):
+        rows = _with_predicted(rows, observed, candidates, charge)
+    return np.array(
+        [[row[name] for name in features] for row in rows], np.float64
+    ).reshape(-1, len(features))
+
+
+def _with_predicted(
+    rows: list[dict[str, float]],
+    observed: list[np.ndarray],
+    candidates: Sequence[Candidate],
+    charge: int,
+) -> list[dict[str, float]]:
+    """Add the agreement with ms2pip's predicted b/y intensities to each row.
+
+    One ms2pip call for the spectrum's candidates.
+    """
+    if not predicted.available():
+        raise ValueError(f"the ms2pip features need ms2pip: {predicted.INSTALL}")
+    intensities = predicted.predict([c.tokens for c in candidates], charge)
+    agreements = []
+    for by_weight, found in zip(observed, intensities, strict=True):
+        n = len(by_weight) // 2
+        if found is None or len(found[0]) != n or n == 0:
+            agreements.append(predicted.missing())
+            continue
+        agreements.append(predicted.agreement(*found, by_weight[:n], by_weight[n:]))
+    agreements = predicted.with_gap(agreements)
+    return [{**row, **more} for row, more in zip(rows, agreements, strict=True)]
 
 
 def _features_of(
     candidate: Candidate, peaks: FragmentEvidence, charge: int, total_weight: float
-) -> dict[str, float]:
-    """The features of one candidate that do not depend on the others."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """The features of one candidate that do not depend on the others.
+
+    Also the weights of its matched b then y ions, one per cleavage each (0:
+    no peak), which the predicted-intensity features compare.
+    """
     tokens = candidate.tokens
     indices = np.asarray(candidate.indices, np.int64)
     log_probs = np.log(np.clip(np.asarray(candidate.aa_scores, np.float64), 1e-12, 1))
@@ -185,11 +240,12 @@ def _features_of(
     else:
         shares = [0.0] * 9
         explained = matched_mean = agreement = 0.0
+        by_weight = np.zeros(0)
     names = (
         "b_share", "y_share", "b_or_y_share", "b_and_y_share", "doubly_share",
         "a_share", "loss_share", "longest_run_share", "longest_run",
     )  # fmt: skip
-    return {
+    values = {
         "log_score": candidate.log_score,
         "mean_log_prob": float(log_probs.mean()) if len(log_probs) else -30.0,
         "min_log_prob": float(log_probs.min()) if len(log_probs) else -30.0,
@@ -205,6 +261,7 @@ def _features_of(
         "missed_cleavages": float(_missed_cleavages(residues)),
         "n_terminal_mod": float(n_term),
     }
+    return values, by_weight
 
 
 def _intensity_agreement(residues: str, observed: np.ndarray, n: int) -> float:
@@ -227,7 +284,7 @@ def is_correct(candidate: Candidate, label: str) -> bool:
 # --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclasses.dataclass
 class Reranker:
     """A LightGBM candidate classifier and the Platt map of its raw output."""
 
@@ -235,6 +292,10 @@ class Reranker:
     k: int  # candidates reranked per spectrum
     platt: tuple[float, float]  # probability = sigmoid(a * raw + b)
     fitted_on: str = ""
+    features: tuple[str, ...] = FEATURES  # or PREDICTED_FEATURES (needs ms2pip)
+    # With PREDICTED_FEATURES: the reranker of the same fit on FEATURES alone,
+    # saved beside it and loaded instead where ms2pip is not installed.
+    fallback: Reranker | None = None
 
     def probabilities(
         self, candidates: Sequence[Candidate], peaks: FragmentEvidence, charge: int
@@ -243,7 +304,8 @@ class Reranker:
         if not candidates:
             return np.zeros(0)
         raw = self.booster.predict(
-            candidate_features(candidates, peaks, charge), raw_score=True
+            candidate_features(candidates, peaks, charge, self.features),
+            raw_score=True,
         )
         a, b = self.platt
         return 1.0 / (1.0 + np.exp(-np.clip(a * raw + b, -50, 50)))
@@ -266,38 +328,82 @@ class Reranker:
         return head + tail
 
     def save(self, folder: str | Path) -> Path:
-        """Write `rerank.txt` and `rerank.yaml` into a model folder."""
+        """Write `rerank.txt` and `rerank.yaml` (and the ms2pip pair) into a folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(folder / MODEL_NAME))
+        model, settings_name = _file_names(self.features)
+        self.booster.save_model(str(folder / model))
         settings = {
             "k": self.k,
             "platt": [float(v) for v in self.platt],
-            "features": list(FEATURES),
+            "features": list(self.features),
             "fitted_on": self.fitted_on,
         }
-        with open(folder / SETTINGS_NAME, "w") as handle:
+        if self.features == PREDICTED_FEATURES:
+            settings["ms2pip"] = f"{predicted.VERSION}, model {predicted.MODEL}"
+        with open(folder / settings_name, "w") as handle:
             yaml.safe_dump(settings, handle, sort_keys=False)
-        return folder / MODEL_NAME
+        if self.fallback is not None:
+            self.fallback.save(folder)
+        return folder / model
+
+
+def _file_names(features: Sequence[str]) -> tuple[str, str]:
+    """The model and settings file names of a reranker reading `features`."""
+    if tuple(features) == PREDICTED_FEATURES:
+        return PREDICTED_MODEL_NAME, PREDICTED_SETTINGS_NAME
+    return MODEL_NAME, SETTINGS_NAME
 
 
 def load_reranker(folder: str | Path) -> Reranker | None:
-    """A model folder's reranker, or None when it has none."""
+    """A model folder's reranker, or None when it has none.
+
+    Where the folder has one fitted with ms2pip's features (`rerank_ms2pip.*`)
+    and ms2pip is installed, that one, with the plain one as its fallback;
+    otherwise the plain one (`rerank.*`), and a log line says what ms2pip would
+    add. A folder with only the ms2pip one needs ms2pip.
+    """
     folder = Path(folder)
-    if not (folder / MODEL_NAME).exists():
-        return None
+    plain = _load(folder, FEATURES) if (folder / MODEL_NAME).exists() else None
+    if not (folder / PREDICTED_MODEL_NAME).exists():
+        return plain
+    if predicted.available():
+        return dataclasses.replace(_load(folder, PREDICTED_FEATURES), fallback=plain)
+    if plain is None:
+        raise ValueError(
+            f"{folder / PREDICTED_SETTINGS_NAME}: this reranker reads ms2pip "
+            f"{predicted.VERSION}'s predicted intensities: {predicted.INSTALL}"
+        )
+    log.info(
+        "reranking without predicted intensities (%s); with ms2pip %s installed "
+        "the model's %s would read them: %s",
+        MODEL_NAME,
+        predicted.VERSION,
+        PREDICTED_MODEL_NAME,
+        predicted.INSTALL,
+    )
+    return plain
+
+
+def _load(folder: Path, features: tuple[str, ...]) -> Reranker:
+    """The reranker a folder saved for `features`, checked against them."""
     import lightgbm
 
-    with open(folder / SETTINGS_NAME) as handle:
+    model, settings_name = _file_names(features)
+    with open(folder / settings_name) as handle:
         settings = yaml.safe_load(handle)
-    if list(settings.get("features", [])) != list(FEATURES):
+    if tuple(settings.get("features", [])) != features:
         raise ValueError(
-            f"{folder / SETTINGS_NAME}: fitted on other features; "
+            f"{folder / settings_name}: fitted on other features; "
             "refit with peptrm calibrate"
         )
-    booster = lightgbm.Booster(model_file=str(folder / MODEL_NAME))
+    booster = lightgbm.Booster(model_file=str(folder / model))
     return Reranker(
-        booster, int(settings["k"]), tuple(settings["platt"]), settings["fitted_on"]
+        booster,
+        int(settings["k"]),
+        tuple(settings["platt"]),
+        settings["fitted_on"],
+        features,
     )
 
 
@@ -307,6 +413,7 @@ def training_table(
     charges: Sequence[int],
     labels: Sequence[str],
     k: int,
+    features: Sequence[str] = FEATURES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, correctness and spectrum index of every candidate (top `k`)."""
     x, y, group = [], [], []
@@ -316,7 +423,7 @@ def training_table(
         options = [c for c in options[:k] if c.constrained and c.tokens]
         if not options:
             continue
-        x.append(candidate_features(options, found, charge))
+        x.append(candidate_features(options, found, charge, features))
         y += [float(is_correct(c, label)) for c in options]
         group += [g] * len(options)
     if not x:
@@ -358,28 +465,52 @@ def fit(
     k: int,
     fitted_on: str = "",
     seed: int = 0,
+    features: Sequence[str] = FEATURES,
 ) -> tuple[Reranker, dict]:
     """Fit the reranker and its Platt map; report out-of-fold rank-1 recall.
 
     The Platt map is fitted on out-of-fold raw scores (5 folds by spectrum), so
     the probabilities are calibrated for spectra the booster did not see.
+    `features` is `FEATURES` or `PREDICTED_FEATURES` (needs ms2pip); with the
+    latter the same candidates also fit the plain `fallback`, and the report
+    gives its out-of-fold recall too.
     """
-    x, y, group = training_table(groups, peaks, charges, labels, k)
+    features = tuple(features)
+    if features not in (FEATURES, PREDICTED_FEATURES):
+        raise ValueError("features: FEATURES or PREDICTED_FEATURES")
+    if features == PREDICTED_FEATURES and not predicted.available():
+        raise ValueError(f"the ms2pip features need ms2pip: {predicted.INSTALL}")
+    x, y, group = training_table(groups, peaks, charges, labels, k, features)
     if y.min() == y.max():
         raise ValueError("the reranker needs both right and wrong candidates")
-    raw = out_of_fold(x, y, group, folds=5, seed=seed)
-    a, b = logistic_fit(raw[:, None], y)
-    booster = _train_booster(x, y, seed)
+    reranker, recall = _fit_table(x, y, group, seed)
+    reranker = dataclasses.replace(reranker, k=k, fitted_on=fitted_on)
     n = len(groups)
-    search_first = sum(y[group == g][0] for g in np.unique(group))
-    reranked_first = sum(
-        y[group == g][np.argmax(raw[group == g])] for g in np.unique(group)
-    )
+    spectra = np.unique(group)
     report = {
         "spectra": n,
         "candidates": len(y),
-        f"recall_at_{k}": float(sum(y[group == g].max() for g in np.unique(group)) / n),
-        "search_rank1_recall": float(search_first / n),
-        "reranked_rank1_recall_out_of_fold": float(reranked_first / n),
+        f"recall_at_{k}": float(sum(y[group == g].max() for g in spectra) / n),
+        "search_rank1_recall": float(sum(y[group == g][0] for g in spectra) / n),
+        "reranked_rank1_recall_out_of_fold": recall / n,
     }
-    return Reranker(booster, k, (float(a), float(b)), fitted_on), report
+    if features == PREDICTED_FEATURES:
+        plain, plain_recall = _fit_table(x[:, : len(FEATURES)], y, group, seed)
+        reranker.fallback = dataclasses.replace(plain, k=k, fitted_on=fitted_on)
+        report["reranked_rank1_recall_out_of_fold_without_ms2pip"] = plain_recall / n
+    return reranker, report
+
+
+def _fit_table(
+    x: np.ndarray, y: np.ndarray, group: np.ndarray, seed: int
+) -> tuple[Reranker, float]:
+    """A reranker on the features `x` holds, and how many spectra it gets right.
+
+    The count is out-of-fold rank-1 hits; `k` and `fitted_on` are the caller's.
+    """
+    raw = out_of_fold(x, y, group, folds=5, seed=seed)
+    a, b = logistic_fit(raw[:, None], y)
+    booster = _train_booster(x, y, seed)
+    right = sum(y[group == g][np.argmax(raw[group == g])] for g in np.unique(group))
+    features = PREDICTED_FEATURES if x.shape[1] == len(PREDICTED_FEATURES) else FEATURES
+    return Reranker(booster, 0, (float(a), float(b)), "", features), float(right)

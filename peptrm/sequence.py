@@ -601,16 +601,18 @@ def calibrate(
     fitted_on: str = "",
     rerank_k: int = rerank.DEFAULT_K,
     learn_cleavage: bool = True,
+    rerank_features: Sequence[str] = rerank.FEATURES,
 ) -> tuple[Scorers, dict]:
     """Fit every scorer a model carries on labelled, preprocessed spectra.
 
     First the cleavage log-odds (`evidence.fit_table`, unless `learn_cleavage`
     is False), then, on the search's results with them, the per-residue and
     peptide calibration (rank-1 peptides) and the reranker (`peptrm.rerank`,
-    the top `rerank_k`; 0: none). Returns them and what they did on these
-    spectra: their number, the peptides right at rank 1 of the search, the
-    peptide-score ECE before and after calibration (in-sample), and the
-    reranker's out-of-fold rank-1 recall.
+    the top `rerank_k`; 0: none; `rerank_features`: `rerank.FEATURES`, or
+    `rerank.PREDICTED_FEATURES` to read ms2pip's intensities too). Returns
+    them and what they did on these spectra: their number, the peptides right
+    at rank 1 of the search, the peptide-score ECE before and after
+    calibration (in-sample), and the reranker's out-of-fold rank-1 recall.
     """
     if not spectra:
         raise ValueError("no usable labelled spectra to calibrate on")
@@ -637,8 +639,9 @@ def calibrate(
     if rerank_k > 0:
         charges = [s.charge for s in spectra]
         reranker, rerank_report = rerank.fit(
-            groups, peaks, charges, labels, rerank_k, fitted_on
-        )
+            groups, peaks, charges, labels, rerank_k, fitted_on,
+            features=rerank_features,
+        )  # fmt: skip
     correct = np.array(
         [
             metrics.aa_match(c.tokens, masses.parse(label))[1]

@@ -329,6 +329,17 @@ def test_calibrate_never_replaces_the_bundled_calibration(tmp_path, capsys):
     assert (BUNDLED / "calibration.yaml").read_bytes() == before
 
 
+def test_calibrate_with_ms2pip_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    from peptrm import predicted
+
+    monkeypatch.setattr(predicted, "available", lambda: False)
+    argv = ["calibrate", str(DATA / "small.mgf"), "-o", str(tmp_path), "--ms2pip"]
+    assert cli.main(argv) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "calibrate")
+    assert "--ms2pip needs ms2pip 4.1.2" in line and "--no-deps ms2pip==4.1.2" in line
+    assert list(tmp_path.iterdir()) == []  # nothing fitted, nothing written
+
+
 def test_evaluate_against_the_wrong_labelled_file_fails(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(_sequence_small("-o", "out.csv")) == 0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from peptrm import masses, rerank
+from peptrm import masses, predicted, preprocess, rerank
 from peptrm.decoding import Candidate
 from peptrm.evidence import FragmentEvidence
 
@@ -90,3 +90,86 @@ def test_fitted_reranker_puts_the_supported_peptide_first_and_keeps_the_tail(tmp
 
 def test_no_reranker_in_a_folder_without_one(tmp_path):
     assert rerank.load_reranker(tmp_path) is None
+
+
+needs_ms2pip = pytest.mark.skipif(
+    not predicted.available(), reason=f"ms2pip {predicted.VERSION} is not installed"
+)
+
+
+def real_spectra(path) -> list:
+    from peptrm.config import load_config
+    from peptrm.io import Spectrum, read_spectra
+
+    prepare = preprocess.pipeline(load_config().preprocess)
+    return [prepare(s) for s in read_spectra(path) if isinstance(s, Spectrum)]
+
+
+def shuffled(tokens: list[str], rng) -> list[str]:
+    """The same residues, first and last kept, the middle permuted (same mass)."""
+    head = [t for t in tokens if t in masses.N_TERMINAL_MODIFICATIONS]
+    body = [t for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS]
+    return head + [body[0], *rng.permutation(body[1:-1]).tolist(), body[-1]]
+
+
+@needs_ms2pip
+def test_ms2pip_agreement_of_the_true_peptide_beats_a_shuffled_one(small_mgf):
+    rng = np.random.default_rng(0)
+    names = rerank.PREDICTED_FEATURES
+    cosine, pearson = names.index("ms2pip_cosine"), names.index("ms2pip_pearson")
+    for spectrum in real_spectra(small_mgf):  # 10 MassIVE-KB HCD spectra, charge 2-4
+        tokens = [t.replace("I", "L") for t in masses.parse(spectrum.peptide)]
+        peaks = FragmentEvidence(
+            spectrum.mz,
+            spectrum.intensity,
+            masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge),
+            spectrum.charge,
+            0.01,
+        )
+        right = candidate(masses.format_peptide(tokens), 0.0)
+        wrong = candidate(masses.format_peptide(shuffled(tokens, rng)), 0.0)
+        x = rerank.candidate_features([right, wrong], peaks, spectrum.charge, names)
+        assert x[0, cosine] > x[1, cosine], spectrum.peptide
+        assert x[0, pearson] > x[1, pearson], spectrum.peptide
+        assert x[0, names.index("ms2pip_cosine_gap")] == 0
+
+
+@needs_ms2pip
+def test_an_ms2pip_reranker_ships_with_a_plain_fallback(tmp_path, monkeypatch, caplog):
+    peptides = ["PEPTLDEK", "LGEYGFQNALLVR", "AEFVEVTK", "YLYELAR", "HLVDEPQNLLK"]
+    rng = np.random.default_rng(1)
+    groups, peaks, labels = [], [], []
+    for i in range(40):
+        truth = peptides[i % len(peptides)]
+        decoy = masses.format_peptide(shuffled(masses.parse(truth), rng))
+        order = [decoy, truth] if i % 2 else [truth, decoy]
+        groups.append([candidate(p, -float(k)) for k, p in enumerate(order)])
+        peaks.append(spectrum_of(truth))
+        labels.append(truth)
+    fitted, report = rerank.fit(
+        groups, peaks, [2] * 40, labels, k=2, features=rerank.PREDICTED_FEATURES
+    )
+    assert "reranked_rank1_recall_out_of_fold_without_ms2pip" in report
+    fitted.save(tmp_path)
+    settings = (tmp_path / rerank.PREDICTED_SETTINGS_NAME).read_text()
+    assert "ms2pip_cosine" in settings and "4.1.2, model HCD2019" in settings
+    assert "ms2pip" not in (tmp_path / rerank.SETTINGS_NAME).read_text()
+    loaded = rerank.load_reranker(tmp_path)
+    assert loaded.features == rerank.PREDICTED_FEATURES and loaded.k == 2
+    assert loaded.fallback.features == rerank.FEATURES
+    # the fallback is the plain fit of the same candidates: the same scores
+    plain = rerank.fit(groups, peaks, [2] * 40, labels, k=2)[0]
+    probability = plain.probabilities(groups[0], peaks[0], 2)
+    fallback = loaded.fallback.probabilities(groups[0], peaks[0], 2)
+    assert fallback == pytest.approx(probability)
+    with caplog.at_level("INFO"):
+        monkeypatch.setattr(predicted, "available", lambda: False)
+        without = rerank.load_reranker(tmp_path)
+    assert without.features == rerank.FEATURES and "without predicted" in caplog.text
+    (tmp_path / rerank.MODEL_NAME).unlink()  # an ms2pip reranker alone needs ms2pip
+    with pytest.raises(ValueError, match="rerank_ms2pip.yaml: this reranker reads"):
+        rerank.load_reranker(tmp_path)
+    with pytest.raises(ValueError, match="need ms2pip"):
+        rerank.fit(
+            groups, peaks, [2] * 40, labels, 2, features=rerank.PREDICTED_FEATURES
+        )

@@ -1,0 +1,159 @@
+"""Predicted fragment intensities (ms2pip) and how well a spectrum follows them.
+
+ms2pip predicts the relative intensity of every b and y ion of a peptide at a
+precursor charge. Its HCD2019 model is C code compiled into the ms2pip 4.1.2
+wheel, so predicting needs no download; the default "HCD" model (HCD2021,
+XGBoost) and every ms2pip >= 4.2 fetch model files at run time, so both the
+model and the version are pinned. ms2pip is optional: install it with
+
+    pip install -e '.[ms2pip]' && pip install --no-deps ms2pip==4.1.2
+
+(`--no-deps`: ms2pip asks for `xgboost`, whose Linux wheel pulls CUDA
+libraries; the `ms2pip` extra brings its real dependencies with `xgboost-cpu`
+in its place). `available()` says whether it is there.
+
+Modifications reach ms2pip as mass deltas (`masses.to_mass_proforma`): a named
+modification would make pyteomics look it up in Unimod online.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from importlib import metadata
+
+import numpy as np
+from scipy.stats import rankdata
+
+from peptrm import masses
+
+log = logging.getLogger(__name__)
+
+VERSION = "4.1.2"  # the last ms2pip that predicts without downloading models
+INSTALL = "pip install 'peptrm[ms2pip]' && pip install --no-deps ms2pip==4.1.2"
+MODEL = "HCD2019"  # compiled into the wheel; b and y ions, singly charged
+MIN_LENGTH = 4  # ms2pip refuses shorter peptides
+TOP_IONS = 6  # "the most intense predicted ions": about what a good spectrum shows
+FEATURES = (
+    "ms2pip_pearson",
+    "ms2pip_spearman",
+    "ms2pip_cosine",
+    "ms2pip_top_found",
+    "ms2pip_found_share",
+    "ms2pip_max_missing",
+    "ms2pip_cosine_gap",
+)
+
+
+@functools.cache  # asked once a spectrum; installing mid-run is not a case
+def available() -> bool:
+    """Whether ms2pip 4.1.2 is installed (another version is not used)."""
+    try:
+        return metadata.version("ms2pip") == VERSION
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def predict(
+    peptides: Sequence[str | Sequence[str]], charge: int
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Intensities of the b and y ions of each peptide at one charge, by cleavage.
+
+    Entry i of both arrays belongs to the cleavage after residue i + 1 (b_{i+1}
+    and its complement y_{n-i-1}), as the reranker reads the spectrum. The
+    intensities are linear and sum to 1 over b and y together. Peptides ms2pip
+    cannot predict (shorter than `MIN_LENGTH`) get None.
+    """
+    from ms2pip.core import predict_batch
+    from psm_utils import PSM, PSMList
+
+    logging.getLogger("ms2pip").setLevel(logging.WARNING)  # one INFO line a call
+    keep = [
+        i
+        for i, peptide in enumerate(peptides)
+        if len(masses.strip_modifications(peptide)) >= MIN_LENGTH
+    ]
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(peptides)
+    if not keep:
+        return out
+    psms = [
+        PSM(
+            peptidoform=f"{masses.to_mass_proforma(peptides[i])}/{charge}",
+            spectrum_id=str(i),
+        )
+        for i in keep
+    ]
+    results = predict_batch(PSMList(psm_list=psms), model=MODEL, processes=1)
+    for i, result in zip(keep, results, strict=True):
+        if result.predicted_intensity is None:
+            continue
+        out[i] = _by_cleavage(result.predicted_intensity)
+    return out
+
+
+def _by_cleavage(log2_intensity: dict) -> tuple[np.ndarray, np.ndarray]:
+    """ms2pip's log2(intensity + 0.001) per ion number as linear, by cleavage."""
+    b = np.maximum(2.0 ** np.asarray(log2_intensity["b"], np.float64) - 0.001, 0)
+    y = np.maximum(2.0 ** np.asarray(log2_intensity["y"], np.float64) - 0.001, 0)
+    y = y[::-1]  # y1, y2, ... -> the y ion of each cleavage from the N-terminus
+    total = b.sum() + y.sum()
+    return (b / total, y / total) if total > 0 else (b, y)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; nan when either side is constant."""
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def agreement(
+    predicted_b: np.ndarray,
+    predicted_y: np.ndarray,
+    observed_b: np.ndarray,
+    observed_y: np.ndarray,
+) -> dict[str, float]:
+    """How well a candidate's observed b/y peaks follow its predicted intensities.
+
+    `observed_*` are the weights of the peaks matched at each cleavage (the
+    spectrum's scaled square-root intensity; 0: no peak), `predicted_*` the
+    linear intensities of `predict`. Both are compared on the square-root scale
+    the peaks are kept on. All features but `ms2pip_cosine_gap`, which needs
+    the other candidates (`with_gap`).
+    """
+    predicted = np.sqrt(np.concatenate([predicted_b, predicted_y]))
+    observed = np.concatenate([observed_b, observed_y]).astype(np.float64)
+    found = observed > 0
+    norm = np.linalg.norm(predicted) * np.linalg.norm(observed)
+    top = np.argsort(-predicted, kind="stable")[:TOP_IONS]
+    linear = predicted**2
+    tallest = predicted.max() if len(predicted) else 0.0
+    missing = predicted[~found]
+    return {
+        "ms2pip_pearson": _pearson(predicted, observed),
+        "ms2pip_spearman": _pearson(rankdata(predicted), rankdata(observed)),
+        "ms2pip_cosine": float(predicted @ observed / norm) if norm > 0 else 0.0,
+        "ms2pip_top_found": float(found[top].mean()) if len(top) else 0.0,
+        "ms2pip_found_share": (
+            float(linear[found].sum() / linear.sum()) if linear.sum() > 0 else 0.0
+        ),
+        "ms2pip_max_missing": (
+            float(missing.max() / tallest) if len(missing) and tallest > 0 else 0.0
+        ),
+    }
+
+
+def with_gap(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Add each candidate's cosine gap to the best cosine among its spectrum's."""
+    cosines = [row.get("ms2pip_cosine", np.nan) for row in rows]
+    best = np.nanmax(cosines) if np.isfinite(cosines).any() else np.nan
+    return [
+        {**row, "ms2pip_cosine_gap": float(best - cosine)}
+        for row, cosine in zip(rows, cosines, strict=True)
+    ]
+
+
+def missing() -> dict[str, float]:
+    """The features of a candidate ms2pip could not predict (LightGBM reads nan)."""
+    return dict.fromkeys(FEATURES, float("nan"))
