@@ -15,6 +15,7 @@ Nothing here imports torch, so worker processes start light.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Sequence
@@ -217,8 +218,54 @@ def _fits(spec: _Spectrum, residue_mass: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class _Extensions:
+    """The scored one-token extensions of one prefix: what expanding it computes.
+
+    A pure function of the prefix's length, mass and score (`_extend`), so
+    searches of several sizes over one spectrum compute it once per prefix and
+    share it (`Expansions`); each search then keeps what passes its own floor.
+    """
+
+    ends: list[tuple[float, int]]  # fitting peptides (log-score, last token)
+    tokens: list[int]  # children that can still fit, best bound first
+    masses: list[float]  # residue sums of the children (Da)
+    scores: list[float]  # prefix log-scores of the children
+    bounds: list[float]  # prefix score + admissible completion bound
+    negated_bounds: list[float]  # -bounds, ascending: bisect finds a floor
+    keys: list[int]  # masses in MASS_KEY_DA units, for the dominance test
+
+
+Expansions = dict[tuple[int, float, float], _Extensions]  # (length, mass, score)
+
+
+def _extend(spec: _Spectrum, position: int, mass: float, g: float) -> _Extensions:
+    """Score every one-token extension of a prefix of `position` tokens."""
+    tokens = FIRST_INDICES if position == 0 else RESIDUE_INDICES
+    child_g = g + spec.log_probs[position, tokens]
+    child_mass = mass + masses.VOCAB_MASSES[tokens]
+    stop = child_g + spec.stop_suffix[position + 1]
+    ends = (stop >= -1e300) & _fits(spec, child_mass)
+    if position == 0:
+        ends &= ~IS_N_TERMINAL[tokens]  # a peptide holds at least one residue
+    child_g = child_g + _cleavage_bonus(spec, position, tokens, child_mass)
+    bound = child_g + _extension_bound(spec, position + 1, child_mass)
+    keep = np.flatnonzero(bound >= -1e300)
+    keep = keep[np.argsort(-bound[keep], kind="stable")]
+    ending = np.flatnonzero(ends)
+    return _Extensions(
+        ends=list(zip(stop[ending].tolist(), tokens[ending].tolist(), strict=True)),
+        tokens=tokens[keep].tolist(),
+        masses=child_mass[keep].tolist(),
+        scores=child_g[keep].tolist(),
+        bounds=bound[keep].tolist(),
+        negated_bounds=(-bound[keep]).tolist(),
+        keys=np.rint(child_mass[keep] / MASS_KEY_DA).astype(np.int64).tolist(),
+    )
+
+
+@dataclass
 class _Children:
-    """The extensions of one prefix by one token, best bound first.
+    """The extensions of one prefix that one search keeps, best bound first.
 
     Kept on the heap as one entry that yields its next child when popped
     (partial expansion): most children are never reached, so they are never
@@ -226,11 +273,8 @@ class _Children:
     """
 
     position: int  # the children's length (tokens placed)
-    tokens: list[int]
-    masses: list[float]  # residue sums of the children (Da)
-    scores: list[float]  # prefix log-scores of the children
-    bounds: list[float]  # prefix score + admissible completion bound
-    keys: list[int]  # masses in MASS_KEY_DA units, for the dominance test
+    scored: _Extensions  # all of them; the first `count` pass this search's floor
+    count: int
     parent: tuple | None  # linked path of the prefix: (token, parent)
     next: int = 0
 
@@ -255,7 +299,9 @@ class _Search:
     completion it could have.
     """
 
-    def __init__(self, spec: _Spectrum, top_k: int) -> None:
+    def __init__(
+        self, spec: _Spectrum, top_k: int, shared: Expansions | None = None
+    ) -> None:
         self.spec = spec
         self.top_k = top_k
         self.heap: list = []
@@ -263,6 +309,7 @@ class _Search:
         self.fitting: list[float] = []  # min-heap of the top_k fitting scores pushed
         self.seen: dict[tuple[int, int], list[float]] = {}
         self.expansions = 0
+        self.shared: Expansions = {} if shared is None else shared
 
     def _push(self, f: float, kind: int, payload: object) -> None:
         heapq.heappush(self.heap, (-f, kind, self.serial, payload))
@@ -273,57 +320,47 @@ class _Search:
         return self.fitting[0] if len(self.fitting) == self.top_k else -np.inf
 
     def expand(self, position: int, mass: float, g: float, path: tuple | None) -> None:
-        """Score every one-token extension of a prefix of `position` tokens."""
-        spec = self.spec
+        """Push the fitting peptides and the children of a prefix above the floor.
+
+        The extensions come from `shared` when another search (of another
+        size, over the same spectrum) has already scored this prefix.
+        """
         self.expansions += 1
-        tokens = FIRST_INDICES if position == 0 else RESIDUE_INDICES
-        child_g = g + spec.log_probs[position, tokens]
-        child_mass = mass + masses.VOCAB_MASSES[tokens]
+        key = (position, mass, g)
+        scored = self.shared.get(key)
+        if scored is None:
+            scored = self.shared[key] = _extend(self.spec, position, mass, g)
         floor = self._floor()
-        stop = child_g + spec.stop_suffix[position + 1]
-        ends = (stop >= max(floor, -1e300)) & _fits(spec, child_mass)
-        if position == 0:
-            ends &= ~IS_N_TERMINAL[tokens]  # a peptide holds at least one residue
-        for c in np.flatnonzero(ends).tolist():
-            score = float(stop[c])
-            self._push(score, 0, (score, (int(tokens[c]), path)))
+        for score, token in scored.ends:
+            if score < floor:
+                continue
+            self._push(score, 0, (score, (token, path)))
             heapq.heappush(self.fitting, score)
             if len(self.fitting) > self.top_k:
                 heapq.heappop(self.fitting)
-        child_g = child_g + _cleavage_bonus(spec, position, tokens, child_mass)
-        bound = child_g + _extension_bound(spec, position + 1, child_mass)
-        keep = np.flatnonzero(bound >= max(self._floor(), -1e300))
-        if len(keep) == 0:
-            return
-        keep = keep[np.argsort(-bound[keep], kind="stable")]
-        children = _Children(
-            position=position + 1,
-            tokens=tokens[keep].tolist(),
-            masses=child_mass[keep].tolist(),
-            scores=child_g[keep].tolist(),
-            bounds=bound[keep].tolist(),
-            keys=np.rint(child_mass[keep] / MASS_KEY_DA).astype(np.int64).tolist(),
-            parent=path,
-        )
-        self._push(children.bounds[0], 1, children)
+        count = bisect.bisect_right(scored.negated_bounds, -self._floor())
+        if count:
+            children = _Children(position + 1, scored, count, path)
+            self._push(scored.bounds[0], 1, children)
 
     def take(self, children: _Children) -> None:
         """Expand the best remaining child of `children`, unless dominated."""
         c = children.next
         children.next += 1
-        if children.next < len(children.bounds):
-            self._push(children.bounds[children.next], 1, children)
-        if children.bounds[c] < self._floor():
+        scored = children.scored
+        if children.next < children.count:
+            self._push(scored.bounds[children.next], 1, children)
+        if scored.bounds[c] < self._floor():
             return
-        better = self.seen.setdefault((children.position, children.keys[c]), [])
-        score = children.scores[c]
+        better = self.seen.setdefault((children.position, scored.keys[c]), [])
+        score = scored.scores[c]
         if len(better) >= self.top_k and better[0] >= score:
             return  # dominated by top_k prefixes of the same mass
         heapq.heappush(better, score)
         if len(better) > self.top_k:
             heapq.heappop(better)
-        path = (children.tokens[c], children.parent)
-        self.expand(children.position, children.masses[c], score, path)
+        path = (scored.tokens[c], children.parent)
+        self.expand(children.position, scored.masses[c], score, path)
 
     def run(self, max_expansions: int) -> tuple[list[tuple[float, list[int]]], bool]:
         """Search: best fitting peptides [(log_score, indices)], and if budget ran out.
@@ -487,20 +524,47 @@ class ChunkTask:
     precursor: np.ndarray  # (C,) observed neutral precursor masses (Da)
     evidence: Sequence[FragmentEvidence | None] | None  # peaks, or None
     cfg: DecodingConfig
-    top_k: int
+    sizes: tuple[int, ...]  # the top_k of each search, one list per size
 
 
 @dataclass
 class ChunkResult:
-    """Per spectrum, the best fitting peptides [(score, indices)], best first."""
+    """Per spectrum, one list per size: the best fitting [(score, indices)]."""
 
-    found: list[list[tuple[float, list[int]]]]
+    found: list[list[list[tuple[float, list[int]]]]]
     exhausted: int  # searches that ran out of budget
     beamed: int  # spectra searched again by beam
 
 
+def search_sizes(
+    spec: _Spectrum, sizes: Sequence[int], cfg: DecodingConfig
+) -> tuple[list[list[tuple[float, list[int]]]], int, bool]:
+    """The exact search for each size's top list of one spectrum, sharing work.
+
+    A search for more peptides prunes less, so within the same budget it can
+    end elsewhere than a search for fewer (and miss the best one that search
+    finds): each size runs its own search, to the same result as if it ran
+    alone. But they extend mostly the same prefixes, so every prefix is scored
+    once (`Expansions`) and the beam, when needed, runs once at the largest
+    size (its shorter lists are prefixes of the longer). Returns the lists,
+    the searches that ran out of budget and whether the beam ran.
+    """
+    shared: Expansions = {}
+    beam: list[tuple[float, list[int]]] | None = None
+    out, exhausted = [], 0
+    for size in sizes:
+        found, ran_out = _Search(spec, size, shared).run(cfg.max_expansions)
+        exhausted += ran_out
+        if (ran_out or not found) and cfg.beam_width > 0:
+            if beam is None:
+                beam = _beam(spec, cfg.beam_width, max(sizes))
+            found = _merge(found, beam[:size], size)
+        out.append(found)
+    return out, exhausted, beam is not None
+
+
 def search_chunk(task: ChunkTask) -> ChunkResult:
-    """Bound table for the chunk, then the exact search (and beam) per spectrum."""
+    """Bound table for the chunk, then the exact searches (and beam) per spectrum."""
     array, precursor, cfg = task.log_probs, task.precursor, task.cfg
     length = array.shape[1]
     weighted = cfg.evidence_weight > 0 and task.evidence is not None
@@ -535,10 +599,8 @@ def search_chunk(task: ChunkTask) -> ChunkResult:
     result = ChunkResult([], 0, 0)
     for j, spec in enumerate(specs):
         spec.table = table[:, j]
-        found, ran_out = _Search(spec, task.top_k).run(cfg.max_expansions)
-        result.exhausted += ran_out
-        if (ran_out or not found) and cfg.beam_width > 0:
-            result.beamed += 1
-            found = _merge(found, _beam(spec, cfg.beam_width, task.top_k), task.top_k)
+        found, exhausted, beamed = search_sizes(spec, task.sizes, cfg)
+        result.exhausted += exhausted
+        result.beamed += beamed
         result.found.append(found)
     return result
