@@ -37,6 +37,8 @@ RESIDUE_INDICES = np.array(
 FIRST_INDICES = np.array(
     [i for i in range(len(masses.VOCAB)) if i != masses.STOP_INDEX]
 )  # tokens allowed at position 0 (N-terminal modifications only here)
+RESIDUE_MASSES = masses.VOCAB_MASSES[RESIDUE_INDICES]
+FIRST_MASSES = masses.VOCAB_MASSES[FIRST_INDICES]
 IS_N_TERMINAL = np.isin(np.arange(len(masses.VOCAB)), masses.N_TERMINAL_INDICES)
 MASS_KEY_DA = 1e-6  # prefixes closer than this in mass are treated as equal mass
 
@@ -173,27 +175,47 @@ class _Spectrum:
         remaining = self.log_probs.shape[0] - np.arange(self.log_probs.shape[0] + 1)
         self.lo_offset = (-self.tol_da - remaining * RESIDUAL_MAX_DA) / BIN_DA - 1e-6
         self.hi_offset = (self.tol_da - remaining * RESIDUAL_MIN_DA) / BIN_DA + 1e-6
+        self._first = self.log_probs[0, FIRST_INDICES]
+        self._residues = self.log_probs[:, RESIDUE_INDICES]  # (L, R)
+
+    def token_log_probs(self, position: int) -> np.ndarray:
+        """Log-probs of the tokens allowed at `position` (`FIRST_INDICES` at 0)."""
+        return self._first if position == 0 else self._residues[position]
 
 
-def _extension_bound(spec: _Spectrum, row: int, prefix_mass: np.ndarray) -> np.ndarray:
+def _remaining(spec: _Spectrum, prefix_mass: np.ndarray) -> np.ndarray:
+    """(C, I) residue mass each prefix still needs to reach each isotope's target."""
+    return spec.targets - prefix_mass[:, None]
+
+
+def _extension_bound(spec: _Spectrum, row: int, remaining: np.ndarray) -> np.ndarray:
     """Admissible bound on the best >=1-token completion of prefixes at `row`.
 
     The maximum of the bounds over every bin total that could reach a target
-    window (one window per isotope), from the range-max table in two lookups.
+    window (one window per isotope; `remaining` from `_remaining`), from the
+    range-max table in two lookups. Written with in-place NumPy calls: the
+    search calls it for every prefix it extends, on ~21 x 2 values.
     """
     table = spec.table
     n_bins = table.shape[-1]
     if row == spec.log_probs.shape[0]:
-        return np.full(prefix_mass.shape, -np.inf)
-    need = (spec.targets[None, :] - prefix_mass[:, None]) / BIN_DA  # (C, I) bins
-    lo = np.minimum(np.maximum(np.ceil(need + spec.lo_offset[row]), 0), n_bins - 1)
-    hi = np.minimum(np.floor(need + spec.hi_offset[row]), n_bins - 1)
+        return np.full(len(remaining), -np.inf)
+    need = remaining / BIN_DA  # (C, I) bins
+    lo = np.ceil(need + spec.lo_offset[row])
+    np.maximum(lo, 0, out=lo)
+    np.minimum(lo, n_bins - 1, out=lo)
+    hi = np.floor(need + spec.hi_offset[row])
+    np.minimum(hi, n_bins - 1, out=hi)
     width = hi - lo + 1
-    level = np.minimum(np.maximum(np.frexp(width)[1] - 1, 0), table.shape[0] - 1)
-    start = lo.astype(np.intp)
-    end = np.maximum(hi.astype(np.intp) - (1 << level) + 1, 0)
-    best = np.maximum(table[level, row, start], table[level, row, end])
-    return np.where(width >= 1, best, -np.inf).max(axis=1)
+    level = np.frexp(width)[1]
+    level -= 1
+    np.maximum(level, 0, out=level)
+    np.minimum(level, table.shape[0] - 1, out=level)
+    end = hi.astype(np.intp) - (1 << level) + 1
+    np.maximum(end, 0, out=end)
+    best = np.maximum(table[level, row, lo.astype(np.intp)], table[level, row, end])
+    best[width < 1] = -np.inf
+    return np.maximum.reduce(best, axis=1)
 
 
 def _cleavage_bonus(
@@ -211,10 +233,12 @@ def _cleavage_bonus(
     return bonus
 
 
-def _fits(spec: _Spectrum, residue_mass: np.ndarray) -> np.ndarray:
-    """Whether each residue sum fits the precursor at some allowed isotope."""
-    error = spec.targets[None, :] - residue_mass[:, None]  # (C, I)
-    return (np.abs(error) <= spec.tol_da).any(axis=1)
+def _fits(spec: _Spectrum, remaining: np.ndarray) -> np.ndarray:
+    """Whether each residue sum fits the precursor at some allowed isotope.
+
+    `remaining` from `_remaining`: within tolerance of zero at some isotope.
+    """
+    return np.logical_or.reduce(np.abs(remaining) <= spec.tol_da, axis=1)
 
 
 @dataclass
@@ -240,26 +264,31 @@ Expansions = dict[tuple[int, float, float], _Extensions]  # (length, mass, score
 
 def _extend(spec: _Spectrum, position: int, mass: float, g: float) -> _Extensions:
     """Score every one-token extension of a prefix of `position` tokens."""
-    tokens = FIRST_INDICES if position == 0 else RESIDUE_INDICES
-    child_g = g + spec.log_probs[position, tokens]
-    child_mass = mass + masses.VOCAB_MASSES[tokens]
+    if position == 0:
+        tokens, token_masses = FIRST_INDICES, FIRST_MASSES
+    else:
+        tokens, token_masses = RESIDUE_INDICES, RESIDUE_MASSES
+    child_g = g + spec.token_log_probs(position)
+    child_mass = mass + token_masses
+    remaining = _remaining(spec, child_mass)
     stop = child_g + spec.stop_suffix[position + 1]
-    ends = (stop >= -1e300) & _fits(spec, child_mass)
+    ends = (stop >= -1e300) & _fits(spec, remaining)
     if position == 0:
         ends &= ~IS_N_TERMINAL[tokens]  # a peptide holds at least one residue
-    child_g = child_g + _cleavage_bonus(spec, position, tokens, child_mass)
-    bound = child_g + _extension_bound(spec, position + 1, child_mass)
-    keep = np.flatnonzero(bound >= -1e300)
-    keep = keep[np.argsort(-bound[keep], kind="stable")]
     ending = np.flatnonzero(ends)
+    child_g = child_g + _cleavage_bonus(spec, position, tokens, child_mass)
+    bound = child_g + _extension_bound(spec, position + 1, remaining)
+    # Best bound first, ties in token order; -inf bounds (cannot fit) sort last.
+    keep = (-bound).argsort(kind="stable")[: np.count_nonzero(bound >= -1e300)]
+    kept_bounds, kept_masses = bound[keep], child_mass[keep]
     return _Extensions(
         ends=list(zip(stop[ending].tolist(), tokens[ending].tolist(), strict=True)),
         tokens=tokens[keep].tolist(),
-        masses=child_mass[keep].tolist(),
+        masses=kept_masses.tolist(),
         scores=child_g[keep].tolist(),
-        bounds=bound[keep].tolist(),
-        negated_bounds=(-bound[keep]).tolist(),
-        keys=np.rint(child_mass[keep] / MASS_KEY_DA).astype(np.int64).tolist(),
+        bounds=kept_bounds.tolist(),
+        negated_bounds=(-kept_bounds).tolist(),
+        keys=np.rint(kept_masses / MASS_KEY_DA).astype(np.int64).tolist(),
     )
 
 
@@ -396,14 +425,15 @@ def _short_sums(most: int) -> list[np.ndarray]:
 SHORT_SUMS = _short_sums(3)  # 22, 253 and 1,771 distinct masses
 
 
-def _short_completion(spec: _Spectrum, mass: np.ndarray, rows_left: int) -> np.ndarray:
+def _short_completion(
+    spec: _Spectrum, remaining: np.ndarray, rows_left: int
+) -> np.ndarray:
     """Whether each prefix can still fit exactly, as far as 1-3 residues tell.
 
     A prefix whose remaining mass is within reach of three residues must hit a
     sum of one, two or three residues within tolerance; a heavier remainder is
     assumed reachable (the bound table has already checked it to ~1 Da).
     """
-    remaining = spec.targets[None, :] - mass[:, None]  # (C, I)
     ok = remaining > SHORT_SUMS[-1][-1] + spec.tol_da
     for sums in SHORT_SUMS[:rows_left]:
         at = np.searchsorted(sums, remaining).clip(1, len(sums) - 1)
@@ -432,16 +462,17 @@ def _beam(spec: _Spectrum, width: int, top_k: int) -> list[tuple[float, list[int
         child_mass = (prefix_mass[:, None] + masses.VOCAB_MASSES[tokens]).ravel()
         child_token = np.tile(tokens, len(g))
         parent = np.repeat(np.arange(len(g)), len(tokens))
-        ends = _fits(spec, child_mass)
+        remaining = _remaining(spec, child_mass)
+        ends = _fits(spec, remaining)
         if position == 0:
             ends &= ~IS_N_TERMINAL[child_token]
         stop = child_g + spec.stop_suffix[position + 1]
         for c in np.flatnonzero(ends).tolist():
             finished.append((float(stop[c]), (int(child_token[c]), paths[parent[c]])))
         child_g = child_g + _cleavage_bonus(spec, position, child_token, child_mass)
-        f = child_g + _extension_bound(spec, position + 1, child_mass)
+        f = child_g + _extension_bound(spec, position + 1, remaining)
         rows_left = spec.log_probs.shape[0] - position - 1
-        f[~_short_completion(spec, child_mass, rows_left)] = -np.inf
+        f[~_short_completion(spec, remaining, rows_left)] = -np.inf
         alive = np.flatnonzero(np.isfinite(f))
         if len(alive) == 0:
             break
