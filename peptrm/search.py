@@ -41,6 +41,9 @@ RESIDUE_MASSES = masses.VOCAB_MASSES[RESIDUE_INDICES]
 FIRST_MASSES = masses.VOCAB_MASSES[FIRST_INDICES]
 IS_N_TERMINAL = np.isin(np.arange(len(masses.VOCAB)), masses.N_TERMINAL_INDICES)
 MASS_KEY_DA = 1e-6  # prefixes closer than this in mass are treated as equal mass
+# Children scored at once when one is taken; CPU seconds of the search on 64 dev
+# spectra: 1: 13.6, 2: 11.9, 4: 10.5, 8: 12.5.
+SIBLINGS_SCORED = 4
 
 
 def stop_suffix_scores(log_probs: np.ndarray) -> np.ndarray:
@@ -262,34 +265,55 @@ class _Extensions:
 Expansions = dict[tuple[int, float, float], _Extensions]  # (length, mass, score)
 
 
-def _extend(spec: _Spectrum, position: int, mass: float, g: float) -> _Extensions:
-    """Score every one-token extension of a prefix of `position` tokens."""
+def _extend(
+    spec: _Spectrum, position: int, prefixes: Sequence[tuple[float, float]]
+) -> list[_Extensions]:
+    """Score every one-token extension of prefixes of `position` tokens.
+
+    `prefixes` holds (mass, score) pairs; they are scored together, as one
+    (P, T) array per step (P prefixes, T tokens), since NumPy's cost per call
+    dwarfs its cost per value at these sizes. Each value is the float a single
+    prefix would get.
+    """
     if position == 0:
         tokens, token_masses = FIRST_INDICES, FIRST_MASSES
     else:
         tokens, token_masses = RESIDUE_INDICES, RESIDUE_MASSES
-    child_g = g + spec.token_log_probs(position)
-    child_mass = mass + token_masses
+    prefix_mass, prefix_g = np.array(prefixes, np.float64).T  # (P,) each
+    n_tokens = len(tokens)
+    child_g = (prefix_g[:, None] + spec.token_log_probs(position)).ravel()  # (P*T,)
+    child_mass = (prefix_mass[:, None] + token_masses).ravel()  # (P*T,)
+    child_token = np.tile(tokens, len(prefixes))  # (P*T,)
     remaining = _remaining(spec, child_mass)
     stop = child_g + spec.stop_suffix[position + 1]
     ends = (stop >= -1e300) & _fits(spec, remaining)
     if position == 0:
-        ends &= ~IS_N_TERMINAL[tokens]  # a peptide holds at least one residue
-    ending = np.flatnonzero(ends)
-    child_g = child_g + _cleavage_bonus(spec, position, tokens, child_mass)
+        ends &= ~IS_N_TERMINAL[child_token]  # a peptide holds at least one residue
+    child_g = child_g + _cleavage_bonus(spec, position, child_token, child_mass)
     bound = child_g + _extension_bound(spec, position + 1, remaining)
-    # Best bound first, ties in token order; -inf bounds (cannot fit) sort last.
-    keep = (-bound).argsort(kind="stable")[: np.count_nonzero(bound >= -1e300)]
-    kept_bounds, kept_masses = bound[keep], child_mass[keep]
-    return _Extensions(
-        ends=list(zip(stop[ending].tolist(), tokens[ending].tolist(), strict=True)),
-        tokens=tokens[keep].tolist(),
-        masses=kept_masses.tolist(),
-        scores=child_g[keep].tolist(),
-        bounds=kept_bounds.tolist(),
-        negated_bounds=(-kept_bounds).tolist(),
-        keys=np.rint(kept_masses / MASS_KEY_DA).astype(np.int64).tolist(),
-    )
+    # Per prefix: best bound first, ties in token order; -inf bounds (cannot fit)
+    # sort last and are left out.
+    bound = bound.reshape(-1, n_tokens)  # (P, T)
+    order = (-bound).argsort(axis=1, kind="stable")  # (P, T)
+    counts = np.count_nonzero(bound >= -1e300, axis=1).tolist()
+    picked = (order + n_tokens * np.arange(len(prefixes))[:, None]).ravel()
+    kept_masses = child_mass[picked]
+    columns = [
+        child_token[picked],
+        kept_masses,
+        child_g[picked],
+        bound.ravel()[picked],
+        -bound.ravel()[picked],
+        np.rint(kept_masses / MASS_KEY_DA).astype(np.int64),
+    ]
+    rows = [column.reshape(-1, n_tokens).tolist() for column in columns]
+    ending = [[] for _ in prefixes]
+    for c in np.flatnonzero(ends).tolist():
+        ending[c // n_tokens].append((float(stop[c]), int(child_token[c])))
+    return [
+        _Extensions(ending[p], *(row[p][: counts[p]] for row in rows))
+        for p in range(len(prefixes))
+    ]
 
 
 @dataclass
@@ -358,7 +382,8 @@ class _Search:
         key = (position, mass, g)
         scored = self.shared.get(key)
         if scored is None:
-            scored = self.shared[key] = _extend(self.spec, position, mass, g)
+            (scored,) = _extend(self.spec, position, [(mass, g)])
+            self.shared[key] = scored
         floor = self._floor()
         for score, token in scored.ends:
             if score < floor:
@@ -388,8 +413,26 @@ class _Search:
         heapq.heappush(better, score)
         if len(better) > self.top_k:
             heapq.heappop(better)
+        if (children.position, scored.masses[c], score) not in self.shared:
+            self._score_siblings(children, c)
         path = (scored.tokens[c], children.parent)
         self.expand(children.position, scored.masses[c], score, path)
+
+    def _score_siblings(self, children: _Children, c: int) -> None:
+        """Score child `c` and its next few siblings in one `_extend` call.
+
+        Taking child c makes taking c+1, c+2, ... likely (on dev, 55%, 40%, 32%
+        of the time), and scoring four prefixes costs little more than one.
+        """
+        scored, position = children.scored, children.position
+        wanted = [
+            (scored.masses[i], scored.scores[i])
+            for i in range(c, min(c + SIBLINGS_SCORED, children.count))
+            if (position, scored.masses[i], scored.scores[i]) not in self.shared
+        ]
+        extensions = _extend(self.spec, position, wanted)
+        for (mass, g), extension in zip(wanted, extensions, strict=True):
+            self.shared[(position, mass, g)] = extension
 
     def run(self, max_expansions: int) -> tuple[list[tuple[float, list[int]]], bool]:
         """Search: best fitting peptides [(log_score, indices)], and if budget ran out.
