@@ -7,6 +7,8 @@ best-scoring peptides that fit each precursor: a best-first (A*) search over
 prefixes with float64 masses, guided by an admissible bound that a vectorised
 dynamic programme over ~1 Da mass bins computes once per chunk, and a beam
 search over the same scores when the exact search runs out of budget.
+Searches for lists of several sizes over one spectrum (`search_sizes`) each
+give what they would alone, but score every prefix once between them.
 
 Nothing here imports torch, so worker processes start light.
 """
