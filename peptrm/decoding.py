@@ -259,6 +259,24 @@ def mass_constrained(
         Per spectrum, up to `top_k` fitting candidates best first, or the single
         greedy candidate (constrained=False) when none fits.
     """
+    top_k = cfg.top_k if top_k is None else top_k
+    return mass_constrained_lists(log_probs, precursor_mass, cfg, (top_k,), evidence)[0]
+
+
+def mass_constrained_lists(
+    log_probs: Tensor | np.ndarray,
+    precursor_mass: Tensor | np.ndarray | Sequence[float],
+    cfg: DecodingConfig,
+    sizes: Sequence[int],
+    evidence: Sequence[FragmentEvidence | None] | None = None,
+) -> list[list[list[Candidate]]]:
+    """`mass_constrained` at several `top_k` at once: per size, per spectrum.
+
+    Each list equals what `mass_constrained` returns at that size (a search
+    that runs out of budget can end differently at another size), but the
+    bound tables are built once and every prefix is scored once for all of
+    them (`search.search_sizes`).
+    """
     array = _as_log_probs(log_probs)
     precursor = np.asarray(
         precursor_mass.detach().cpu().double()
@@ -271,7 +289,7 @@ def mass_constrained(
     weighted = cfg.evidence_weight > 0 and evidence is not None
     if weighted and len(evidence) != len(array):
         raise ValueError(f"evidence for {len(evidence)} spectra, not {len(array)}")
-    top_k = cfg.top_k if top_k is None else top_k
+    sizes = tuple(sizes)
     usable = np.flatnonzero(np.isfinite(precursor) & (precursor > 0))
     order = usable[np.argsort(precursor[usable])]  # similar masses share a table
     chunks = [order[i : i + CHUNK] for i in range(0, len(order), CHUNK)]
@@ -281,26 +299,33 @@ def mass_constrained(
             precursor[chunk],
             [evidence[b] for b in chunk.tolist()] if weighted else None,
             cfg,
-            top_k,
+            sizes,
         )
         for chunk in chunks
     ]
-    out: list[list[Candidate]] = [[] for _ in range(len(array))]
+    out: list[list[list[Candidate]]] = [[[] for _ in range(len(array))] for _ in sizes]
     exhausted = beamed = 0
     for chunk, result in zip(chunks, _run(tasks, cfg.workers), strict=True):
         exhausted += result.exhausted
         beamed += result.beamed
-        for b, found in zip(chunk.tolist(), result.found, strict=True):
-            out[b] = [
-                make_candidate(array[b], indices, float(precursor[b]), cfg, True, score)
-                for score, indices in found
-            ]
+        for b, lists in zip(chunk.tolist(), result.found, strict=True):
+            for per_size, found in zip(out, lists, strict=True):
+                per_size[b] = [
+                    make_candidate(
+                        array[b], indices, float(precursor[b]), cfg, True, score
+                    )
+                    for score, indices in found
+                ]
     fallback = greedy_indices(array)
     unconstrained = 0
-    for b, candidates in enumerate(out):
-        if not candidates:
-            unconstrained += 1
-            out[b] = [make_candidate(array[b], fallback[b], precursor[b], cfg, False)]
+    for b in range(len(array)):
+        unconstrained += not out[0][b]
+        for per_size in out:
+            if not per_size[b]:
+                greedy_reading = make_candidate(
+                    array[b], fallback[b], precursor[b], cfg, False
+                )
+                per_size[b] = [greedy_reading]
     log.debug(
         "decoded %d spectra: %d with no fitting peptide, %d past the search budget"
         " (%d searched again by beam)",
@@ -365,3 +390,14 @@ def decode(
     `evidence.from_batch` of the collated batch.
     """
     return mass_constrained(log_probs, precursor_mass, cfg, top_k, evidence)
+
+
+def decode_lists(
+    log_probs: Tensor | np.ndarray,
+    precursor_mass: Tensor | np.ndarray | Sequence[float],
+    cfg: DecodingConfig,
+    sizes: Sequence[int],
+    evidence: Sequence[FragmentEvidence | None] | None = None,
+) -> list[list[list[Candidate]]]:
+    """`decode` at several list sizes at once (see `mass_constrained_lists`)."""
+    return mass_constrained_lists(log_probs, precursor_mass, cfg, sizes, evidence)

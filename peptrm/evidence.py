@@ -31,6 +31,13 @@ losses and isotopes were tried in this sum and lowered held-out recall (a wrong
 prefix 17, 18 or 28 Da off collects the true ladder's loss and a peaks); the
 reranker (`peptrm.rerank`) reads them instead.
 
+Either score is a step function of m: it changes only where an ion's m/z
+crosses a peak's tolerance edge or the midpoint between two peaks (where the
+nearest peak changes). `score` reads it from the steps, one binary search per
+mass, and computes masses within `STEP_EDGE_DA` of a step exactly
+(`exact_score`), so both give the same floats; the search calls it for every
+prefix it extends.
+
 `window_bounds` gives the decoder's admissible bound: the highest score any
 cleavage mass in a window could have, for a grid of windows at once.
 """
@@ -50,6 +57,9 @@ from peptrm import masses
 
 GRID_DA = 0.01  # resolution of the bound's grid over cleavage masses
 EDGE_DA = 1e-6  # widen every match interval by this, against float rounding
+# Masses this close to a step of the score are scored exactly: mapping a step
+# from m/z to mass rounds by ~1e-12 Da, so 1e-9 leaves a wide margin.
+STEP_EDGE_DA = 1e-9
 RANK_EDGES = (5, 15, 40)  # intensity-rank bins of a matched peak: 0-4, 5-14, 15-39, 40+
 N_STATES = len(RANK_EDGES) + 2  # state 0: no peak; then one per rank bin
 TABLE_NAME = "cleavage.yaml"
@@ -162,6 +172,7 @@ class FragmentEvidence:
         self.log_odds = None if table is None else table.log_odds[int(charge >= 3)]
         self.scale = 0.0 if table is None else table.scale
         self.bias = 0.0 if table is None else table.bias
+        self._steps: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
 
     # ---------------------------------------------------------------- exact score
 
@@ -196,7 +207,55 @@ class FragmentEvidence:
         return out
 
     def score(self, prefix_mass: np.ndarray) -> np.ndarray:
-        """(C,) support for a cleavage after prefixes of residue sum `prefix_mass`."""
+        """(C,) support for a cleavage after prefixes of residue sum `prefix_mass`.
+
+        Equal to `exact_score`, read from its steps (see the module docstring).
+        """
+        prefix_mass = np.asarray(prefix_mass, np.float64)
+        if self._steps is None:
+            self._steps = self._step_function()
+        edges, values = self._steps
+        step = np.searchsorted(edges, prefix_mass)  # edges[step-1] < m <= edges[step]
+        out = values[step - 1]
+        near = np.minimum(prefix_mass - edges[step - 1], edges[step] - prefix_mass)
+        close = near <= STEP_EDGE_DA
+        if close.any():
+            out[close] = self.exact_score(prefix_mass[close])
+        return out
+
+    def _scored_ions(self) -> tuple[tuple, ...]:
+        """The `masses.FRAGMENT_IONS` types the score looks at."""
+        if self.log_odds is not None:
+            return TABLE_IONS
+        return tuple(
+            ion
+            for ion in masses.FRAGMENT_IONS[:4]  # b, y, b++, y++
+            if ion[2] in self.charges and ion[3] == 0.0
+        )
+
+    def _step_function(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted step edges (padded with -inf and inf) and the score between them.
+
+        For each scored ion, the masses where its m/z sits on a peak's tolerance
+        edge or halfway between two peaks, mapped from m/z to cleavage mass
+        (the inverse of `masses.fragment_ion_mz`); between two neighbouring
+        edges no ion changes its nearest peak or its match, so the score at the
+        midpoint holds throughout.
+        """
+        halfway = (self.mz[1:] + self.mz[:-1]) / 2
+        at_mz = np.concatenate([self.mz - self.tol_da, self.mz + self.tol_da, halfway])
+        edges = []
+        for _, side, charge, offset in self._scored_ions():
+            neutral = (at_mz - offset) * charge - charge * masses.PROTON
+            edges.append(neutral if side == "b" else self.precursor_mass - neutral)
+        edges = np.unique(np.concatenate([np.zeros(0), *edges]))
+        inside = (edges[1:] + edges[:-1]) / 2
+        ends = np.array([edges[0] - 1.0, edges[-1] + 1.0]) if len(edges) else [0.0]
+        values = self.exact_score(np.concatenate([ends[:1], inside, ends[1:]]))
+        return np.concatenate([[-np.inf], edges, [np.inf]]), values
+
+    def exact_score(self, prefix_mass: np.ndarray) -> np.ndarray:
+        """`score` computed ion by ion from the peaks (the reference it equals)."""
         prefix_mass = np.asarray(prefix_mass, np.float64)
         if self.log_odds is not None:
             states = self.states(prefix_mass)  # (I, C)

@@ -247,22 +247,24 @@ def search_top(
 
     A search that runs out of budget can return a different best peptide when
     asked for more of them, so the ranked head always comes from one search of
-    a fixed size; rows past it (`top_k` larger) come from a second, larger
-    search and are appended in its order, leaving the head untouched.
+    a fixed size; rows past it (`top_k` larger) come from a larger search and
+    are appended in its order, leaving the head untouched. A search asked for
+    many peptides prunes less, runs out of budget more often and can miss the
+    best one that a search for one finds: that one goes first, so reranking
+    starts from at least the plain search's answer. The searches of every size
+    run together, scoring each prefix once (`decoding.decode_lists`).
     """
     log_probs = log_probs.float().cpu()
-    found = decoding.decode(log_probs, precursor_mass, cfg.decoding, head_k, peaks)
+    sizes = list(dict.fromkeys((head_k, 1, top_k)))  # distinct, head first
+    lists = decoding.decode_lists(log_probs, precursor_mass, cfg.decoding, sizes, peaks)
+    by_size = dict(zip(sizes, lists, strict=True))
+    found = by_size[head_k]
     if head_k > 1:
-        # A search asked for many peptides prunes less, runs out of budget more
-        # often and can miss the best one that a search for one finds: put that
-        # one first, so reranking starts from at least the plain search's answer.
-        best = decoding.decode(log_probs, precursor_mass, cfg.decoding, 1, peaks)
-        for options, (first, *_) in zip(found, best, strict=True):
+        for options, (first, *_) in zip(found, by_size[1], strict=True):
             rest = [c for c in options if c.indices != first.indices]
             options[:] = [first, *rest][:head_k] if first.constrained else options
     if top_k > head_k:
-        more = decoding.decode(log_probs, precursor_mass, cfg.decoding, top_k, peaks)
-        for options, extra in zip(found, more, strict=True):
+        for options, extra in zip(found, by_size[top_k], strict=True):
             seen = {tuple(c.indices) for c in options}
             options += [c for c in extra if tuple(c.indices) not in seen]
             del options[top_k:]

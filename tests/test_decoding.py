@@ -338,3 +338,39 @@ def test_worker_processes_decode_exactly_as_one_process(cfg):
     assert [c[0].tokens for c in one] == [c[0].tokens for c in two]
     assert [c[0].log_score for c in one] == [c[0].log_score for c in two]
     assert sum(c[0].tokens == p for c, p in zip(one, peptides, strict=True)) >= 60
+
+
+def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
+    """The shared searches give each size what it gets alone, past the budget too.
+
+    The bundled model and its learned cleavage table on the ten test spectra,
+    with a budget small enough that most searches run out of it: there the
+    top-1 and top-20 searches end differently, which is why both run.
+    """
+    from peptrm import evidence, preprocess
+    from peptrm.io import Spectrum, read_spectra
+    from peptrm.sequence import load_scorers, refine
+    from peptrm.weights import BUNDLED, load_model
+
+    model, config = load_model()
+    prepare = preprocess.pipeline(config.preprocess)
+    spectra = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    batch = preprocess.collate(spectra, config.preprocess.n_peaks)
+    log_probs, _, _ = refine(model, batch, config.recursion.n_supervision, 0.9)
+    table = load_scorers(BUNDLED).cleavage
+    peaks = evidence.from_batch(batch, config.decoding.fragment_tol_da, table)
+    cfg = dataclasses.replace(config.decoding, max_expansions=150, workers=1)
+    precursor = batch["precursor_mass"]
+    shared = decoding.decode_lists(log_probs, precursor, cfg, (20, 1, 3), peaks)
+    for size, lists in zip((20, 1, 3), shared, strict=True):
+        alone = decoding.decode(log_probs, precursor, cfg, size, peaks)
+        assert [[c.indices for c in row] for row in lists] == [
+            [c.indices for c in row] for row in alone
+        ]
+        assert [[c.search_score for c in row] for row in lists] == [
+            [c.search_score for c in row] for row in alone
+        ]
+    top_20, top_1, _ = shared
+    assert all(len(row) == 20 for row in top_20)
+    differ = [a[0].indices != b[0].indices for a, b in zip(top_1, top_20, strict=True)]
+    assert 0 < sum(differ) < len(differ)  # the budget made some top-1 answers differ

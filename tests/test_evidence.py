@@ -119,3 +119,36 @@ def test_fitted_table_favours_matched_b_and_y_and_round_trips(tmp_path, small_mg
     np.testing.assert_allclose(loaded.log_odds, table.log_odds, atol=1e-5)
     assert (loaded.scale, loaded.bias, loaded.fitted_on) == (SCALE, BIAS, "small.mgf")
     assert load_table(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_score_read_from_its_steps_equals_the_exact_score(small_mgf, learned):
+    """On the test spectra, at random masses and on and beside every step edge."""
+    from peptrm import preprocess
+    from peptrm.config import load_config
+    from peptrm.io import Spectrum, read_spectra
+    from peptrm.weights import BUNDLED
+
+    prepare = preprocess.pipeline(load_config().preprocess)
+    table = load_table(BUNDLED) if learned else None
+    rng = np.random.default_rng(2)
+    for spectrum in read_spectra(small_mgf):
+        if not isinstance(spectrum, Spectrum):
+            continue
+        spectrum = prepare(spectrum)
+        mass = masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
+        peaks = FragmentEvidence(
+            spectrum.mz, spectrum.intensity, mass, spectrum.charge, 0.01, table
+        )
+        edges = peaks._step_function()[0][1:-1]
+        assert len(edges) > 4 * len(peaks.mz)  # 3 per peak and ion, some shared
+        prefix = np.concatenate(
+            [
+                rng.uniform(-5, mass + 5, 5000),
+                edges,
+                np.nextafter(edges, np.inf),
+                np.nextafter(edges, -np.inf),
+                edges + 2e-9,
+            ]
+        )
+        assert np.array_equal(peaks.score(prefix), peaks.exact_score(prefix))
