@@ -1,0 +1,64 @@
+"""Search budget against accuracy: the default pipeline at several `max_expansions`.
+
+Sequences the peptide-disjoint held-out split of the training files (never dev)
+with the bundled model's default decoding (network, learned cleavage search,
+reranker of the top 20, calibration), once per budget, in one process on one
+thread, and prints rank-1 peptide recall, AA precision and the seconds spent in
+the network and in decoding. The figures are for choosing
+`decoding.max_expansions`; side by side in one run, so their ratios hold on a
+busy machine.
+
+    python benchmarks/bench_budget.py [--budgets 1000 500 300] [-m MODEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from bench_dev import metrics
+from common import TRAIN_FILES, print_provenance
+
+from peptrm import masses, train
+from peptrm.sequence import RunSummary, decode_batch, load_scorers
+from peptrm.weights import BUNDLED, load_model
+
+
+def main() -> None:
+    """One row per budget."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 500, 300])
+    parser.add_argument("-m", "--model", type=Path, default=BUNDLED)
+    args = parser.parse_args()
+    print_provenance(str(args.model))
+    model, cfg = load_model(args.model)
+    scorers = load_scorers(args.model)
+    spectra = train.held_out_split(TRAIN_FILES, cfg)
+    truth = [s.peptide for s in spectra]
+    print(f"held-out split of the training files: {len(spectra)} spectra")
+    header = ("budget", 7), ("pep recall", 10), ("AA prec", 8), ("model s", 8)
+    print(" ".join(f"{name:>{width}}" for name, width in header), f"{'decode s':>9}")
+    for budget in args.budgets:
+        decoding = dataclasses.replace(cfg.decoding, max_expansions=budget, workers=1)
+        run = dataclasses.replace(cfg, decoding=decoding)
+        summary = RunSummary()
+        found = []
+        size = run.decoding.batch_size
+        for start in range(0, len(spectra), size):
+            candidates, _, _ = decode_batch(
+                model, spectra[start : start + size], run, "cpu", 1, summary, scorers
+            )
+            found += [
+                masses.format_peptide(c[0].tokens) if c else "" for c in candidates
+            ]
+        match = metrics(found, truth)
+        print(
+            f"{budget:>7} {match.peptide_recall:>10.4f} {match.aa_precision:>8.4f} "
+            f"{summary.model_seconds:>8.1f} {summary.decode_seconds:>9.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
