@@ -26,10 +26,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -341,6 +342,8 @@ def mass_constrained_lists(
 # Worker processes
 # --------------------------------------------------------------------------------
 
+T = TypeVar("T")
+R = TypeVar("R")
 _POOL: tuple[int, ProcessPoolExecutor] | None = None  # (workers, pool), kept warm
 
 
@@ -355,26 +358,33 @@ def resolve_workers(workers: int) -> int:
 
 
 def _run(tasks: list[ChunkTask], workers: int) -> list[ChunkResult]:
-    """Search every chunk, in worker processes when there are several chunks.
+    """Search every chunk, in worker processes when there are several chunks."""
+    return parallel_map(search_chunk, tasks, workers)
+
+
+def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> list[R]:
+    """`function` over `items` in order, in the decoding worker processes.
 
     The pool (forkserver: workers do not inherit torch's threads) starts on the
-    first parallel call and is reused; if it breaks, the search runs here.
+    first parallel call and is reused by the search and by whatever else runs
+    per chunk (`sequence.decode_batch`'s scoring); if it breaks, the work runs
+    here. `function` and the items must pickle.
     """
     global _POOL
     workers = resolve_workers(workers)
-    if workers == 1 or len(tasks) < 2:
-        return [search_chunk(task) for task in tasks]
+    if workers == 1 or len(items) < 2:
+        return [function(item) for item in items]
     if _POOL is None or _POOL[0] != workers:
         if _POOL is not None:
             _POOL[1].shutdown()
         context = multiprocessing.get_context("forkserver")
         _POOL = (workers, ProcessPoolExecutor(workers, mp_context=context))
     try:
-        return list(_POOL[1].map(search_chunk, tasks))
+        return list(_POOL[1].map(function, items))
     except BrokenProcessPool as error:
         log.warning("decoding workers failed (%s); decoding in this process", error)
         _POOL = None
-        return [search_chunk(task) for task in tasks]
+        return [function(item) for item in items]
 
 
 def decode(

@@ -7,6 +7,7 @@ rows in input order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pickle
@@ -53,6 +54,7 @@ from peptrm.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
+SCORING_CHUNK = 32  # spectra scored (calibrated, reranked) per worker task
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
 MAX_SKIP_MESSAGES = 50  # skipped spectra named one by one in the log; the rest counted
 
@@ -318,11 +320,25 @@ def decode_batch(
         candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, head)
         summary.decode_seconds += time.perf_counter() - started
     started = time.perf_counter()
-    charges = batch["charge"].tolist()
-    for options, peaks_of, charge in zip(candidates, peaks, charges, strict=True):
-        options[:] = scorers.apply(options, peaks_of, charge)[:top_k]
+    jobs = list(zip(candidates, peaks, batch["charge"].tolist(), strict=True))
+    chunks = [jobs[i : i + SCORING_CHUNK] for i in range(0, len(jobs), SCORING_CHUNK)]
+    scored = decoding.parallel_map(
+        functools.partial(_score_chunk, scorers, top_k), chunks, cfg.decoding.workers
+    )
+    candidates = [options for chunk in scored for options in chunk]
     summary.decode_seconds += time.perf_counter() - started
     return candidates, peaks, steps
+
+
+def _score_chunk(
+    scorers: Scorers,
+    top_k: int,
+    jobs: list[tuple[list[decoding.Candidate], FragmentEvidence, int]],
+) -> list[list[decoding.Candidate]]:
+    """`Scorers.apply` over (candidates, peaks, charge) of a few spectra; top_k kept."""
+    return [
+        scorers.apply(options, peaks, charge)[:top_k] for options, peaks, charge in jobs
+    ]
 
 
 def predict_batch(
