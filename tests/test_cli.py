@@ -436,6 +436,10 @@ def _demo_table(text: str) -> dict[str, list[str]]:
 
 
 def test_the_readme_shows_what_the_demo_prints(tmp_path, monkeypatch, capsys):
+    from peptrm import predicted
+
+    if not predicted.available():  # the README shows the quick-start install's run
+        pytest.skip("the README shows the demo with ms2pip 4.1.2 installed")
     counts, table = readme_example()
     monkeypatch.chdir(tmp_path)
     assert cli.main(["sequence", "--demo", "-o", "demo.mztab", "--no-progress"]) == 0
