@@ -325,6 +325,10 @@ class PepTRM(nn.Module):
             nn.init.zeros_(self.evidence_scorer[-1].weight)
             nn.init.zeros_(self.evidence_scorer[-1].bias)
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        # With T >= 2 the first cycles run without gradients, so no gradient ever
+        # reaches the start state: it stays the fixed random state it starts as
+        # (and DDP would stop on a trainable parameter that no loss uses).
+        self.z_init.requires_grad_(recursion.n_cycles == 1)
         self.net = TinyNetwork(cfg)
         self.heads = Heads(cfg, vocab_size)
         self.vocab_size = vocab_size

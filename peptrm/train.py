@@ -242,9 +242,12 @@ class TrainingStream(IterableDataset):
         peptides: Sequence[str],
         real: Sequence[Spectrum],
         start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.rank, self.world_size = rank, world_size  # DDP: this process's share
         self.peptides = list(peptides)
         self.real = list(real)
         self.start_batch = start_batch
@@ -283,12 +286,20 @@ class TrainingStream(IterableDataset):
         difficulty = min(1.0, step / max(t.synthetic_difficulty_steps, 1))
         return (real if self.real else 0.0), difficulty
 
-    def make_batch(self, batch_index: int) -> dict[str, Tensor]:
-        """Build batch `batch_index` from its own seeded generator."""
+    def make_batch(
+        self, batch_index: int, position: int | None = None
+    ) -> dict[str, Tensor]:
+        """Build batch `batch_index` from its own seeded generator.
+
+        `position` (default: `batch_index`) is how many batches this rank has
+        taken, which sets the curricula: every rank is at the same point of them.
+        """
         log.debug("making batch %d", batch_index)
         rng = np.random.default_rng([self.cfg.training.seed, batch_index])
         size = self.cfg.training.batch_size
-        real_share, difficulty = self.schedule(batch_index)
+        real_share, difficulty = self.schedule(
+            batch_index if position is None else position
+        )
         n_real = int(rng.binomial(size, real_share)) if self.peptides else size
         spectra = [
             self.augment(self.real[i], rng)
@@ -334,13 +345,24 @@ class TrainingStream(IterableDataset):
         batch["drafted"] = torch.from_numpy(drafted)  # (B,)
         return batch
 
+    def global_index(self, position: int, n_workers: int) -> int:
+        """The stream batch that this rank takes at its `position`-th batch.
+
+        Runs of `n_workers` consecutive batches go to the ranks in turn, so every
+        rank builds its own batches (none twice), each a function of the seed and
+        the rank's position alone: a resumed run takes up exactly where it was.
+        One rank takes every batch in order.
+        """
+        run, within = divmod(position, n_workers)
+        return (run * self.world_size + self.rank) * n_workers + within
+
     def __iter__(self):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        batch_index = self.start_batch + worker
+        position = self.start_batch + worker
         while True:
-            yield self.make_batch(batch_index)
-            batch_index += n_workers
+            yield self.make_batch(self.global_index(position, n_workers), position)
+            position += n_workers
 
 
 def fixed_batches(spectra: Sequence[Spectrum], cfg: Config) -> list[dict[str, Tensor]]:
@@ -412,7 +434,11 @@ class DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Endless training stream starting where a resumed run left off."""
-        stream = TrainingStream(self.cfg, self.peptides, self.real, self.start_batch)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        stream = TrainingStream(
+            self.cfg, self.peptides, self.real, self.start_batch, rank, world
+        )
         workers = self.cfg.training.num_workers
         return DataLoader(
             stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0
@@ -443,6 +469,9 @@ class PepTRMModule(L.LightningModule):
             avg_fn=ema_warmup_avg_fn(cfg.training.ema_decay),
             use_buffers=True,
         )
+        # The EMA copy is updated by hand, never by gradients: left trainable, DDP
+        # counted it as parameters "not used in producing the loss".
+        self.ema.requires_grad_(False)
         self.automatic_optimization = False  # one optimiser step per supervision step
         self.weights = supervision_weights(
             cfg.recursion.n_supervision, cfg.training.supervision_decay
@@ -755,6 +784,7 @@ def train(
         out_dir / "checkpoints" / "end.ckpt"
     )  # resume point, any stop
     folder = out_dir / "model"
-    save_model(module.ema.module, cfg, folder)
-    log.info("exported EMA weights to %s", folder)
+    if trainer.is_global_zero:  # one writer under DDP
+        save_model(module.ema.module, cfg, folder)
+        log.info("exported EMA weights to %s", folder)
     return folder
