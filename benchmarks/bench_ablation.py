@@ -29,10 +29,9 @@ from pathlib import Path
 
 import yaml
 from bench_dev import all_steps, metrics, scores
-from common import SHARED, TRAIN_FILES, print_provenance
+from common import SHARED, TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import decoding, evidence, preprocess, train
-from peptrm.weights import load_model
 
 ARMS: dict[str, dict] = {
     "full": {},
@@ -93,11 +92,8 @@ def train_arm(name: str, config: dict, out: Path, stop: int, reuse: Path | None)
 
 def score_arm(model_dir: Path) -> dict:
     """Held-out decoded peptide recall per step, and the network alone."""
-    model, cfg = load_model(model_dir)
     # One process: code edited while a long ablation runs cannot reach a worker.
-    cfg = dataclasses.replace(
-        cfg, decoding=dataclasses.replace(cfg.decoding, workers=1)
-    )
+    model, cfg = load_model_one_process(model_dir)
     spectra = train.held_out_split(TRAIN_FILES, cfg)
     truth = [s.peptide for s in spectra]
     n_sup = cfg.recursion.n_supervision

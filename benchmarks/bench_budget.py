@@ -18,11 +18,11 @@ import dataclasses
 from pathlib import Path
 
 from bench_dev import metrics
-from common import TRAIN_FILES, print_provenance
+from common import TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import masses, train
 from peptrm.sequence import RunSummary, decode_batch, load_scorers
-from peptrm.weights import BUNDLED, load_model
+from peptrm.weights import BUNDLED
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("-m", "--model", type=Path, default=BUNDLED)
     args = parser.parse_args()
     print_provenance(str(args.model))
-    model, cfg = load_model(args.model)
+    model, cfg = load_model_one_process(args.model)
     scorers = load_scorers(args.model)
     spectra = train.held_out_split(TRAIN_FILES, cfg)
     truth = [s.peptide for s in spectra]
@@ -40,7 +40,7 @@ def main() -> None:
     header = ("budget", 7), ("pep recall", 10), ("AA prec", 8), ("model s", 8)
     print(" ".join(f"{name:>{width}}" for name, width in header), f"{'decode s':>9}")
     for budget in args.budgets:
-        decoding = dataclasses.replace(cfg.decoding, max_expansions=budget, workers=1)
+        decoding = dataclasses.replace(cfg.decoding, max_expansions=budget)
         run = dataclasses.replace(cfg, decoding=decoding)
         summary = RunSummary()
         found = []

@@ -26,21 +26,18 @@ from pathlib import Path
 
 import torch
 from bench_dev import all_steps, load, metrics, scores
-from common import DEV, TRAIN_FILES, print_provenance
+from common import DEV, TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import decoding, evidence, preprocess, train
 from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, refine
-from peptrm.weights import BUNDLED, load_model
+from peptrm.weights import BUNDLED
 
 
 def score_model(
     folder: Path, scorers: Path, rounds: int, dev: bool
 ) -> dict[str, list[tuple[float, float]]]:
     """(peptide recall, AA precision) per step and per round, for each decoder."""
-    model, cfg = load_model(folder)
-    cfg = dataclasses.replace(
-        cfg, decoding=dataclasses.replace(cfg.decoding, workers=1)
-    )
+    model, cfg = load_model_one_process(folder)
     spectra = (
         load(sorted(DEV.glob("*.mgf")), cfg)
         if dev

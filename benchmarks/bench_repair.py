@@ -18,16 +18,16 @@ each model folder:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import TRAIN_FILES, print_provenance
+from common import TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import evidence, masses, preprocess, simulate, train
+from peptrm.metrics import same_peptide
 from peptrm.sequence import refine, search_top
-from peptrm.weights import BUNDLED, load_model
+from peptrm.weights import BUNDLED
 
 
 def repair(model, batch: dict, tokens: torch.Tensor) -> list[tuple[int, ...]]:
@@ -83,8 +83,7 @@ def verdict(model, cfg, batch: dict, truth: list[str], k: int, table) -> dict:
             agreement[i].append(float(mean[r]))
 
     def right(i: int, j: int) -> bool:
-        found_peptide = masses.format_peptide(found[i][j].tokens)
-        return found_peptide.replace("I", "L") == truth[i].replace("I", "L")
+        return same_peptide(masses.format_peptide(found[i][j].tokens), truth[i])
 
     order = {
         "search": lambda i: 0,
@@ -112,10 +111,7 @@ def main() -> None:
     print_provenance(" ".join(str(m) for m in args.models))
     table = evidence.load_table(args.scorers)
     for folder in args.models:
-        model, cfg = load_model(folder)
-        cfg = dataclasses.replace(
-            cfg, decoding=dataclasses.replace(cfg.decoding, workers=1)
-        )
+        model, cfg = load_model_one_process(folder)
         spectra = train.held_out_split(TRAIN_FILES, cfg)
         truth = [masses.format_peptide(masses.parse(s.peptide)) for s in spectra]
         batch = preprocess.collate(

@@ -6,6 +6,7 @@ module sits beside them on the script's path.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import sys
@@ -52,3 +53,16 @@ def print_provenance(model: str | None = None) -> None:
         f"{torch.__version__}; cpu {platform.machine()}, {torch.get_num_threads()} "
         f"threads; model {model or 'bundled'}"
     )
+
+
+def load_model_one_process(folder):
+    """A saved model and its config with decoding in this process (`workers` 1).
+
+    Benchmarks time one process, and a long one must not hand its searches to
+    workers that would import code edited while it runs.
+    """
+    from peptrm.weights import load_model
+
+    model, cfg = load_model(folder)
+    decoding = dataclasses.replace(cfg.decoding, workers=1)
+    return model, dataclasses.replace(cfg, decoding=decoding)
