@@ -44,7 +44,7 @@ from peptrm.metrics import (
     expected_calibration_error,
     precision_coverage,
 )
-from peptrm.sequence import load_scorers, refine, search_top
+from peptrm.sequence import SCORING_CHUNK, load_scorers, refine, search_top
 from peptrm.weights import BUNDLED, load_model
 
 
@@ -172,10 +172,13 @@ def rerank_all(scorers, reranker, groups, peaks_all, charges):
     """Every spectrum's candidates reranked (copies) and the seconds it took."""
     started = time.perf_counter()
     scoring = dataclasses.replace(scorers, reranker=reranker)
-    reranked = [
-        scoring.apply([dataclasses.replace(c) for c in options], peaks, charge)
+    jobs = [
+        ([dataclasses.replace(c) for c in options], peaks, charge)
         for options, peaks, charge in zip(groups, peaks_all, charges, strict=True)
     ]
+    reranked = []  # in chunks, as `peptrm sequence` scores them
+    for start in range(0, len(jobs), SCORING_CHUNK):
+        reranked += scoring.apply_many(jobs[start : start + SCORING_CHUNK])
     return reranked, time.perf_counter() - started
 
 
@@ -212,9 +215,20 @@ def main() -> None:
         help="with --fit or --fit-train: also fit with ms2pip's predicted-intensity "
         "features and compare side by side",
     )
+    parser.add_argument(
+        "--evidence-weight",
+        type=float,
+        help="search with this decoding.evidence_weight instead of the model's",
+    )
     args = parser.parse_args()
     print_provenance(args.model)
     model, cfg = load_model(args.model)
+    if args.evidence_weight is not None:
+        decoding_cfg = dataclasses.replace(
+            cfg.decoding, evidence_weight=args.evidence_weight
+        )
+        cfg = dataclasses.replace(cfg, decoding=decoding_cfg)
+    print(f"evidence weight: {cfg.decoding.evidence_weight:g}")
     scorers = load_scorers(args.model or BUNDLED)
     table = scorers.cleavage
     print("search evidence: " + ("learned cleavage log-odds" if table else "hand-made"))

@@ -44,6 +44,9 @@ FEATURES = (
     "ms2pip_max_missing",
     "ms2pip_cosine_gap",
 )
+# One peptide's predicted b and y intensities by cleavage (`predict`), or None
+# where ms2pip cannot predict it.
+Intensities = tuple[np.ndarray, np.ndarray] | None
 
 
 @functools.cache  # asked once a spectrum; installing mid-run is not a case
@@ -55,9 +58,7 @@ def available() -> bool:
         return False
 
 
-def predict(
-    peptides: Sequence[str | Sequence[str]], charge: int
-) -> list[tuple[np.ndarray, np.ndarray] | None]:
+def predict(peptides: Sequence[str | Sequence[str]], charge: int) -> list[Intensities]:
     """Intensities of the b and y ions of each peptide at one charge, by cleavage.
 
     Entry i of both arrays belongs to the cleavage after residue i + 1 (b_{i+1}
@@ -74,7 +75,7 @@ def predict(
         for i, peptide in enumerate(peptides)
         if len(masses.strip_modifications(peptide)) >= MIN_LENGTH
     ]
-    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(peptides)
+    out: list[Intensities] = [None] * len(peptides)
     if not keep:
         return out
     psms = [

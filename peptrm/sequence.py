@@ -117,14 +117,21 @@ class Scorers:
         The calibration sets each candidate's score and residue scores; the
         reranker then reorders its head and sets the peptide scores there.
         """
+        return self.apply_many([(candidates, peaks, charge)])[0]
+
+    def apply_many(
+        self, jobs: Sequence[tuple[list[decoding.Candidate], FragmentEvidence, int]]
+    ) -> list[list[decoding.Candidate]]:
+        """`apply` over several spectra (candidates, peaks, charge) at once."""
         if self.calibration is not None:
-            for candidate in candidates:
-                candidate.score, candidate.aa_scores = self.calibration.apply(
-                    candidate, peaks
-                )
+            for candidates, peaks, _ in jobs:
+                for candidate in candidates:
+                    candidate.score, candidate.aa_scores = self.calibration.apply(
+                        candidate, peaks
+                    )
         if self.reranker is not None:
-            return self.reranker.rerank(candidates, peaks, charge)
-        return candidates
+            return self.reranker.rerank_many(jobs)
+        return [candidates for candidates, _, _ in jobs]
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write each scorer that is set into a model folder."""
@@ -335,10 +342,8 @@ def _score_chunk(
     top_k: int,
     jobs: list[tuple[list[decoding.Candidate], FragmentEvidence, int]],
 ) -> list[list[decoding.Candidate]]:
-    """`Scorers.apply` over (candidates, peaks, charge) of a few spectra; top_k kept."""
-    return [
-        scorers.apply(options, peaks, charge)[:top_k] for options, peaks, charge in jobs
-    ]
+    """`Scorers.apply_many` over a few spectra; the first `top_k` of each kept."""
+    return [options[:top_k] for options in scorers.apply_many(jobs)]
 
 
 def predict_batch(
@@ -620,6 +625,8 @@ def calibrate(
     rerank_k: int = rerank.DEFAULT_K,
     learn_cleavage: bool = True,
     rerank_features: Sequence[str] = rerank.FEATURES,
+    platt_spectra: Sequence[Spectrum] = (),
+    platt_fitted_on: str = "",
 ) -> tuple[Scorers, dict]:
     """Fit every scorer a model carries on labelled, preprocessed spectra.
 
@@ -631,6 +638,9 @@ def calibrate(
     them and what they did on these spectra: their number, the peptides right
     at rank 1 of the search, the peptide-score ECE before and after
     calibration (in-sample), and the reranker's out-of-fold rank-1 recall.
+    With `platt_spectra` (spectra the network did not train on), the
+    reranker's map to a probability is then refitted on those
+    (`rerank.refit_platt`), and the report says how well it fits them.
     """
     if not spectra:
         raise ValueError("no usable labelled spectra to calibrate on")
@@ -639,17 +649,8 @@ def calibrate(
         table = evidence.fit_table(
             spectra, cfg.decoding.fragment_tol_da, fitted_on=fitted_on
         )
-    groups, peaks, summary = [], [], RunSummary()
-    size = cfg.decoding.batch_size
     k = max(rerank_k, 1)
-    for start in range(0, len(spectra), size):
-        found, found_peaks, _ = decode_batch(
-            model, spectra[start : start + size], cfg, device, k, summary,
-            Scorers(cleavage=table), head_k=k,
-        )  # fmt: skip
-        groups += found
-        peaks += found_peaks
-        log.info("calibrate: searched %d of %d spectra", len(groups), len(spectra))
+    groups, peaks = _search_labelled(model, spectra, cfg, device, k, table)
     candidates = [options[0] for options in groups]
     labels = [s.peptide for s in spectra]
     fitted = confidence.fit(candidates, peaks, labels, fitted_on)
@@ -660,6 +661,19 @@ def calibrate(
             groups, peaks, charges, labels, rerank_k, fitted_on,
             features=rerank_features,
         )  # fmt: skip
+    if reranker is not None and platt_spectra:
+        platt_groups, platt_peaks = _search_labelled(
+            model, platt_spectra, cfg, device, k, table
+        )
+        reranker = rerank.refit_platt(
+            reranker,
+            platt_groups,
+            platt_peaks,
+            [s.charge for s in platt_spectra],
+            [s.peptide for s in platt_spectra],
+            platt_fitted_on,
+        )
+        rerank_report["platt_spectra"] = len(platt_spectra)
     correct = np.array(
         [
             metrics.aa_match(c.tokens, masses.parse(label))[1]
@@ -677,3 +691,25 @@ def calibrate(
         "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
         **rerank_report,
     }
+
+
+def _search_labelled(
+    model: PepTRM,
+    spectra: Sequence[Spectrum],
+    cfg: Config,
+    device: str,
+    k: int,
+    table: CleavageTable | None,
+) -> tuple[list[list[decoding.Candidate]], list[FragmentEvidence]]:
+    """The search's top `k` (unscored) and the peaks of labelled spectra."""
+    groups, peaks, summary = [], [], RunSummary()
+    size = cfg.decoding.batch_size
+    for start in range(0, len(spectra), size):
+        found, found_peaks, _ = decode_batch(
+            model, spectra[start : start + size], cfg, device, k, summary,
+            Scorers(cleavage=table), head_k=k,
+        )  # fmt: skip
+        groups += found
+        peaks += found_peaks
+        log.info("calibrate: searched %d of %d spectra", len(groups), len(spectra))
+    return groups, peaks

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -88,6 +90,39 @@ def test_fitted_reranker_puts_the_supported_peptide_first_and_keeps_the_tail(tmp
     assert reranked[3] is tail  # past k the search's order stands
 
 
+def test_platt_map_refitted_on_other_spectra_matches_how_often_they_are_right():
+    peptides = ["PEPTLDEK", "LGEYGFQNALLVR", "AEFVEVTK", "YLYELAR", "HLVDEPQNLLK"]
+    rng = np.random.default_rng(3)
+
+    def spectra(n, truth_listed):
+        groups, peaks, labels = [], [], []
+        for i in range(n):
+            truth = peptides[i % len(peptides)]
+            decoy = masses.format_peptide(shuffled(masses.parse(truth), rng))
+            # where the truth is not listed, a second shuffle stands in for it
+            other = masses.format_peptide(shuffled(masses.parse(truth), rng))
+            order = [truth if truth_listed(i) else other, decoy]
+            groups.append([candidate(p, -float(k)) for k, p in enumerate(order)])
+            peaks.append(spectrum_of(truth))
+            labels.append(truth)
+        return groups, peaks, [2] * n, labels
+
+    fitted, _ = rerank.fit(*spectra(60, lambda i: True), k=2)
+
+    def first(reranker, groups, peaks):
+        return [
+            reranker.rerank(options, spectrum, 2)[0]
+            for options, spectrum in zip(groups, peaks, strict=True)
+        ]
+
+    groups, peaks, charges, labels = spectra(60, lambda i: i % 2 == 0)  # half right
+    before = np.mean([c.score for c in first(fitted, groups, peaks)])
+    refitted = rerank.refit_platt(fitted, groups, peaks, charges, labels, "other")
+    after = np.mean([c.score for c in first(refitted, groups, peaks)])
+    assert before > 0.8 and after == pytest.approx(0.5, abs=0.03)
+    assert refitted.booster is fitted.booster and refitted.fitted_on.endswith("other")
+
+
 def test_no_reranker_in_a_folder_without_one(tmp_path):
     assert rerank.load_reranker(tmp_path) is None
 
@@ -173,3 +208,48 @@ def test_an_ms2pip_reranker_ships_with_a_plain_fallback(tmp_path, monkeypatch, c
         rerank.fit(
             groups, peaks, [2] * 40, labels, 2, features=rerank.PREDICTED_FEATURES
         )
+
+
+@needs_ms2pip
+def test_reranking_many_spectra_at_once_equals_one_at_a_time(small_mgf, tmp_path):
+    # ms2pip is called once per charge for all spectra together and the booster
+    # once; every spectrum must get the order and scores it gets alone.
+    rng = np.random.default_rng(2)
+    jobs, labels = [], []
+    for spectrum in real_spectra(small_mgf):  # charges 2-4
+        tokens = [t.replace("I", "L") for t in masses.parse(spectrum.peptide)]
+        peaks = FragmentEvidence(
+            spectrum.mz,
+            spectrum.intensity,
+            masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge),
+            spectrum.charge,
+            0.01,
+        )
+        decoys = [masses.format_peptide(shuffled(tokens, rng)) for _ in range(2)]
+        order = [*decoys, masses.format_peptide(tokens)]
+        order = order[len(jobs) % 3 :] + order[: len(jobs) % 3]  # truth anywhere
+        jobs.append(
+            (
+                [candidate(p, -float(k)) for k, p in enumerate(order)],
+                peaks,
+                spectrum.charge,
+            )
+        )
+        labels.append(masses.format_peptide(tokens))
+    assert len({charge for _, _, charge in jobs}) > 1
+    fitted, _ = rerank.fit(
+        [j[0] for j in jobs] * 4,
+        [j[1] for j in jobs] * 4,
+        [j[2] for j in jobs] * 4,
+        labels * 4,
+        k=3,
+        features=rerank.PREDICTED_FEATURES,
+    )
+    copy = lambda options: [dataclasses.replace(c) for c in options]  # noqa: E731
+    alone = [fitted.rerank(copy(o), peaks, z) for o, peaks, z in jobs]
+    together = fitted.rerank_many([(copy(o), peaks, z) for o, peaks, z in jobs])
+    for one, many in zip(alone, together, strict=True):
+        assert [c.tokens for c in one] == [c.tokens for c in many]
+        assert [c.score for c in one] == pytest.approx([c.score for c in many])
+    scores = [c.score for options in together for c in options]
+    assert len({round(score, 6) for score in scores}) > 3  # real, varied scores
