@@ -191,6 +191,13 @@ def _parser() -> argparse.ArgumentParser:
         "(not the held-out split), so the held-out split can judge the scorers",
     )
     cal.add_argument(
+        "--platt-held-out",
+        action="store_true",
+        help="with --training-part: fit the reranker's map to a probability on "
+        "the held-out split instead (spectra the network did not train on, "
+        "like a user's)",
+    )
+    cal.add_argument(
         "-o",
         "--output",
         help="folder for calibration.yaml, rerank.txt/.yaml (and rerank_ms2pip.txt/"
@@ -458,7 +465,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         spectra = train.training_part(args.inputs, cfg)
     else:
         spectra = train.load_labelled(args.inputs, cfg)
+    if args.platt_held_out and not args.training_part:
+        raise ValueError("--platt-held-out goes with --training-part")
     names = ", ".join(Path(p).name for p in args.inputs)
+    platt_spectra = (
+        train.held_out_split(args.inputs, cfg) if args.platt_held_out else []
+    )
     scorers, report = sequence.calibrate(
         model,
         spectra,
@@ -468,6 +480,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         fitted_on=f"{len(spectra)} spectra of {names}"
         + (" (held-out split)" if args.held_out else "")
         + (" (training part)" if args.training_part else ""),
+        platt_spectra=platt_spectra,
+        platt_fitted_on=f"{len(platt_spectra)} spectra of {names} (held-out split)",
     )
     paths = scorers.save(folder)
     reranker = scorers.reranker
@@ -485,6 +499,11 @@ def _calibrate(args: argparse.Namespace) -> int:
             "reranker without ms2pip's features (the fallback): %.3f reranked "
             "(out-of-fold)",
             report["reranked_rank1_recall_out_of_fold_without_ms2pip"],
+        )
+    if "platt_spectra" in report:
+        log.info(
+            "reranker's probability map refitted on the %d held-out spectra",
+            report["platt_spectra"],
         )
     log.info(
         "calibrated on %d spectra (%d peptides right): peptide-score ECE %.3f raw, "
