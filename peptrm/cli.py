@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         help="mark rank-1 rows whose estimated q-value is above this (e.g. 0.01) "
         "in their status; every row is still written, with its q_value",
     )
+    seq.add_argument(
+        "--devices",
+        type=_at_least(1),
+        default=1,
+        help="sequence in this many processes, each with the model on its own "
+        "device: GPUs 0..N-1 with --device cuda, or shares of the CPU cores "
+        "with --device cpu; the output is the same as with one (default: 1)",
+    )
     seq.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     trn = commands.add_parser(
@@ -372,6 +380,7 @@ def _sequence(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         scorers=scorers,
         fdr=args.fdr,
+        devices=args.devices,
     )
     log.info(
         "wrote %s: %d spectra, %d sequenced, %d skipped, %d without a mass-fitting "
@@ -394,7 +403,7 @@ def _sequence(args: argparse.Namespace) -> int:
         "%.1f spectra/s on %s (%.1f s in all: model %.1f s, decoding %.1f s); "
         "mean refinement steps %.2f",
         summary.spectra_per_second,
-        args.device,
+        args.device if args.devices == 1 else f"{args.devices} x {args.device}",
         summary.seconds,
         summary.model_seconds,
         summary.decode_seconds,

@@ -2,19 +2,25 @@
 
 `peptrm sequence` (and any later service) calls `sequence_files`. Spectra stream
 from the inputs in batches; every input spectrum, sequenced or skipped, gets its
-rows in input order.
+rows in input order. With several devices (`devices` > 1), each batch goes to
+one of that many processes, each holding the model on its own device (GPU i,
+or a CPU share), and the rows are written in input order as the batches
+return; at most two batches per device are in flight, so memory stays flat.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
+import multiprocessing
 import pickle
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -420,6 +426,80 @@ def _file_records(
         yield Skipped(SpectrumRef(str(path), n_records), f"{error}{rest}")
 
 
+def device_names(device: str, devices: int) -> list[str]:
+    """The torch device of each of `devices` sequencing processes.
+
+    "cuda" with several devices means GPUs 0..N-1; "cpu" means N processes
+    sharing the CPU cores. A numbered device ("cuda:1") is one device only.
+    """
+    if devices < 1:
+        raise ValueError(f"--devices {devices}: give at least 1")
+    if devices == 1:
+        return [device]
+    if device == "cuda":
+        available = torch.cuda.device_count()
+        if devices > available:
+            raise ValueError(f"--devices {devices}: only {available} GPUs visible")
+        return [f"cuda:{i}" for i in range(devices)]
+    if device == "cpu":
+        return ["cpu"] * devices
+    raise ValueError(
+        f"--device {device} with --devices {devices}: give --device cuda or cpu "
+        "to spread the work over several devices"
+    )
+
+
+_DEVICE: dict = {}  # in a sequencing process: its model, device, config, scorers
+
+
+def _start_device(
+    model: PepTRM, cfg: Config, scorers: Scorers | None, names, n_devices: int
+) -> None:
+    """Initialise one sequencing process: take a device, put the model on it."""
+    device = names.get()
+    if device == "cpu":  # the CPU cores and the search workers are shared out
+        cores = decoding.resolve_workers(0)
+        torch.set_num_threads(max(1, cores // n_devices))
+        share = max(1, decoding.resolve_workers(cfg.decoding.workers) // n_devices)
+        cfg = replace(cfg, decoding=replace(cfg.decoding, workers=share))
+    _DEVICE.update(
+        model=model.to(device).eval(), device=device, cfg=cfg, scorers=scorers
+    )
+
+
+def _predict_on_device(
+    spectra: list[Spectrum], top_k: int
+) -> tuple[list[list[Prediction]], RunSummary]:
+    """`predict_batch` in a sequencing process; its share of the run's summary."""
+    summary = RunSummary()
+    rows = predict_batch(
+        _DEVICE["model"],
+        spectra,
+        _DEVICE["cfg"],
+        _DEVICE["device"],
+        top_k,
+        summary,
+        _DEVICE["scorers"],
+    )
+    return rows, summary
+
+
+def _device_pool(
+    model: PepTRM, cfg: Config, scorers: Scorers | None, names: list[str]
+) -> ProcessPoolExecutor:
+    """One process per device name, each holding its own copy of the model."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    queue = context.Queue()
+    for name in names:
+        queue.put(name)
+    return ProcessPoolExecutor(
+        len(names),
+        mp_context=context,
+        initializer=_start_device,
+        initargs=(model.cpu(), cfg, scorers, queue, len(names)),
+    )
+
+
 def predictions(
     inputs: Sequence[str | Path],
     model: PepTRM,
@@ -430,13 +510,23 @@ def predictions(
     summary: RunSummary | None = None,
     progress: bool = True,
     scorers: Scorers | None = None,
+    devices: int = 1,
 ) -> Iterator[Prediction]:
-    """Stream prediction rows for every spectrum of `inputs`, in input order."""
+    """Stream prediction rows for every spectrum of `inputs`, in input order.
+
+    `devices` > 1 sequences the batches in that many processes
+    (`device_names`); the rows are the same as with one.
+    """
     summary = summary if summary is not None else RunSummary()
     top_k = top_k or cfg.decoding.top_k
     prepare = preprocess.pipeline(cfg.preprocess)
-    model = model.to(device).eval()
+    names = device_names(device, devices)
+    pool = _device_pool(model, cfg, scorers, names) if devices > 1 else None
+    if pool is None:
+        model = model.to(device).eval()
     pending: list[Spectrum | Skipped] = []
+    # Batches sent to the device processes, oldest first, with their records.
+    in_flight: collections.deque[tuple[list, Future | None]] = collections.deque()
     # The total is an estimate from the raw bytes (MS1 and unreadable files make
     # it inexact); the bar moves once per batch, when its rows are written.
     bar = tqdm(
@@ -447,14 +537,8 @@ def predictions(
         dynamic_ncols=True,
     )
 
-    def flush() -> Iterator[Prediction]:
-        spectra = [r for r in pending if isinstance(r, Spectrum)]
-        results = (
-            iter(predict_batch(model, spectra, cfg, device, top_k, summary, scorers))
-            if spectra
-            else iter(())
-        )
-        for record in pending:
+    def rows_of(records: list, results: Iterator[list[Prediction]]):
+        for record in records:
             if isinstance(record, Skipped):
                 summary.skipped += 1
                 if len(summary.skip_examples) < MAX_SKIP_MESSAGES:
@@ -463,18 +547,52 @@ def predictions(
             else:
                 summary.sequenced += 1
                 yield from next(results)
-        bar.update(len(pending))
-        pending.clear()
+        bar.update(len(records))
 
-    for path in inputs:
-        for record in _file_records(path, default_charge, summary):
-            summary.spectra += 1
-            if isinstance(record, Spectrum):
-                record = prepare(record)
-            pending.append(record)
-            if sum(isinstance(r, Spectrum) for r in pending) >= cfg.decoding.batch_size:
-                yield from flush()
-    yield from flush()
+    def finish_oldest() -> Iterator[Prediction]:
+        records, future = in_flight.popleft()
+        results: list[list[Prediction]] = []
+        if future is not None:
+            results, part = future.result()
+            summary.steps += part.steps
+            summary.unconstrained += part.unconstrained
+            summary.model_seconds += part.model_seconds
+            summary.decode_seconds += part.decode_seconds
+        yield from rows_of(records, iter(results))
+
+    def flush() -> Iterator[Prediction]:
+        records = list(pending)
+        pending.clear()
+        spectra = [r for r in records if isinstance(r, Spectrum)]
+        if pool is None:
+            results = (
+                predict_batch(model, spectra, cfg, device, top_k, summary, scorers)
+                if spectra
+                else []
+            )
+            yield from rows_of(records, iter(results))
+            return
+        future = pool.submit(_predict_on_device, spectra, top_k) if spectra else None
+        in_flight.append((records, future))
+        while len(in_flight) > 2 * len(names):
+            yield from finish_oldest()
+
+    try:
+        for path in inputs:
+            for record in _file_records(path, default_charge, summary):
+                summary.spectra += 1
+                if isinstance(record, Spectrum):
+                    record = prepare(record)
+                pending.append(record)
+                spectra = sum(isinstance(r, Spectrum) for r in pending)
+                if spectra >= cfg.decoding.batch_size:
+                    yield from flush()
+        yield from flush()
+        while in_flight:
+            yield from finish_oldest()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     bar.close()
 
 
@@ -565,6 +683,7 @@ def sequence_files(
     progress: bool = True,
     scorers: Scorers | None = None,
     fdr: float | None = None,
+    devices: int = 1,
 ) -> RunSummary:
     """Sequence every spectrum of `inputs` and write mzTab (or CSV, by extension).
 
@@ -573,7 +692,8 @@ def sequence_files(
     work starts; a file that turns out unreadable gets a skipped row and the run
     goes on. The output appears only when the run succeeds: it is written beside
     its final name and renamed at the end. Rank-1 rows carry q-values
-    (`with_q_values`), filtered by `fdr` when given.
+    (`with_q_values`), filtered by `fdr` when given. `devices`: sequencing
+    processes (`predictions`).
     """
     inputs = distinct_inputs(expand_folders(inputs))
     check_output_path(output, inputs)
@@ -589,6 +709,7 @@ def sequence_files(
         summary,
         progress,
         scorers,
+        devices,
     )
     rows = with_q_values(rows, fdr)
     output = Path(output)

@@ -179,6 +179,34 @@ def test_one_refine_round_still_gives_one_row_per_spectrum(tiny, broken_mgf, sma
             assert abs(after.mass_error_ppm) <= cfg.decoding.precursor_tol_ppm + 1e-6
 
 
+def test_two_sequencing_processes_write_what_one_does_in_input_order(
+    tiny, broken_mgf, small_mgf
+):
+    # batch size 4: five batches (skipped spectra between) go to two CPU
+    # processes and come back in input order, row for row the same
+    model, cfg = tiny
+    summary_one, summary_two = sequence.RunSummary(), sequence.RunSummary()
+    one = _run(model, cfg, [broken_mgf, small_mgf], summary=summary_one)
+    two = _run(model, cfg, [broken_mgf, small_mgf], summary=summary_two, devices=2)
+    assert len(one) == 20 and [str(r.ref) for r in two] == [str(r.ref) for r in one]
+    for a, b in zip(one, two, strict=True):
+        assert (a.peptide, a.status, a.n_steps) == (b.peptide, b.status, b.n_steps)
+        assert a.score == pytest.approx(b.score, nan_ok=True)
+    assert summary_two.steps == summary_one.steps > 0
+    assert summary_two.skipped == summary_one.skipped == 7  # tests/data/README.md
+
+
+def test_devices_name_gpus_in_turn_and_refuse_a_numbered_one():
+    assert sequence.device_names("cpu", 1) == ["cpu"]
+    assert sequence.device_names("cuda:1", 1) == ["cuda:1"]
+    assert sequence.device_names("cpu", 3) == ["cpu"] * 3
+    with pytest.raises(ValueError, match="give --device cuda or cpu"):
+        sequence.device_names("cuda:1", 2)
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="GPUs visible"):
+            sequence.device_names("cuda", 2)
+
+
 def test_bundled_model_sequences_the_small_file(small_mgf):
     model, cfg = load_model()
     cfg = _with_decoding(cfg, batch_size=16)
