@@ -79,3 +79,13 @@ def test_the_proline_effect_puts_the_tallest_ion_before_proline():
     # y6 (PTLDEK), the y ion of the second cleavage (E|P)
     ((b, y),) = predicted.predict(["PEPTLDEK"], 2)
     assert np.argmax(y) == 1 and y[1] > b.max()
+
+
+def test_ranks_share_ties_and_spearman_reads_them():
+    # unmatched ions all weigh 0: they tie for the lowest ranks
+    observed = np.array([0.0, 0.5, 0.0, 0.2, 0.0])
+    assert predicted._ranks(observed).tolist() == [2.0, 5.0, 2.0, 4.0, 2.0]
+    assert predicted._ranks(np.array([3.0, 1.0, 2.0])).tolist() == [3.0, 1.0, 2.0]
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 9.0])
+    assert predicted._pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1])
+    assert math.isnan(predicted._pearson(np.ones(4), b))
