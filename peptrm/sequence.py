@@ -128,16 +128,26 @@ class Scorers:
     def apply_many(
         self, jobs: Sequence[tuple[list[decoding.Candidate], FragmentEvidence, int]]
     ) -> list[list[decoding.Candidate]]:
-        """`apply` over several spectra (candidates, peaks, charge) at once."""
+        """`apply` over several spectra (candidates, peaks, charge) at once.
+
+        The reranker reads the model's own residue probabilities, as it was
+        fitted on them, so the calibrated residue scores replace them only
+        after it has ranked.
+        """
+        residues = []
         if self.calibration is not None:
             for candidates, peaks, _ in jobs:
                 for candidate in candidates:
-                    candidate.score, candidate.aa_scores = self.calibration.apply(
+                    candidate.score, calibrated = self.calibration.apply(
                         candidate, peaks
                     )
+                    residues.append((candidate, calibrated))
+        out = [candidates for candidates, _, _ in jobs]
         if self.reranker is not None:
-            return self.reranker.rerank_many(jobs)
-        return [candidates for candidates, _, _ in jobs]
+            out = self.reranker.rerank_many(jobs)
+        for candidate, calibrated in residues:
+            candidate.aa_scores = calibrated
+        return out
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write each scorer that is set into a model folder."""

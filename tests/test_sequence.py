@@ -10,7 +10,7 @@ from peptrm import decoding, masses, metrics, preprocess, sequence
 from peptrm.config import load_config
 from peptrm.io import InputError, Spectrum, read_predictions, read_spectra
 from peptrm.model import PepTRM
-from peptrm.weights import load_model
+from peptrm.weights import BUNDLED, load_model
 
 DATA_BOM = Path(__file__).parent / "data" / "bom.mgf"
 TINY = {
@@ -271,6 +271,63 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
     np.testing.assert_array_equal(again.calibration.residue, fitted.residue)
     with pytest.raises(ValueError, match="no usable labelled spectra"):
         sequence.calibrate(model, [], cfg)
+
+
+def test_calibrate_fits_the_rerankers_probability_map_on_other_spectra(small_mgf):
+    # the reranker learns from the demo spectra; its map to a probability is
+    # refitted on the ten small.mgf ones, where the rank-1 scores then average
+    # to the share of those spectra right at rank 1 (a logistic fit's promise)
+    model, cfg = load_model()
+    prepare = preprocess.pipeline(cfg.preprocess)
+    demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
+    spectra = [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
+    other = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    scorers, report = sequence.calibrate(
+        model, spectra, cfg, platt_spectra=other, platt_fitted_on="small"
+    )
+    assert report["platt_spectra"] == 10
+    assert scorers.reranker.fitted_on.endswith("Platt map: small")
+    found, _, _ = sequence.decode_batch(
+        model, other, cfg, "cpu", 1, sequence.RunSummary(), scorers
+    )
+    right = [
+        metrics.aa_match(options[0].tokens, masses.parse(s.peptide))[1]
+        for options, s in zip(found, other, strict=True)
+    ]
+    assert 0 < sum(right) < len(right)
+    scores = [options[0].score for options in found]
+    assert np.mean(scores) == pytest.approx(np.mean(right), abs=0.02)
+
+
+def test_the_reranker_reads_the_model_probabilities_it_was_fitted_on(small_mgf):
+    # calibration replaces each candidate's residue scores; the reranker was
+    # fitted on the model's own residue probabilities, so it must rank on those
+    model, cfg = load_model()
+    scorers = sequence.load_scorers(BUNDLED)
+    prepare = preprocess.pipeline(cfg.preprocess)
+    spectra = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    found, peaks, _ = sequence.decode_batch(
+        model, spectra, cfg, "cpu", 20, sequence.RunSummary(), head_k=20,
+        scorers=sequence.Scorers(cleavage=scorers.cleavage),
+    )  # fmt: skip
+    charges = [s.charge for s in spectra]
+    raw = [[dataclasses.replace(c) for c in options] for options in found]
+    applied = scorers.apply_many(list(zip(found, peaks, charges, strict=True)))
+    for options, before, spectrum_peaks, charge in zip(
+        applied, raw, peaks, charges, strict=True
+    ):
+        probability = scorers.reranker.probabilities(before, spectrum_peaks, charge)
+        assert [c.score for c in options] == pytest.approx(
+            sorted(probability, reverse=True)
+        )
+        residues = {
+            tuple(c.indices): scorers.calibration.apply(c, spectrum_peaks)[1]
+            for c in before
+        }
+        for candidate in options:  # the rows carry the calibrated residue scores
+            assert candidate.aa_scores == pytest.approx(
+                residues[tuple(candidate.indices)]
+            )
 
 
 def test_an_unreadable_file_becomes_a_row_and_the_run_goes_on(
