@@ -1,4 +1,4 @@
-"""PepTRM's bundled model side by side with Casanovo trained from scratch on the same data.
+"""PepTRM's bundled model beside Casanovo trained from scratch on the same data.
 
 Casanovo (5.2.1) runs in its own virtual environment (created here when missing:
 torch 2.13.0 first, so pip does not pull CUDA, then casanovo 5.2.1 and pyarrow
@@ -124,7 +124,7 @@ def seed_unimod_cache(cache: Path) -> Path:
     path = cache / "spectrum_utils" / "UNIMOD.pkl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         pickle.dump(((by_accession, by_name), now), handle)
     return path
 
@@ -564,9 +564,10 @@ def main() -> None:
         },
     }
     print(
-        f"\n{n_spectra} dev spectra; PepTRM: bundled model (trained {BUNDLED_SECONDS} s "
-        f"on one CPU thread, not rerun); Casanovo: trained here; batch {predict_batch}, "
-        f"one thread; spectra/s over the whole `sequence` process "
+        f"\n{n_spectra} dev spectra; PepTRM: bundled model (trained "
+        f"{BUNDLED_SECONDS} s on one CPU thread, not rerun); Casanovo: trained "
+        f"here; batch {predict_batch}, one thread; spectra/s over the whole "
+        "`sequence` process "
         f"(PepTRM {peptrm_seconds:.1f} s, Casanovo {casanovo_seconds:.1f} s)"
     )
     print_table(rows)
