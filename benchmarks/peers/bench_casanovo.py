@@ -448,6 +448,11 @@ def peptrm_parameters() -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _number(value: float | None) -> float:
+    """A figure as a float: nan where undefined (JSON null, e.g. no predictions)."""
+    return float("nan") if value is None else float(value)
+
+
 def print_table(rows: dict[str, dict]) -> None:
     """One row per figure: PepTRM, Casanovo and their ratio."""
     figures = (
@@ -462,9 +467,10 @@ def print_table(rows: dict[str, dict]) -> None:
     names = list(rows)
     print(f"{'':27}{names[0]:>12}{names[1]:>12}{'PepTRM/Casanovo':>17}")
     for title, key, form in figures:
-        a, b = rows[names[0]][key], rows[names[1]][key]
-        ratio = f"{a / b:.2f}" if b else "-"
-        print(f"{title:27}{form.format(a):>12}{form.format(b):>12}{ratio:>17}")
+        a, b = (_number(rows[name][key]) for name in names)
+        ratio = f"{a / b:.2f}" if np.isfinite(a / b if b else np.nan) else "-"
+        cells = (form.format(x) if np.isfinite(x) else "-" for x in (a, b))
+        print(f"{title:27}" + "".join(f"{cell:>12}" for cell in cells) + f"{ratio:>17}")
 
 
 def main() -> None:
@@ -475,9 +481,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_casanovo"))
     parser.add_argument("--budget-s", type=float, help="Casanovo's training budget")
     parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="sequence with this Casanovo checkpoint, no training",
+        "--reuse-training",
+        action="store_true",
+        help="sequence with the checkpoint and figures of this work folder's last "
+        "Casanovo training (casanovo_fit.json) instead of training again",
     )
     for key in ARCHITECTURE:
         parser.add_argument(
@@ -516,9 +523,9 @@ def main() -> None:
     print(
         "casanovo architecture: " + ", ".join(f"{k} {shape[k]}" for k in ARCHITECTURE)
     )
-    if args.checkpoint:
-        fit = {"end_checkpoint": str(args.checkpoint), "fit_seconds": float("nan")}
-        fit["n_parameters"] = float("nan")
+    if args.reuse_training:
+        fit = json.loads((work / "casanovo_fit.json").read_text())
+        print(f"reusing {fit['end_checkpoint']} ({fit['global_step']} steps)")
     else:
         print(f"training Casanovo from scratch for {budget:.0f} s ...", flush=True)
         fit = train_casanovo(python, work, env, config, budget)
