@@ -530,7 +530,9 @@ def main() -> None:
         print(f"training Casanovo from scratch for {budget:.0f} s ...", flush=True)
         fit = train_casanovo(python, work, env, config, budget)
         print(
-            f"casanovo: {fit['global_step']} steps, {fit['epochs']} epochs, "
+            f"casanovo: {fit['global_step']} steps of {cfg.training.batch_size} "
+            f"({fit['global_step'] * cfg.training.batch_size / counts['train']:.2f} "
+            "epochs), "
             f"{fit['fit_seconds']:.0f} s fitting, {fit['process_seconds']:.0f} s "
             "in all",
             flush=True,
