@@ -122,6 +122,9 @@ class SimulationConfig:
     isotope_error_rate: float  # chance that the precursor is the +1 13C peak
     dropout: float  # chance that a b/y ion is missing, in a realistic spectrum
     noise_peaks: int  # mean number of noise peaks, in a realistic spectrum
+    # b/y intensities: "builtin" (`simulate.ladder_intensities`) or "ms2pip"
+    # (ms2pip 4.1.2's HCD2019 predictions; needs the `ms2pip` extra)
+    intensity_model: str = "builtin"
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ def _check_type(value: Any, expected: Any, key: str, source: str) -> Any:
 # Allowed ranges, (lowest, highest) inclusive; None leaves that side open. A value
 # outside them would fail far from the config (a division by zero, an empty
 # top-k) or silently do something else (a negative top-k writes every candidate).
+INTENSITY_MODELS = ("builtin", "ms2pip")  # simulation.intensity_model
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "preprocess.min_mz": (0, None),
     "preprocess.n_peaks": (1, None),
@@ -294,6 +298,12 @@ def _check_ranges(config: Config, source: str) -> None:
                 f"{source}: {lower} = {values[lower]!r} is above "
                 f"{upper} = {values[upper]!r}"
             )
+    if config.simulation.intensity_model not in INTENSITY_MODELS:
+        raise ConfigError(
+            f"{source}: simulation.intensity_model = "
+            f"{config.simulation.intensity_model!r}: give one of "
+            + ", ".join(INTENSITY_MODELS)
+        )
     if config.model.dim % config.model.n_heads:
         raise ConfigError(
             f"{source}: model.dim = {config.model.dim} is not a multiple of "

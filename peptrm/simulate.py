@@ -223,8 +223,12 @@ def _b_y_ions(
     charge: int,
     dropout: float,
     rng: np.random.Generator,
+    expected: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw the b/y peaks that survive dropout: 1+ always, 2+ from charge 2 up.
+
+    `expected`: the b and y 1+ intensities to spread (by ion number, as
+    `ladder_intensities` gives them); the built-in model's when None.
 
     Returns their m/z, intensity and charge, and every b 1+ intensity before
     dropout (a-ions derive from b ions whether or not the b ion is seen). 2+ ions
@@ -233,7 +237,7 @@ def _b_y_ions(
     """
     n = len(residues)
     b_mz, y_mz = masses.fragment_mz(tokens, charge=1)
-    b_expected, y_expected = ladder_intensities(residues)
+    b_expected, y_expected = expected or ladder_intensities(residues)
     ladder_mz = np.concatenate([b_mz, y_mz])
     ladder = np.concatenate([b_expected, y_expected]) * _lognormal(2 * (n - 1), rng)
     keep = _rank_dropout(ladder, dropout, rng)
@@ -275,8 +279,12 @@ def simulate_spectrum(
     cfg: SimulationConfig,
     difficulty: float,
     ref: SpectrumRef | None = None,
+    expected: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Spectrum:
     """Simulate the HCD MS/MS spectrum of a peptide at a precursor charge.
+
+    `expected` replaces the built-in b/y intensity model (`ladder_intensities`)
+    with other expected intensities, e.g. ms2pip's (`predicted_ladders`).
 
     `difficulty` in [0, 1] scales what makes a spectrum hard: b/y dropout goes from
     `CLEAN_DROPOUT` to `cfg.dropout`; noise peaks from none to a Poisson mean of
@@ -293,7 +301,7 @@ def simulate_spectrum(
     b_mz, _ = masses.fragment_mz(tokens, charge=1)
     dropout = CLEAN_DROPOUT + (cfg.dropout - CLEAN_DROPOUT) * difficulty
     by_mz, by_intensity, by_charge, b_intensity = _b_y_ions(
-        tokens, residues, charge, dropout, rng
+        tokens, residues, charge, dropout, rng, expected
     )
     mz_parts, intensity_parts = [by_mz], [by_intensity]
     if difficulty > 0 and by_mz.size:
@@ -426,15 +434,65 @@ def simulate_batch(
 ) -> list[Spectrum]:
     """Simulate `n` spectra of random modified peptides at plausible charges.
 
-    Each spectrum's ref is ``SpectrumRef("synthetic", i, peptide)``.
+    Each spectrum's ref is ``SpectrumRef("synthetic", i, peptide)``. With
+    `cfg.intensity_model` "ms2pip" the b/y intensities are ms2pip's
+    (`predicted_ladders`), predicted for the whole batch at once, so its
+    peptides are drawn first: the same seed gives other spectra than the
+    built-in model's (whose stream is unchanged), from the same distribution.
     """
-    spectra = []
-    for i in range(n):
+    if cfg.intensity_model != "ms2pip":
+        spectra = []
+        for i in range(n):
+            tokens = random_peptide(peptides, rng, cfg)
+            charge = sample_charge(len(_residues(tokens)), rng, cfg)
+            ref = SpectrumRef("synthetic", i, masses.format_peptide(tokens))
+            spectra.append(simulate_spectrum(tokens, charge, rng, cfg, difficulty, ref))
+        return spectra
+    drawn = []
+    for _ in range(n):
         tokens = random_peptide(peptides, rng, cfg)
-        charge = sample_charge(len(_residues(tokens)), rng, cfg)
-        ref = SpectrumRef("synthetic", i, masses.format_peptide(tokens))
-        spectra.append(simulate_spectrum(tokens, charge, rng, cfg, difficulty, ref))
-    return spectra
+        drawn.append((tokens, sample_charge(len(_residues(tokens)), rng, cfg)))
+    return [
+        simulate_spectrum(
+            tokens,
+            charge,
+            rng,
+            cfg,
+            difficulty,
+            SpectrumRef("synthetic", i, masses.format_peptide(tokens)),
+            ladder,
+        )
+        for i, ((tokens, charge), ladder) in enumerate(
+            zip(drawn, predicted_ladders(drawn), strict=True)
+        )
+    ]
+
+
+def predicted_ladders(
+    drawn: Sequence[tuple[list[str], int]],
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """ms2pip's b and y 1+ intensities of (tokens, charge) pairs, by ion number.
+
+    Scaled to the built-in model's tallest ion, so noise and the other ion
+    types keep their levels; None (built-in model) where ms2pip cannot predict.
+    """
+    from peptrm import predicted  # ms2pip is optional
+
+    out: list = [None] * len(drawn)
+    for charge in sorted({charge for _, charge in drawn}):
+        rows = [i for i, (_, c) in enumerate(drawn) if c == charge]
+        found = predicted.predict([drawn[i][0] for i in rows], charge)
+        for i, intensities in zip(rows, found, strict=True):
+            if intensities is None:
+                continue
+            b, y = intensities  # by cleavage: y[k] is the y ion of cleavage k
+            b_ref, y_ref = ladder_intensities(_residues(drawn[i][0]))
+            top = max(b.max(), y.max())
+            if top <= 0:
+                continue
+            scale = max(b_ref.max(), y_ref.max()) / top
+            out[i] = (b * scale, y[::-1] * scale)  # y by ion number, as y1..
+    return out
 
 
 def augment(

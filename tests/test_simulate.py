@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pyteomics import mgf
 
-from peptrm import masses
+from peptrm import masses, predicted
 from peptrm.config import load_config
 from peptrm.io import Spectrum, SpectrumRef
 from peptrm.simulate import (
@@ -174,6 +174,46 @@ def test_same_seed_same_spectra(cfg):
         np.testing.assert_array_equal(a.intensity, b.intensity)
     assert [s.ref.index for s in first] == list(range(20))
     assert any(a.mz.size != b.mz.size for a, b in zip(first, other, strict=True))
+
+
+def test_an_unknown_intensity_model_is_refused():
+    from peptrm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="intensity_model = 'prosit'"):
+        load_config(overrides={"simulation": {"intensity_model": "prosit"}})
+
+
+@pytest.mark.skipif(not predicted.available(), reason="ms2pip 4.1.2 is not installed")
+def test_ms2pip_intensities_replace_the_built_in_ladder(cfg):
+    from peptrm.simulate import _residues, ladder_intensities
+
+    def agreement(spectra):
+        """Mean correlation of observed b/y 1+ peaks with each model's ladder."""
+        with_ms2pip, with_built_in = [], []
+        for spectrum in spectra:
+            tokens = masses.parse(spectrum.peptide)
+            b_mz, y_mz = masses.fragment_mz(tokens, 1)  # b1.., y1..
+            ions = np.concatenate([b_mz, y_mz])
+            near = np.abs(spectrum.mz[None, :] - ions[:, None]) < 0.02
+            seen = np.where(near, spectrum.intensity[None, :], 0).max(axis=1)
+            b, y = predicted.predict([tokens], spectrum.charge)[0]
+            ms2pip = np.concatenate([b, y[::-1]])  # y by ion number
+            built_in = np.concatenate(ladder_intensities(_residues(tokens)))
+            with_ms2pip.append(np.corrcoef(seen, ms2pip)[0, 1])
+            with_built_in.append(np.corrcoef(seen, built_in)[0, 1])
+        return np.mean(with_ms2pip), np.mean(with_built_in)
+
+    ms2pip_cfg = replace(cfg, intensity_model="ms2pip")
+    drawn = simulate_batch(PEPTIDES, 12, np.random.default_rng(8), ms2pip_cfg, 0.0)
+    again = simulate_batch(PEPTIDES, 12, np.random.default_rng(8), ms2pip_cfg, 0.0)
+    for a, b in zip(drawn, again, strict=True):  # reproducible from the seed
+        assert (a.peptide, a.charge) == (b.peptide, b.charge)
+        np.testing.assert_array_equal(a.intensity, b.intensity)
+    built_in = simulate_batch(PEPTIDES, 12, np.random.default_rng(8), cfg, 0.0)
+    follows_ms2pip, follows_built_in = agreement(drawn)
+    assert follows_ms2pip > follows_built_in + 0.1
+    follows_ms2pip, follows_built_in = agreement(built_in)
+    assert follows_built_in > follows_ms2pip + 0.1
 
 
 def test_clean_spectra_cover_more_of_the_ladder(cfg):
