@@ -93,6 +93,23 @@ def predict(peptides: Sequence[str | Sequence[str]], charge: int) -> list[Intens
     return out
 
 
+def predict_by_charge(
+    peptides: Sequence[str | Sequence[str]], charges: Sequence[int]
+) -> list[Intensities]:
+    """`predict` for peptides of mixed precursor charges, one ms2pip call per charge.
+
+    A call costs ~9 ms before its first peptide and ~0.35 ms a peptide after
+    it, so peptides predicted together cost far less than one call each.
+    """
+    out: list[Intensities] = [None] * len(peptides)
+    for charge in sorted(set(charges)):
+        rows = [i for i, c in enumerate(charges) if c == charge]
+        found = predict([peptides[i] for i in rows], charge)
+        for i, intensities in zip(rows, found, strict=True):
+            out[i] = intensities
+    return out
+
+
 def _by_cleavage(log2_intensity: dict) -> tuple[np.ndarray, np.ndarray]:
     """ms2pip's log2(intensity + 0.001) per ion number as linear, by cleavage."""
     b = np.maximum(2.0 ** np.asarray(log2_intensity["b"], np.float64) - 0.001, 0)

@@ -771,7 +771,7 @@ def calibrate(
     calibration (in-sample), and the reranker's out-of-fold rank-1 recall.
     With `platt_spectra` (spectra the network did not train on), the
     reranker's map to a probability is then refitted on those
-    (`rerank.refit_platt`), and the report says how well it fits them.
+    (`rerank.refit_platt`), and the report gives their number.
     """
     if not spectra:
         raise ValueError("no usable labelled spectra to calibrate on")

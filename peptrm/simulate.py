@@ -478,20 +478,20 @@ def predicted_ladders(
     """
     from peptrm import predicted  # ms2pip is optional
 
+    found = predicted.predict_by_charge(
+        [tokens for tokens, _ in drawn], [charge for _, charge in drawn]
+    )
     out: list = [None] * len(drawn)
-    for charge in sorted({charge for _, charge in drawn}):
-        rows = [i for i, (_, c) in enumerate(drawn) if c == charge]
-        found = predicted.predict([drawn[i][0] for i in rows], charge)
-        for i, intensities in zip(rows, found, strict=True):
-            if intensities is None:
-                continue
-            b, y = intensities  # by cleavage: y[k] is the y ion of cleavage k
-            b_ref, y_ref = ladder_intensities(_residues(drawn[i][0]))
-            top = max(b.max(), y.max())
-            if top <= 0:
-                continue
-            scale = max(b_ref.max(), y_ref.max()) / top
-            out[i] = (b * scale, y[::-1] * scale)  # y by ion number, as y1..
+    for i, ((tokens, _), intensities) in enumerate(zip(drawn, found, strict=True)):
+        if intensities is None:
+            continue
+        b, y = intensities  # by cleavage: y[k] is the y ion of cleavage k
+        b_ref, y_ref = ladder_intensities(_residues(tokens))
+        top = max(b.max(), y.max())
+        if top <= 0:
+            continue
+        scale = max(b_ref.max(), y_ref.max()) / top
+        out[i] = (b * scale, y[::-1] * scale)  # y by ion number, as y1..
     return out
 
 

@@ -140,6 +140,24 @@ def real_spectra(path) -> list:
     return [prepare(s) for s in read_spectra(path) if isinstance(s, Spectrum)]
 
 
+def real_cases(path) -> list:
+    """(spectrum, its label's tokens with I as L, its peaks) of a labelled file."""
+    return [
+        (
+            spectrum,
+            [t.replace("I", "L") for t in masses.parse(spectrum.peptide)],
+            FragmentEvidence(
+                spectrum.mz,
+                spectrum.intensity,
+                masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge),
+                spectrum.charge,
+                0.01,
+            ),
+        )
+        for spectrum in real_spectra(path)
+    ]
+
+
 def shuffled(tokens: list[str], rng) -> list[str]:
     """The same residues, first and last kept, the middle permuted (same mass)."""
     head = [t for t in tokens if t in masses.N_TERMINAL_MODIFICATIONS]
@@ -152,15 +170,7 @@ def test_ms2pip_agreement_of_the_true_peptide_beats_a_shuffled_one(small_mgf):
     rng = np.random.default_rng(0)
     names = rerank.PREDICTED_FEATURES
     cosine, pearson = names.index("ms2pip_cosine"), names.index("ms2pip_pearson")
-    for spectrum in real_spectra(small_mgf):  # 10 MassIVE-KB HCD spectra, charge 2-4
-        tokens = [t.replace("I", "L") for t in masses.parse(spectrum.peptide)]
-        peaks = FragmentEvidence(
-            spectrum.mz,
-            spectrum.intensity,
-            masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge),
-            spectrum.charge,
-            0.01,
-        )
+    for spectrum, tokens, peaks in real_cases(small_mgf):  # MassIVE-KB, charge 2-4
         right = candidate(masses.format_peptide(tokens), 0.0)
         wrong = candidate(masses.format_peptide(shuffled(tokens, rng)), 0.0)
         x = rerank.candidate_features([right, wrong], peaks, spectrum.charge, names)
@@ -216,15 +226,7 @@ def test_reranking_many_spectra_at_once_equals_one_at_a_time(small_mgf, tmp_path
     # once; every spectrum must get the order and scores it gets alone.
     rng = np.random.default_rng(2)
     jobs, labels = [], []
-    for spectrum in real_spectra(small_mgf):  # charges 2-4
-        tokens = [t.replace("I", "L") for t in masses.parse(spectrum.peptide)]
-        peaks = FragmentEvidence(
-            spectrum.mz,
-            spectrum.intensity,
-            masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge),
-            spectrum.charge,
-            0.01,
-        )
+    for spectrum, tokens, peaks in real_cases(small_mgf):  # charges 2-4
         decoys = [masses.format_peptide(shuffled(tokens, rng)) for _ in range(2)]
         order = [*decoys, masses.format_peptide(tokens)]
         order = order[len(jobs) % 3 :] + order[: len(jobs) % 3]  # truth anywhere
