@@ -215,7 +215,7 @@ class FragmentEvidence:
         if self._steps is None:
             self._steps = self._step_function()
         edges, values = self._steps
-        step = np.searchsorted(edges, prefix_mass)  # edges[step-1] < m <= edges[step]
+        step = edges.searchsorted(prefix_mass)  # edges[step-1] < m <= edges[step]
         out = values[step - 1]
         near = np.minimum(prefix_mass - edges[step - 1], edges[step] - prefix_mass)
         close = near <= STEP_EDGE_DA

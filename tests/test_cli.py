@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -445,9 +446,18 @@ def test_the_readme_shows_what_the_demo_prints(tmp_path, monkeypatch, capsys):
     assert cli.main(["sequence", "--demo", "-o", "demo.mztab", "--no-progress"]) == 0
     printed = capsys.readouterr()
     assert _demo_counts(printed.err) == counts
-    assert _demo_table(printed.out) == table, (
-        "README.md's 'What to expect' table is stale; paste what the demo prints"
-    )
+    shown = _demo_table(printed.out)
+    stale = "README.md's 'What to expect' table is stale; paste what the demo prints"
+    assert list(shown) == list(table), stale
+    for name, cells in shown.items():
+        assert cells[0] == table[name][0], stale  # spectra
+        # Metrics within one spectrum of 40: the same code on another CPU rounds
+        # floats differently (AA precision 0.478 on one machine, 0.470 on another).
+        assert np.allclose(
+            [float(c) for c in cells[1:]],
+            [float(c) for c in table[name][1:]],
+            atol=0.03,
+        ), stale
 
 
 def test_sigterm_leaves_no_output_and_exits_143(tmp_path):
