@@ -16,7 +16,6 @@ line through wall-clock against N).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -28,16 +27,20 @@ import numpy as np
 from common import SHARED, print_provenance
 
 DEV = sorted((SHARED / "dev").glob("*.mgf"))
-REPORTED = re.compile(r"([\d.]+) s in all: model ([\d.]+) s, decoding ([\d.]+) s")
+REPORTED = re.compile(r"[\d.]+ s in all: model ([\d.]+) s, decoding ([\d.]+) s")
 
 
-def dev_subset(n: int, folder: Path) -> Path:
-    """An MGF of the first `n` spectra of the dev files, in file order."""
+def dev_blocks() -> list[str]:
+    """Every spectrum of the dev files as its MGF text, in file order."""
     blocks: list[str] = []
     for path in DEV:
-        text = path.read_text()
-        for block in text.split("BEGIN IONS")[1:]:
+        for block in path.read_text().split("BEGIN IONS")[1:]:
             blocks.append("BEGIN IONS" + block.split("END IONS")[0] + "END IONS\n")
+    return blocks
+
+
+def dev_subset(blocks: list[str], n: int, folder: Path) -> Path:
+    """An MGF of the first `n` of `blocks` (`dev_blocks`)."""
     if n > len(blocks):
         raise SystemExit(f"--sizes: the dev files hold {len(blocks)} spectra, not {n}")
     out = folder / f"dev_first_{n}.mgf"
@@ -48,7 +51,6 @@ def dev_subset(n: int, folder: Path) -> Path:
 def run(mgf: Path, batch_size: int | None, folder: Path) -> dict:
     """One `peptrm sequence` process; its wall-clock and what it reports."""
     output = folder / f"{mgf.stem}_{batch_size}.mztab"
-    output.unlink(missing_ok=True)
     command = [
         str(Path(sys.executable).parent / "peptrm"), "sequence", str(mgf),
         "-o", str(output), "--no-progress",
@@ -56,15 +58,15 @@ def run(mgf: Path, batch_size: int | None, folder: Path) -> dict:
     if batch_size:
         command += ["--batch-size", str(batch_size)]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+    done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     found = REPORTED.search(done.stderr)
     if found is None:
         raise SystemExit(f"no timing line in the log of {' '.join(command)}")
-    sequenced, model, decoding = (float(v) for v in found.groups())
-    return {"wall": wall, "sequenced": sequenced, "model": model, "decoding": decoding}
+    model, decoding = (float(v) for v in found.groups())
+    return {"wall": wall, "model": model, "decoding": decoding}
 
 
 def print_row(label: str, n: int, r: dict) -> None:
@@ -92,13 +94,14 @@ def main() -> None:
         f"{'':>12} {'spectra':>8} {'wall s':>8} {'spectra/s':>10} "
         f"{'model s':>8} {'decoding s':>10} {'ms/spectrum':>10}"
     )
+    blocks = dev_blocks()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print("\nwhole process against input size (default batch size)")
         print(header)
         walls = []
         for n in args.sizes:
-            result = run(dev_subset(n, folder), None, folder)
+            result = run(dev_subset(blocks, n, folder), None, folder)
             walls.append(result["wall"])
             print_row("input", n, result)
         if len(args.sizes) > 1:
@@ -109,7 +112,7 @@ def main() -> None:
             )
         print(f"\nwhole process against batch size ({args.batch_input} spectra)")
         print(header)
-        mgf = dev_subset(args.batch_input, folder)
+        mgf = dev_subset(blocks, args.batch_input, folder)
         for size in args.batch_sizes:
             print_row(f"batch {size}", args.batch_input, run(mgf, size, folder))
 
