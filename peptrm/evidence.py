@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import yaml
 
@@ -73,6 +74,27 @@ SCALE = 0.25
 BIAS = -0.5
 RANDOM_PER_TRUE = 4  # random cleavage masses drawn per true one when fitting
 MAX_TOKENS = 256  # longer than any peptide a labelled spectrum carries
+
+
+@numba.njit(cache=True, nogil=True)
+def read_steps(
+    edges: np.ndarray, values: np.ndarray, prefix_mass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A step function's value at each mass, and where a mass is near an edge.
+
+    `edges` ascending, padded with -inf and inf; `values[k]` holds between
+    edges k and k+1. Masses within `STEP_EDGE_DA` of an edge are flagged (their
+    value must be computed exactly). Compiled: the search calls this for every
+    prefix it extends, on ~20 masses, where NumPy's cost per call dominates.
+    """
+    out = np.empty(len(prefix_mass))
+    close = np.zeros(len(prefix_mass), np.bool_)
+    for c in range(len(prefix_mass)):
+        m = prefix_mass[c]
+        step = np.searchsorted(edges, m)  # edges[step-1] < m <= edges[step]
+        out[c] = values[step - 1]
+        close[c] = min(m - edges[step - 1], edges[step] - m) <= STEP_EDGE_DA
+    return out, close
 
 
 @dataclass
@@ -212,16 +234,16 @@ class FragmentEvidence:
         Equal to `exact_score`, read from its steps (see the module docstring).
         """
         prefix_mass = np.asarray(prefix_mass, np.float64)
-        if self._steps is None:
-            self._steps = self._step_function()
-        edges, values = self._steps
-        step = edges.searchsorted(prefix_mass)  # edges[step-1] < m <= edges[step]
-        out = values[step - 1]
-        near = np.minimum(prefix_mass - edges[step - 1], edges[step] - prefix_mass)
-        close = near <= STEP_EDGE_DA
+        out, close = read_steps(*self.steps(), prefix_mass)
         if close.any():
             out[close] = self.exact_score(prefix_mass[close])
         return out
+
+    def steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The score as a step function (`read_steps` reads it), built once."""
+        if self._steps is None:
+            self._steps = self._step_function()
+        return self._steps
 
     def _scored_ions(self) -> tuple[tuple, ...]:
         """The `masses.FRAGMENT_IONS` types the score looks at."""

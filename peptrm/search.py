@@ -18,16 +18,18 @@ Nothing here imports torch, so worker processes start light.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from peptrm import masses
 from peptrm.config import DecodingConfig
-from peptrm.evidence import FragmentEvidence
+from peptrm.evidence import FragmentEvidence, read_steps
 
 RESIDUE_INDICES = np.array(
     [
@@ -181,11 +183,17 @@ class _Spectrum:
         self.lo_offset = (-self.tol_da - remaining * RESIDUAL_MAX_DA) / BIN_DA - 1e-6
         self.hi_offset = (self.tol_da - remaining * RESIDUAL_MIN_DA) / BIN_DA + 1e-6
         self._first = self.log_probs[0, FIRST_INDICES]
+        scored = self.evidence is not None and self.weight != 0
+        self.steps = self.evidence.steps() if scored else _NO_STEPS
         self._residues = self.log_probs[:, RESIDUE_INDICES]  # (L, R)
 
     def token_log_probs(self, position: int) -> np.ndarray:
         """Log-probs of the tokens allowed at `position` (`FIRST_INDICES` at 0)."""
         return self._first if position == 0 else self._residues[position]
+
+
+_NO_STEPS = (np.zeros(0), np.zeros(0))  # no evidence: the cleavage bonus is 0
+_NO_BONUS = np.zeros(0)  # the bonus is read from the steps (`_rank_children`)
 
 
 def _remaining(spec: _Spectrum, prefix_mass: np.ndarray) -> np.ndarray:
@@ -198,29 +206,43 @@ def _extension_bound(spec: _Spectrum, row: int, remaining: np.ndarray) -> np.nda
 
     The maximum of the bounds over every bin total that could reach a target
     window (one window per isotope; `remaining` from `_remaining`), from the
-    range-max table in two lookups. Written with in-place NumPy calls: the
-    search calls it for every prefix it extends, on ~21 x 2 values.
+    range-max table in two lookups (`_window_bounds`).
     """
-    table = spec.table
-    n_bins = table.shape[-1]
     if row == spec.log_probs.shape[0]:
         return np.full(len(remaining), -np.inf)
-    need = remaining / BIN_DA  # (C, I) bins
-    lo = np.ceil(need + spec.lo_offset[row])
-    np.maximum(lo, 0, out=lo)
-    np.minimum(lo, n_bins - 1, out=lo)
-    hi = np.floor(need + spec.hi_offset[row])
-    np.minimum(hi, n_bins - 1, out=hi)
-    width = hi - lo + 1
-    level = np.frexp(width)[1]
-    level -= 1
-    np.maximum(level, 0, out=level)
-    np.minimum(level, table.shape[0] - 1, out=level)
-    end = hi.astype(np.intp) - (1 << level) + 1
-    np.maximum(end, 0, out=end)
-    best = np.maximum(table[level, row, lo.astype(np.intp)], table[level, row, end])
-    best[width < 1] = -np.inf
-    return np.maximum.reduce(best, axis=1)
+    return _window_bounds(
+        spec.table, row, spec.lo_offset[row], spec.hi_offset[row], remaining
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_bounds(
+    table: np.ndarray, row: int, lo_offset: float, hi_offset: float, remaining
+) -> np.ndarray:
+    """`_extension_bound` below the last row: (C,) from (C, I) remaining masses.
+
+    Compiled: the search asks for every prefix it extends, on ~21 x 2 values,
+    where NumPy's cost per call was a sixth of the search's time.
+    """
+    n_levels, n_bins = table.shape[0], table.shape[-1]
+    out = np.empty(remaining.shape[0])
+    for c in range(remaining.shape[0]):
+        best = -np.inf
+        for i in range(remaining.shape[1]):
+            need = remaining[c, i] / BIN_DA  # bins
+            lo = min(max(np.ceil(need + lo_offset), 0.0), n_bins - 1.0)
+            hi = min(np.floor(need + hi_offset), n_bins - 1.0)
+            width = hi - lo + 1
+            if width < 1:
+                continue
+            level, span = 0, int(width)  # the largest 2^level <= width
+            while (2 << level) <= span and level < n_levels - 1:
+                level += 1
+            end = max(int(hi) - (1 << level) + 1, 0)
+            value = max(table[level, row, int(lo)], table[level, row, end])
+            best = max(best, value)
+        out[c] = best
+    return out
 
 
 def _cleavage_bonus(
@@ -292,29 +314,20 @@ def _extend(
     child_g = (prefix_g[:, None] + spec.token_log_probs(position)).ravel()  # (P*T,)
     child_mass = (prefix_mass[:, None] + token_masses).ravel()  # (P*T,)
     child_token = _tiled(tokens, position == 0, len(prefixes))  # (P*T,)
-    remaining = _remaining(spec, child_mass)
-    stop = child_g + spec.stop_suffix[position + 1]
-    ends = (stop >= -1e300) & _fits(spec, remaining)
-    if position == 0:
-        ends &= ~IS_N_TERMINAL[child_token]  # a peptide holds at least one residue
-    child_g = child_g + _cleavage_bonus(spec, position, child_token, child_mass)
-    bound = child_g + _extension_bound(spec, position + 1, remaining)
-    # Per prefix: best bound first, ties in token order; -inf bounds (cannot fit)
-    # sort last and are left out.
-    bound = bound.reshape(-1, n_tokens)  # (P, T)
-    order = (-bound).argsort(axis=1, kind="stable")  # (P, T)
-    counts = np.count_nonzero(bound >= -1e300, axis=1).tolist()
-    picked = (order + n_tokens * np.arange(len(prefixes))[:, None]).ravel()
-    kept_masses = child_mass[picked]
-    columns = [
-        child_token[picked],
-        kept_masses,
-        child_g[picked],
-        bound.ravel()[picked],
-        -bound.ravel()[picked],
-        np.rint(kept_masses / MASS_KEY_DA).astype(np.int64),
-    ]
+    row = position + 1
+    last = row == spec.log_probs.shape[0]  # no completion can follow
+    ranked = functools.partial(
+        _rank_children, child_g, child_mass, child_token, n_tokens,
+        spec.stop_suffix[row], spec.targets, spec.tol_da, position == 0,
+        spec.table, row, last, spec.lo_offset[row], spec.hi_offset[row],
+    )  # fmt: skip
+    near_edge, *results = ranked(*spec.steps, spec.weight, _NO_BONUS)
+    if near_edge:  # a mass on a step edge of the evidence: score it exactly
+        bonus = _cleavage_bonus(spec, position, child_token, child_mass)
+        near_edge, *results = ranked(*_NO_STEPS, 0.0, bonus)
+    ends, stop, *columns, counts = results
     lists = [column.tolist() for column in columns]
+    counts = counts.tolist()
     ending = [[] for _ in prefixes]
     for c in np.flatnonzero(ends).tolist():
         ending[c // n_tokens].append((float(stop[c]), int(child_token[c])))
@@ -322,6 +335,70 @@ def _extend(
         _Extensions(ending[p], *lists, p * n_tokens, p * n_tokens + counts[p])
         for p in range(len(prefixes))
     ]
+
+
+@numba.njit(cache=True, nogil=True)
+def _rank_children(
+    child_g, child_mass, child_token, n_tokens, stop_after, targets, tol_da,
+    first, table, row, last, lo_offset, hi_offset, edges, values, weight, bonus,
+):  # fmt: skip
+    """The numbers of `_extend`, compiled (NumPy's cost per call dominated them).
+
+    Which children end a fitting peptide and its score; then per prefix its
+    children sorted by bound (best first, ties in token order; those that
+    cannot fit last), as columns (token, mass, score with the cleavage bonus,
+    bound, -bound, mass key), and how many of each prefix's can fit. The
+    bonus is `weight` times the evidence's step function (`edges`, `values`;
+    `FragmentEvidence.steps`), or `bonus` as given when there are no edges.
+    First, whether a child's mass lies on a step edge: then nothing else is
+    computed, and the caller scores the bonus exactly and asks again.
+    """
+    n = len(child_g)
+    if len(edges):
+        value, close = read_steps(edges, values, child_mass)
+        if close.any():
+            none, nothing = np.zeros(0), np.zeros(0, np.int64)
+            ends = np.zeros(0, np.bool_)
+            return True, ends, none, nothing, none, none, none, none, nothing, nothing
+        bonus = weight * value
+        if first:
+            for c in range(n):
+                if IS_N_TERMINAL[child_token[c]]:
+                    bonus[c] = 0.0  # not a residue boundary
+    elif len(bonus) == 0:
+        bonus = np.zeros(n)
+    remaining = np.empty((n, len(targets)))
+    ends = np.zeros(n, np.bool_)
+    stop = child_g + stop_after
+    g = child_g + bonus
+    for c in range(n):
+        fits = False
+        for i in range(len(targets)):
+            remaining[c, i] = targets[i] - child_mass[c]
+            fits = fits or abs(remaining[c, i]) <= tol_da
+        n_terminal = first and IS_N_TERMINAL[child_token[c]]
+        ends[c] = stop[c] >= -1e300 and fits and not n_terminal
+    if last:
+        bound = np.full(n, -np.inf)
+    else:
+        bound = g + _window_bounds(table, row, lo_offset, hi_offset, remaining)
+    tokens = np.empty(n, np.int64)
+    kept_masses, scores = np.empty(n), np.empty(n)
+    bounds, negated, keys = np.empty(n), np.empty(n), np.empty(n, np.int64)
+    counts = np.zeros(n // n_tokens, np.int64)
+    for p in range(n // n_tokens):
+        start = p * n_tokens
+        order = np.argsort(-bound[start : start + n_tokens], kind="mergesort")
+        for j in range(n_tokens):
+            c = start + order[j]
+            tokens[start + j] = child_token[c]
+            kept_masses[start + j] = child_mass[c]
+            scores[start + j] = g[c]
+            bounds[start + j] = bound[c]
+            negated[start + j] = -bound[c]
+            keys[start + j] = np.int64(np.rint(child_mass[c] / MASS_KEY_DA))
+            counts[p] += bound[c] >= -1e300
+    return False, ends, stop, tokens, kept_masses, scores, bounds, negated, keys, counts
 
 
 _TILES: dict[tuple[bool, int], np.ndarray] = {}

@@ -285,6 +285,47 @@ def test_exact_with_fragment_evidence_against_brute_force(cfg):
     assert any(p[0].tokens != w[0].tokens for p, w in zip(plain, top, strict=True))
 
 
+def test_a_prefix_mass_on_a_step_edge_of_the_evidence_is_scored_exactly(
+    cfg, monkeypatch
+):
+    """Peaks exactly one tolerance from the b ions put the true prefixes on edges of
+    the evidence's step function: the compiled search then scores those cleavages
+    exactly (`search._cleavage_bonus`), and ranks as brute force does."""
+    from peptrm import search
+
+    calls = []
+    exact = search._cleavage_bonus
+    monkeypatch.setattr(
+        search, "_cleavage_bonus", lambda *a: calls.append(1) or exact(*a)
+    )
+    tol, weight, length = 0.02, 0.8, 5
+    weighted = dataclasses.replace(
+        cfg, evidence_weight=weight, fragment_tol_da=tol, workers=1
+    )
+    tokens = ["G", "A", "S", "V"]
+    precursor = masses.peptide_mass(tokens)
+    b_ions = masses.fragment_mz(tokens, 1)[0]
+    mz = np.sort(np.concatenate([b_ions + tol, [120.3, 301.7]]))
+    peaks = FragmentEvidence(mz, np.linspace(0.2, 1, len(mz)), precursor, 2, tol)
+    rng = np.random.default_rng(5)
+    allowed = [masses.STOP_INDEX] + [masses.TOKEN_INDEX[t] for t in SMALL]
+    logits = np.full((1, length, V), -np.inf)
+    logits[:, :, allowed] = rng.normal(0, 1.5, size=(1, length, len(allowed)))
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    top = decoding.decode(log_probs, np.array([precursor]), weighted, 3, [peaks])[0]
+    expected = sorted(
+        (
+            (score + evidence_score(found, peaks, weight), found)
+            for score, found in brute_force(log_probs[0], precursor, cfg)
+        ),
+        key=lambda x: -x[0],
+    )
+    assert calls  # the exact path ran
+    assert [c.tokens for c in top] == [t for _, t in expected[:3]]
+    for candidate, (score, _) in zip(top, expected, strict=False):
+        assert candidate.search_score == pytest.approx(score, abs=1e-9)
+
+
 def test_evidence_finds_the_peptide_a_flat_model_cannot(cfg):
     peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
     length = 12
