@@ -2,7 +2,7 @@
 
 Sequences the peptide-disjoint held-out split of the training files (never dev)
 with the bundled model's default decoding (network, learned cleavage search,
-reranker of the top 20, calibration), once per budget, in one process on one
+reranker of its top K, calibration), once per budget, in one process on one
 thread, and prints rank-1 peptide recall, AA precision and the seconds spent in
 the network and in decoding. The figures are for choosing
 `decoding.max_expansions`; side by side in one run, so their ratios hold on a
@@ -49,7 +49,7 @@ def main() -> None:
     }
     if args.training_part > 0:
         part = train.training_part(TRAIN_FILES, cfg)[:: args.training_part]
-        sets[f"every {args.training_part}th spectrum of the training part"] = part
+        sets[f"the training part, one spectrum in {args.training_part}"] = part
     for name, spectra in sets.items():
         print(f"\n{name}: {len(spectra)} spectra")
         table(model, cfg, scorers, spectra, args.budgets)

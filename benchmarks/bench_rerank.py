@@ -204,7 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model")
     parser.add_argument("--files", nargs="*", type=Path)
-    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument(
+        "--k", type=int, default=rerank.DEFAULT_K, help="candidates reranked"
+    )
     parser.add_argument("--fit", action="store_true", help="out-of-fold reranking")
     parser.add_argument(
         "--fit-train", action="store_true", help="fit on the training part first"

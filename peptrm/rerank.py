@@ -103,7 +103,7 @@ ROUNDS = 200
 # The fragment ion types the features read (`masses.FRAGMENT_IONS` names); the
 # 13C types are not read: y ions are placed from the precursor less the isotope.
 FEATURE_IONS = ("b", "y", "b++", "y++", "a", "b-H2O", "b-NH3", "y-H2O", "y-NH3")
-DEFAULT_K = 20  # candidates reranked: recall@20 holds most of the search's headroom
+DEFAULT_K = 15  # candidates reranked (benchmarks/bench_rerank.py --fit-train --k K)
 
 
 # --------------------------------------------------------------------------------
