@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from peptrm import decoding, masses, metrics, preprocess, sequence
+from peptrm import decoding, masses, metrics, preprocess, rerank, sequence
 from peptrm.config import load_config
 from peptrm.io import InputError, Spectrum, read_predictions, read_spectra
 from peptrm.model import PepTRM
@@ -248,8 +248,8 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
         1,
         sequence.RunSummary(),
         sequence.Scorers(cleavage=scorers.cleavage),
-        head_k=20,
-    )  # fmt: skip  (what calibrate searched: its cleavage table, a top-20 search)
+        head_k=rerank.DEFAULT_K,
+    )  # fmt: skip  (what calibrate searched: its cleavage table, a top-K search)
     best = [options[0] for options in found]
     assert all(c.tokens for c in best)  # every demo spectrum decodes to a peptide
     correct = np.array(
@@ -306,8 +306,9 @@ def test_the_reranker_reads_the_model_probabilities_it_was_fitted_on(small_mgf):
     scorers = sequence.load_scorers(BUNDLED)
     prepare = preprocess.pipeline(cfg.preprocess)
     spectra = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    k = scorers.reranker.k  # every candidate is reranked
     found, peaks, _ = sequence.decode_batch(
-        model, spectra, cfg, "cpu", 20, sequence.RunSummary(), head_k=20,
+        model, spectra, cfg, "cpu", k, sequence.RunSummary(), head_k=k,
         scorers=sequence.Scorers(cleavage=scorers.cleavage),
     )  # fmt: skip
     charges = [s.charge for s in spectra]
