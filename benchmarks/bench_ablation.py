@@ -49,6 +49,8 @@ ARMS: dict[str, dict] = {
         }
     },
     "padding weighs 1": {"training": {"padding_loss_weight": 1.0}},
+    "EMA without warm-up": {"training": {"ema_warmup": False}},
+    "step embedding std 1": {"model": {"step_embedding_std": 1.0}},  # N(0, 1)
 }
 
 

@@ -50,6 +50,7 @@ class ModelConfig:
     min_wavelength: float  # shortest m/z wavelength of the sinusoidal embedding (Th)
     max_wavelength: float  # longest m/z wavelength of the sinusoidal embedding (Th)
     gate_bias: float  # initial bias of the revision gate; negative = small first edits
+    step_embedding_std: float  # init scale of the step embeddings (only at init)
     max_charge: int  # charges above this share the last charge embedding
     draft_mass_encoding: bool  # draft positions carry their predicted b/y ion m/z
     ion_evidence: bool  # draft positions read the peaks at each candidate's ions
@@ -79,6 +80,7 @@ class TrainingConfig:
     warmup_steps: int  # linear warm-up steps before cosine decay
     grad_clip: float  # gradient-norm clip
     ema_decay: float  # decay of the weight EMA used for validation and export
+    ema_warmup: bool  # the EMA's decay warms up from 0.1 (False: ema_decay from the start)
     supervision_decay: float  # step weights w_k ∝ decay^(N_sup-k): last steps dominate
     halt_loss_weight: float  # weight of the halting (draft-is-correct) loss
     mass_loss_weight: float  # weight of the precursor-mass loss (in residue units)
@@ -222,6 +224,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.warmup_steps": (0, None),
     "training.grad_clip": (0, None),
     "training.ema_decay": (0, 1),
+    "model.step_embedding_std": (0, None),
     "training.supervision_decay": (0, None),
     "training.halt_loss_weight": (0, None),
     "training.mass_loss_weight": (0, None),

@@ -307,7 +307,7 @@ class PepTRM(nn.Module):
         self.step_embedding = nn.Embedding(MAX_STEPS, cfg.dim)
         # Small like the position embedding: N(0, 1) (norm ~8 at D = 64, the same at
         # every position) would drown the position signal.
-        nn.init.normal_(self.step_embedding.weight, std=0.02)
+        nn.init.normal_(self.step_embedding.weight, std=cfg.step_embedding_std)
         features = vocab_size * len(ION_TYPES) * EVIDENCE_CHANNELS
         if cfg.ion_evidence:
             self.evidence_projection = nn.Linear(features, cfg.dim)
