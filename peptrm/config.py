@@ -80,7 +80,7 @@ class TrainingConfig:
     warmup_steps: int  # linear warm-up steps before cosine decay
     grad_clip: float  # gradient-norm clip
     ema_decay: float  # decay of the weight EMA used for validation and export
-    ema_warmup: bool  # the EMA's decay warms up from 0.1 (False: ema_decay from the start)
+    ema_warmup: bool  # the EMA's decay warms up from 0.1 (False: fixed ema_decay)
     supervision_decay: float  # step weights w_k ∝ decay^(N_sup-k): last steps dominate
     halt_loss_weight: float  # weight of the halting (draft-is-correct) loss
     mass_loss_weight: float  # weight of the precursor-mass loss (in residue units)

@@ -84,8 +84,8 @@ def read_steps(
 
     `edges` ascending, padded with -inf and inf; `values[k]` holds between
     edges k and k+1. Masses within `STEP_EDGE_DA` of an edge are flagged (their
-    value must be computed exactly). Compiled: the search calls this for every
-    prefix it extends, on ~20 masses, where NumPy's cost per call dominates.
+    value must be computed exactly). Compiled: the search scores every prefix it
+    extends this way, on ~20 masses, where NumPy's cost per call dominates.
     """
     out = np.empty(len(prefix_mass))
     close = np.zeros(len(prefix_mass), np.bool_)
@@ -234,16 +234,12 @@ class FragmentEvidence:
         Equal to `exact_score`, read from its steps (see the module docstring).
         """
         prefix_mass = np.asarray(prefix_mass, np.float64)
-        out, close = read_steps(*self.steps(), prefix_mass)
+        if self._steps is None:
+            self._steps = self._step_function()
+        out, close = read_steps(*self._steps, prefix_mass)
         if close.any():
             out[close] = self.exact_score(prefix_mass[close])
         return out
-
-    def steps(self) -> tuple[np.ndarray, np.ndarray]:
-        """The score as a step function (`read_steps` reads it), built once."""
-        if self._steps is None:
-            self._steps = self._step_function()
-        return self._steps
 
     def _scored_ions(self) -> tuple[tuple, ...]:
         """The `masses.FRAGMENT_IONS` types the score looks at."""

@@ -18,7 +18,6 @@ Nothing here imports torch, so worker processes start light.
 from __future__ import annotations
 
 import bisect
-import functools
 import heapq
 import math
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import numpy as np
 
 from peptrm import masses
 from peptrm.config import DecodingConfig
-from peptrm.evidence import FragmentEvidence, read_steps
+from peptrm.evidence import FragmentEvidence
 
 RESIDUE_INDICES = np.array(
     [
@@ -183,17 +182,11 @@ class _Spectrum:
         self.lo_offset = (-self.tol_da - remaining * RESIDUAL_MAX_DA) / BIN_DA - 1e-6
         self.hi_offset = (self.tol_da - remaining * RESIDUAL_MIN_DA) / BIN_DA + 1e-6
         self._first = self.log_probs[0, FIRST_INDICES]
-        scored = self.evidence is not None and self.weight != 0
-        self.steps = self.evidence.steps() if scored else _NO_STEPS
         self._residues = self.log_probs[:, RESIDUE_INDICES]  # (L, R)
 
     def token_log_probs(self, position: int) -> np.ndarray:
         """Log-probs of the tokens allowed at `position` (`FIRST_INDICES` at 0)."""
         return self._first if position == 0 else self._residues[position]
-
-
-_NO_STEPS = (np.zeros(0), np.zeros(0))  # no evidence: the cleavage bonus is 0
-_NO_BONUS = np.zeros(0)  # the bonus is read from the steps (`_rank_children`)
 
 
 def _remaining(spec: _Spectrum, prefix_mass: np.ndarray) -> np.ndarray:
@@ -265,7 +258,17 @@ def _fits(spec: _Spectrum, remaining: np.ndarray) -> np.ndarray:
 
     `remaining` from `_remaining`: within tolerance of zero at some isotope.
     """
-    return np.logical_or.reduce(np.abs(remaining) <= spec.tol_da, axis=1)
+    return _fit_any(remaining, spec.tol_da)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit_any(remaining: np.ndarray, tol_da: float) -> np.ndarray:
+    """`_fits` on (C, I) remaining masses, compiled (`_rank_children` calls it)."""
+    out = np.zeros(remaining.shape[0], np.bool_)
+    for c in range(remaining.shape[0]):
+        for i in range(remaining.shape[1]):
+            out[c] = out[c] or abs(remaining[c, i]) <= tol_da
+    return out
 
 
 @dataclass
@@ -314,18 +317,14 @@ def _extend(
     child_g = (prefix_g[:, None] + spec.token_log_probs(position)).ravel()  # (P*T,)
     child_mass = (prefix_mass[:, None] + token_masses).ravel()  # (P*T,)
     child_token = _tiled(tokens, position == 0, len(prefixes))  # (P*T,)
+    bonus = _cleavage_bonus(spec, position, child_token, child_mass)
     row = position + 1
     last = row == spec.log_probs.shape[0]  # no completion can follow
-    ranked = functools.partial(
-        _rank_children, child_g, child_mass, child_token, n_tokens,
-        spec.stop_suffix[row], spec.targets, spec.tol_da, position == 0,
-        spec.table, row, last, spec.lo_offset[row], spec.hi_offset[row],
+    ends, stop, *columns, counts = _rank_children(
+        child_g, bonus, child_mass, child_token, n_tokens, spec.stop_suffix[row],
+        spec.targets, spec.tol_da, position == 0, spec.table, row, last,
+        spec.lo_offset[row], spec.hi_offset[row],
     )  # fmt: skip
-    near_edge, *results = ranked(*spec.steps, spec.weight, _NO_BONUS)
-    if near_edge:  # a mass on a step edge of the evidence: score it exactly
-        bonus = _cleavage_bonus(spec, position, child_token, child_mass)
-        near_edge, *results = ranked(*_NO_STEPS, 0.0, bonus)
-    ends, stop, *columns, counts = results
     lists = [column.tolist() for column in columns]
     counts = counts.tolist()
     ending = [[] for _ in prefixes]
@@ -339,45 +338,28 @@ def _extend(
 
 @numba.njit(cache=True, nogil=True)
 def _rank_children(
-    child_g, child_mass, child_token, n_tokens, stop_after, targets, tol_da,
-    first, table, row, last, lo_offset, hi_offset, edges, values, weight, bonus,
+    child_g, bonus, child_mass, child_token, n_tokens, stop_after, targets, tol_da,
+    first, table, row, last, lo_offset, hi_offset,
 ):  # fmt: skip
     """The numbers of `_extend`, compiled (NumPy's cost per call dominated them).
 
     Which children end a fitting peptide and its score; then per prefix its
     children sorted by bound (best first, ties in token order; those that
     cannot fit last), as columns (token, mass, score with the cleavage bonus,
-    bound, -bound, mass key), and how many of each prefix's can fit. The
-    bonus is `weight` times the evidence's step function (`edges`, `values`;
-    `FragmentEvidence.steps`), or `bonus` as given when there are no edges.
-    First, whether a child's mass lies on a step edge: then nothing else is
-    computed, and the caller scores the bonus exactly and asks again.
+    bound, -bound, mass key), and how many of each prefix's can fit.
     """
     n = len(child_g)
-    if len(edges):
-        value, close = read_steps(edges, values, child_mass)
-        if close.any():
-            none, nothing = np.zeros(0), np.zeros(0, np.int64)
-            ends = np.zeros(0, np.bool_)
-            return True, ends, none, nothing, none, none, none, none, nothing, nothing
-        bonus = weight * value
-        if first:
-            for c in range(n):
-                if IS_N_TERMINAL[child_token[c]]:
-                    bonus[c] = 0.0  # not a residue boundary
-    elif len(bonus) == 0:
-        bonus = np.zeros(n)
     remaining = np.empty((n, len(targets)))
-    ends = np.zeros(n, np.bool_)
-    stop = child_g + stop_after
-    g = child_g + bonus
     for c in range(n):
-        fits = False
         for i in range(len(targets)):
             remaining[c, i] = targets[i] - child_mass[c]
-            fits = fits or abs(remaining[c, i]) <= tol_da
+    fits = _fit_any(remaining, tol_da)
+    stop = child_g + stop_after
+    ends = np.zeros(n, np.bool_)
+    for c in range(n):  # a peptide holds at least one residue
         n_terminal = first and IS_N_TERMINAL[child_token[c]]
-        ends[c] = stop[c] >= -1e300 and fits and not n_terminal
+        ends[c] = stop[c] >= -1e300 and fits[c] and not n_terminal
+    g = child_g + bonus
     if last:
         bound = np.full(n, -np.inf)
     else:
@@ -398,7 +380,7 @@ def _rank_children(
             negated[start + j] = -bound[c]
             keys[start + j] = np.int64(np.rint(child_mass[c] / MASS_KEY_DA))
             counts[p] += bound[c] >= -1e300
-    return False, ends, stop, tokens, kept_masses, scores, bounds, negated, keys, counts
+    return ends, stop, tokens, kept_masses, scores, bounds, negated, keys, counts
 
 
 _TILES: dict[tuple[bool, int], np.ndarray] = {}

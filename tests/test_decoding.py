@@ -289,14 +289,15 @@ def test_a_prefix_mass_on_a_step_edge_of_the_evidence_is_scored_exactly(
     cfg, monkeypatch
 ):
     """Peaks exactly one tolerance from the b ions put the true prefixes on edges of
-    the evidence's step function: the compiled search then scores those cleavages
-    exactly (`search._cleavage_bonus`), and ranks as brute force does."""
-    from peptrm import search
-
-    calls = []
-    exact = search._cleavage_bonus
+    the evidence's step function: the search then scores those cleavages exactly
+    (`FragmentEvidence.exact_score`, not the compiled step lookup), and ranks as
+    brute force does."""
+    scored_exactly = []
+    exact = FragmentEvidence.exact_score
     monkeypatch.setattr(
-        search, "_cleavage_bonus", lambda *a: calls.append(1) or exact(*a)
+        FragmentEvidence,
+        "exact_score",
+        lambda self, m: scored_exactly.extend(np.atleast_1d(m)) or exact(self, m),
     )
     tol, weight, length = 0.02, 0.8, 5
     weighted = dataclasses.replace(
@@ -320,7 +321,10 @@ def test_a_prefix_mass_on_a_step_edge_of_the_evidence_is_scored_exactly(
         ),
         key=lambda x: -x[0],
     )
-    assert calls  # the exact path ran
+    prefixes = np.cumsum([masses.VOCAB_MASSES[masses.TOKEN_INDEX[t]] for t in tokens])
+    assert any(  # the exact path ran on a true prefix
+        np.isclose(scored_exactly, m, rtol=0, atol=1e-9).any() for m in prefixes[:-1]
+    )
     assert [c.tokens for c in top] == [t for _, t in expected[:3]]
     for candidate, (score, _) in zip(top, expected, strict=False):
         assert candidate.search_score == pytest.approx(score, abs=1e-9)
