@@ -72,6 +72,7 @@ TABLE_IONS = tuple(
 # with the default evidence_weight of 2, a cleavage adds 0.5 x log-odds - 1.
 SCALE = 0.25
 BIAS = -0.5
+PROTON = masses.PROTON  # read by the compiled exact score
 RANDOM_PER_TRUE = 4  # random cleavage masses drawn per true one when fitting
 MAX_TOKENS = 256  # longer than any peptide a labelled spectrum carries
 
@@ -95,6 +96,74 @@ def read_steps(
         out[c] = values[step - 1]
         close[c] = min(m - edges[step - 1], edges[step] - m) <= STEP_EDGE_DA
     return out, close
+
+
+@numba.njit(cache=True, nogil=True)
+def scores_from_steps(prefix_mass, edges, values, *peaks) -> np.ndarray:
+    """`FragmentEvidence.score`, compiled: read from the steps, exact near an edge.
+
+    `peaks` are `exact_scores`' arguments after the masses.
+    """
+    out, close = read_steps(edges, values, prefix_mass)
+    if close.any():
+        out[close] = exact_scores(prefix_mass[close], *peaks)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest(padded_mz: np.ndarray, ion_mz: float, tol_da: float) -> int:
+    """Index into the unpadded peaks of the nearest within `tol_da`, else -1.
+
+    `padded_mz` is sorted, with sentinels far outside any m/z at both ends, so
+    every ion has a peak on each side; a tie goes to the lighter peak.
+    """
+    right = np.searchsorted(padded_mz, ion_mz)
+    to_left = abs(padded_mz[right - 1] - ion_mz)
+    to_right = abs(padded_mz[right] - ion_mz)
+    if min(to_left, to_right) > tol_da:
+        return -1
+    return right - 2 if to_left <= to_right else right - 1
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_peaks(padded_mz: np.ndarray, ion_mz: np.ndarray, tol_da: float):
+    """`_nearest` of each ion of a 1-D array (`FragmentEvidence.nearest_within`)."""
+    out = np.empty(len(ion_mz), np.int64)
+    for c in range(len(ion_mz)):
+        out[c] = _nearest(padded_mz, ion_mz[c], tol_da)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def exact_scores(
+    prefix_mass, padded_mz, padded_weight, padded_state, log_odds, ions,
+    precursor_mass, tol_da, scale, bias,
+):  # fmt: skip
+    """`FragmentEvidence.exact_score`, compiled (the search calls it too).
+
+    `ions` holds one row per scored ion type: side (0 b, 1 y), charge, offset.
+    With a learned table (`log_odds` (I, N_STATES), non-empty) the cleavage
+    scores `scale` times the sum of each ion's log-odds plus `bias`; without
+    one, each side scores 1 + the nearest peak's weight at its best charge
+    (0 with no peak), and the cleavage b-side + y-side - 1.
+    """
+    learned = log_odds.shape[0] > 0
+    out = np.empty(len(prefix_mass))
+    for c in range(len(prefix_mass)):
+        total, sides = 0.0, np.zeros(2)
+        for i in range(ions.shape[0]):
+            y = ions[i, 0] == 1
+            neutral = precursor_mass - prefix_mass[c] if y else prefix_mass[c]
+            charge = ions[i, 1]
+            at = _nearest(
+                padded_mz, (neutral + charge * PROTON) / charge + ions[i, 2], tol_da
+            )
+            if learned:
+                total += log_odds[i, padded_state[at + 1]]
+            elif at >= 0:
+                sides[int(y)] = max(sides[int(y)], 1.0 + padded_weight[at + 1])
+        out[c] = scale * total + bias if learned else sides[0] + sides[1] - 1.0
+    return out
 
 
 @dataclass
@@ -191,28 +260,46 @@ class FragmentEvidence:
         rank = np.empty(len(self.weight), np.int64)
         rank[np.argsort(-self.weight, kind="stable")] = np.arange(len(self.weight))
         self.state = 1 + np.searchsorted(RANK_EDGES, rank, side="right")  # (K,)
+        self._padded_state = np.concatenate([[0], self.state, [0]])
         self.log_odds = None if table is None else table.log_odds[int(charge >= 3)]
         self.scale = 0.0 if table is None else table.scale
         self.bias = 0.0 if table is None else table.bias
         self._steps: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
 
-    # ---------------------------------------------------------------- exact score
+    def compiled(self) -> tuple:
+        """What the compiled search reads: the steps, then `exact_scores`' peaks.
 
-    def _match(self, ion_mz: np.ndarray) -> np.ndarray:
-        """1 + weight of the nearest peak within tolerance of each ion, else 0."""
-        index = self.nearest_within(ion_mz)  # -1 (no peak) reads the 0 sentinel
-        return np.where(index >= 0, 1.0 + self._padded_weight[index + 1], 0.0)
+        (edges, values, padded m/z, padded weight, padded state, log-odds (an
+        empty (0, N_STATES) array without a table), ions, precursor mass,
+        tolerance, scale, bias).
+        """
+        if self._steps is None:
+            self._steps = self._step_function()
+        return (*self._steps, *self._exact_arguments())
+
+    def _exact_arguments(self) -> tuple:
+        """`exact_scores`' arguments after the masses."""
+        ions = np.array(
+            [
+                (side == "y", charge, offset)
+                for _, side, charge, offset in self._scored_ions()
+            ],
+            np.float64,
+        ).reshape(-1, 3)
+        log_odds = np.zeros((0, N_STATES)) if self.log_odds is None else self.log_odds
+        return (
+            self._padded_mz, self._padded_weight, self._padded_state,
+            np.ascontiguousarray(log_odds, np.float64), ions,
+            self.precursor_mass, self.tol_da, float(self.scale), float(self.bias),
+        )  # fmt: skip
+
+    # ---------------------------------------------------------------- exact score
 
     def nearest_within(self, ion_mz: np.ndarray) -> np.ndarray:
         """Index into `mz` of the nearest peak within tolerance of each ion, else -1."""
-        # Sentinels far outside any m/z let every ion have a left and a right peak.
-        right = np.searchsorted(self._padded_mz, ion_mz)
-        left = right - 1
-        to_left = np.abs(self._padded_mz[left] - ion_mz)
-        to_right = np.abs(self._padded_mz[right] - ion_mz)
-        pick = np.where(to_left <= to_right, left, right) - 1  # unpadded index
-        distance = np.minimum(to_left, to_right)
-        return np.where(distance <= self.tol_da, pick, -1)
+        ion_mz = np.asarray(ion_mz, np.float64)
+        flat = np.ascontiguousarray(ion_mz).reshape(-1)
+        return nearest_peaks(self._padded_mz, flat, self.tol_da).reshape(ion_mz.shape)
 
     def ion_mz(self, ion: tuple, prefix_mass: np.ndarray) -> np.ndarray:
         """m/z of one `masses.FRAGMENT_IONS` type after prefixes of `prefix_mass`."""
@@ -222,10 +309,9 @@ class FragmentEvidence:
         """(I, C) state of every `TABLE_IONS` type after each prefix (0: no peak)."""
         prefix_mass = np.asarray(prefix_mass, np.float64)
         out = np.zeros((len(TABLE_IONS), len(prefix_mass)), np.int64)
-        padded_state = np.concatenate([[0], self.state, [0]])
         for i, ion in enumerate(TABLE_IONS):
             index = self.nearest_within(self.ion_mz(ion, prefix_mass))
-            out[i] = np.where(index >= 0, padded_state[index + 1], 0)
+            out[i] = self._padded_state[index + 1]  # -1 (no peak) reads state 0
         return out
 
     def score(self, prefix_mass: np.ndarray) -> np.ndarray:
@@ -233,13 +319,8 @@ class FragmentEvidence:
 
         Equal to `exact_score`, read from its steps (see the module docstring).
         """
-        prefix_mass = np.asarray(prefix_mass, np.float64)
-        if self._steps is None:
-            self._steps = self._step_function()
-        out, close = read_steps(*self._steps, prefix_mass)
-        if close.any():
-            out[close] = self.exact_score(prefix_mass[close])
-        return out
+        prefix_mass = np.ascontiguousarray(prefix_mass, np.float64).reshape(-1)
+        return scores_from_steps(prefix_mass, *self.compiled())
 
     def _scored_ions(self) -> tuple[tuple, ...]:
         """The `masses.FRAGMENT_IONS` types the score looks at."""
@@ -274,22 +355,8 @@ class FragmentEvidence:
 
     def exact_score(self, prefix_mass: np.ndarray) -> np.ndarray:
         """`score` computed ion by ion from the peaks (the reference it equals)."""
-        prefix_mass = np.asarray(prefix_mass, np.float64)
-        if self.log_odds is not None:
-            states = self.states(prefix_mass)  # (I, C)
-            rows = np.arange(len(TABLE_IONS))[:, None]
-            return self.scale * self.log_odds[rows, states].sum(axis=0) + self.bias
-        suffix_mass = self.precursor_mass - prefix_mass  # y ion's neutral mass
-        charges = np.array(self.charges, np.float64)[:, None]  # (Z, 1)
-        ions = np.concatenate(  # (2Z, C): b ions at each charge, then y ions
-            [
-                (prefix_mass[None, :] + charges * masses.PROTON) / charges,
-                (suffix_mass[None, :] + charges * masses.PROTON) / charges,
-            ]
-        )
-        matched = self._match(ions)
-        n = len(self.charges)
-        return matched[:n].max(axis=0) + matched[n:].max(axis=0) - 1.0
+        prefix_mass = np.ascontiguousarray(prefix_mass, np.float64).reshape(-1)
+        return exact_scores(prefix_mass, *self._exact_arguments())
 
     # ---------------------------------------------------------------- the bound
 

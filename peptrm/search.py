@@ -17,7 +17,6 @@ Nothing here imports torch, so worker processes start light.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
 from collections.abc import Sequence
@@ -25,10 +24,12 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from numba import types
+from numba.typed import Dict
 
 from peptrm import masses
 from peptrm.config import DecodingConfig
-from peptrm.evidence import FragmentEvidence
+from peptrm.evidence import FragmentEvidence, scores_from_steps
 
 RESIDUE_INDICES = np.array(
     [
@@ -44,9 +45,8 @@ RESIDUE_MASSES = masses.VOCAB_MASSES[RESIDUE_INDICES]
 FIRST_MASSES = masses.VOCAB_MASSES[FIRST_INDICES]
 IS_N_TERMINAL = np.isin(np.arange(len(masses.VOCAB)), masses.N_TERMINAL_INDICES)
 MASS_KEY_DA = 1e-6  # prefixes closer than this in mass are treated as equal mass
-# Children scored at once when one is taken; CPU seconds of the search on 64 dev
-# spectra: 1: 13.6, 2: 11.9, 4: 10.5, 8: 12.5.
-SIBLINGS_SCORED = 4
+# Stands in for the peaks when no evidence is scored (the same compiled types).
+NO_EVIDENCE = FragmentEvidence(np.zeros(0), np.zeros(0), 0.0, 2, 0.0).compiled()
 
 
 def stop_suffix_scores(log_probs: np.ndarray) -> np.ndarray:
@@ -181,12 +181,10 @@ class _Spectrum:
         remaining = self.log_probs.shape[0] - np.arange(self.log_probs.shape[0] + 1)
         self.lo_offset = (-self.tol_da - remaining * RESIDUAL_MAX_DA) / BIN_DA - 1e-6
         self.hi_offset = (self.tol_da - remaining * RESIDUAL_MIN_DA) / BIN_DA + 1e-6
-        self._first = self.log_probs[0, FIRST_INDICES]
-        self._residues = self.log_probs[:, RESIDUE_INDICES]  # (L, R)
-
-    def token_log_probs(self, position: int) -> np.ndarray:
-        """Log-probs of the tokens allowed at `position` (`FIRST_INDICES` at 0)."""
-        return self._first if position == 0 else self._residues[position]
+        scoring = self.evidence is not None and self.weight != 0
+        self.compiled_evidence = (
+            self.evidence.compiled() if scoring else NO_EVIDENCE
+        )  # what the compiled search reads (`FragmentEvidence.compiled`)
 
 
 def _remaining(spec: _Spectrum, prefix_mass: np.ndarray) -> np.ndarray:
@@ -241,15 +239,23 @@ def _window_bounds(
 def _cleavage_bonus(
     spec: _Spectrum, position: int, tokens: np.ndarray, child_mass: np.ndarray
 ) -> np.ndarray:
-    """Evidence bonus of the cleavage after each child that goes on (C,).
+    """Evidence bonus of the cleavage after each child that goes on (C,)."""
+    return _bonus(position, tokens, child_mass, spec.weight, spec.compiled_evidence)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bonus(position, tokens, child_mass, weight, evidence) -> np.ndarray:
+    """`_cleavage_bonus`, compiled (the search's kernels call it).
 
     None after an N-terminal modification alone: it is not a residue boundary.
     """
-    if spec.evidence is None or spec.weight == 0:
-        return np.zeros(child_mass.shape)
-    bonus = spec.weight * spec.evidence.score(child_mass)
+    if weight == 0:
+        return np.zeros(len(child_mass))
+    bonus = weight * scores_from_steps(child_mass, *evidence)
     if position == 0:
-        bonus = np.where(IS_N_TERMINAL[tokens], 0.0, bonus)
+        for c in range(len(tokens)):
+            if IS_N_TERMINAL[tokens[c]]:
+                bonus[c] = 0.0
     return bonus
 
 
@@ -269,71 +275,6 @@ def _fit_any(remaining: np.ndarray, tol_da: float) -> np.ndarray:
         for i in range(remaining.shape[1]):
             out[c] = out[c] or abs(remaining[c, i]) <= tol_da
     return out
-
-
-@dataclass
-class _Extensions:
-    """The scored one-token extensions of one prefix: what expanding it computes.
-
-    A pure function of the prefix's length, mass and score (`_extend`), so
-    searches of several sizes over one spectrum compute it once per prefix and
-    share it (`Expansions`); each search then keeps what passes its own floor.
-    The column lists belong to the prefixes `_extend` scored together: this
-    prefix's children are the entries [start, stop), best bound first (one
-    list per column for the group, not one per prefix: slicing them per prefix
-    took a fifth of the search's time).
-    """
-
-    ends: list[tuple[float, int]]  # fitting peptides (log-score, last token)
-    tokens: list[int]  # children that can still fit
-    masses: list[float]  # residue sums of the children (Da)
-    scores: list[float]  # prefix log-scores of the children
-    bounds: list[float]  # prefix score + admissible completion bound
-    negated_bounds: list[float]  # -bounds, ascending over [start, stop)
-    keys: list[int]  # masses in MASS_KEY_DA units, for the dominance test
-    start: int
-    stop: int
-
-
-Expansions = dict[tuple[int, float, float], _Extensions]  # (length, mass, score)
-
-
-def _extend(
-    spec: _Spectrum, position: int, prefixes: Sequence[tuple[float, float]]
-) -> list[_Extensions]:
-    """Score every one-token extension of prefixes of `position` tokens.
-
-    `prefixes` holds (mass, score) pairs; they are scored together, as one
-    (P, T) array per step (P prefixes, T tokens), since NumPy's cost per call
-    dwarfs its cost per value at these sizes. Each value is the float a single
-    prefix would get.
-    """
-    if position == 0:
-        tokens, token_masses = FIRST_INDICES, FIRST_MASSES
-    else:
-        tokens, token_masses = RESIDUE_INDICES, RESIDUE_MASSES
-    prefix_mass, prefix_g = np.array(prefixes, np.float64).T  # (P,) each
-    n_tokens = len(tokens)
-    child_g = (prefix_g[:, None] + spec.token_log_probs(position)).ravel()  # (P*T,)
-    child_mass = (prefix_mass[:, None] + token_masses).ravel()  # (P*T,)
-    child_token = _tiled(tokens, position == 0, len(prefixes))  # (P*T,)
-    bonus = _cleavage_bonus(spec, position, child_token, child_mass)
-    row = position + 1
-    last = row == spec.log_probs.shape[0]  # no completion can follow
-    ends, stop, *columns, counts = _rank_children(
-        child_g, bonus, child_mass, child_token, n_tokens, spec.stop_suffix[row],
-        spec.targets, spec.tol_da, position == 0, spec.table, row, last,
-        spec.lo_offset[row], spec.hi_offset[row],
-    )  # fmt: skip
-    lists = [column.tolist() for column in columns]
-    counts = counts.tolist()
-    ending = [[] for _ in prefixes]
-    for c in np.flatnonzero(ends).tolist():
-        ending[c // n_tokens].append((float(stop[c]), int(child_token[c])))
-    return [
-        _Extensions(ending[p], *lists, p * n_tokens, p * n_tokens + counts[p])
-        for p in range(len(prefixes))
-    ]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -383,34 +324,6 @@ def _rank_children(
     return ends, stop, tokens, kept_masses, scores, bounds, negated, keys, counts
 
 
-_TILES: dict[tuple[bool, int], np.ndarray] = {}
-
-
-def _tiled(tokens: np.ndarray, first: bool, times: int) -> np.ndarray:
-    """`np.tile(tokens, times)`, made once per (position 0 or not, times)."""
-    key = (first, times)
-    out = _TILES.get(key)
-    if out is None:
-        out = _TILES[key] = np.tile(tokens, times)
-    return out
-
-
-@dataclass
-class _Children:
-    """The extensions of one prefix that one search keeps, best bound first.
-
-    Kept on the heap as one entry that yields its next child when popped
-    (partial expansion): most children are never reached, so they are never
-    pushed one by one.
-    """
-
-    position: int  # the children's length (tokens placed)
-    scored: _Extensions  # all of them; those before `end` pass this search's floor
-    end: int  # index into scored's lists, past the last child kept
-    parent: tuple | None  # linked path of the prefix: (token, parent)
-    next: int  # index into scored's lists of the next child to take
-
-
 def _path(node: tuple | None) -> list[int]:
     out = []
     while node is not None:
@@ -419,121 +332,203 @@ def _path(node: tuple | None) -> list[int]:
     return out[::-1]
 
 
-class _Search:
-    """Best-first search for the `top_k` best fitting peptides of one spectrum.
+# The compiled best-first search. Heap entries are float64 4-tuples
+# (-f, kind, serial, payload): kind TERMINAL (a finished peptide, f its exact
+# log-score, payload its index in the found list) pops before kind CHILDREN (a
+# prefix's children, f the bound of the best one not yet taken, payload the
+# index of its record) of equal f; serials are unique, so payloads never compare.
+TERMINAL, CHILDREN = 0.0, 1.0
+_PREFIX_KEY = types.UniTuple(types.float64, 3)  # (length, mass, score) of a prefix
+_MASS_KEY = types.UniTuple(types.int64, 2)  # (length, mass in MASS_KEY_DA units)
 
-    Heap entries are (-f, kind, serial, payload). A terminal (kind 0, a finished
-    peptide with f its exact log-score) pops before a prefix's children (kind
-    1, f the bound of the best child not yet taken) of equal f. When a terminal
-    pops, no unexplored peptide can score higher: it is the next best. A child
-    is skipped when `top_k` prefixes of the same length and mass (within
-    MASS_KEY_DA) already scored at least as well: they dominate every
-    completion it could have.
+
+@numba.njit(cache=True, nogil=True)
+def _extend(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_offset,
+            weight, evidence, position, mass, g):  # fmt: skip
+    """Score every one-token extension of one prefix (`_rank_children`'s columns).
+
+    A pure function of the prefix's length, mass and score, so the searches of
+    several sizes over one spectrum compute it once per prefix and share it.
     """
-
-    def __init__(
-        self, spec: _Spectrum, top_k: int, shared: Expansions | None = None
-    ) -> None:
-        self.spec = spec
-        self.top_k = top_k
-        self.heap: list = []
-        self.serial = 0
-        self.fitting: list[float] = []  # min-heap of the top_k fitting scores pushed
-        self.seen: dict[tuple[int, int], list[float]] = {}
-        self.expansions = 0
-        self.shared: Expansions = {} if shared is None else shared
-
-    def _push(self, f: float, kind: int, payload: object) -> None:
-        heapq.heappush(self.heap, (-f, kind, self.serial, payload))
-        self.serial += 1
-
-    def _floor(self) -> float:
-        """Scores below the top_k-th fitting peptide found cannot make the list."""
-        return self.fitting[0] if len(self.fitting) == self.top_k else -np.inf
-
-    def expand(self, position: int, mass: float, g: float, path: tuple | None) -> None:
-        """Push the fitting peptides and the children of a prefix above the floor.
-
-        The extensions come from `shared` when another search (of another
-        size, over the same spectrum) has already scored this prefix.
-        """
-        self.expansions += 1
-        key = (position, mass, g)
-        scored = self.shared.get(key)
-        if scored is None:
-            (scored,) = _extend(self.spec, position, [(mass, g)])
-            self.shared[key] = scored
-        floor = self._floor()
-        for score, token in scored.ends:
-            if score < floor:
-                continue
-            self._push(score, 0, (score, (token, path)))
-            heapq.heappush(self.fitting, score)
-            if len(self.fitting) > self.top_k:
-                heapq.heappop(self.fitting)
-        end = bisect.bisect_right(
-            scored.negated_bounds, -self._floor(), scored.start, scored.stop
+    first = position == 0
+    tokens = FIRST_INDICES if first else RESIDUE_INDICES
+    token_masses = FIRST_MASSES if first else RESIDUE_MASSES
+    child_g = g + log_probs[position][tokens]
+    child_mass = mass + token_masses
+    bonus = _bonus(position, tokens, child_mass, weight, evidence)
+    row = position + 1
+    ends, stop, kept, child_masses, scores, bounds, negated, keys, counts = (
+        _rank_children(
+            child_g, bonus, child_mass, tokens, len(tokens), stop_suffix[row],
+            targets, tol_da, first, table, row, row == log_probs.shape[0],
+            lo_offset[row], hi_offset[row],
         )
-        if end > scored.start:
-            children = _Children(position + 1, scored, end, path, scored.start)
-            self._push(scored.bounds[scored.start], 1, children)
+    )  # fmt: skip
+    return (
+        stop[ends], tokens[ends], kept, child_masses, scores, bounds, negated, keys,
+        counts[0],
+    )  # fmt: skip
 
-    def take(self, children: _Children) -> None:
-        """Expand the best remaining child of `children`, unless dominated."""
-        c = children.next
-        children.next += 1
-        scored = children.scored
-        if children.next < children.end:
-            self._push(scored.bounds[children.next], 1, children)
-        if scored.bounds[c] < self._floor():
-            return
-        better = self.seen.setdefault((children.position, scored.keys[c]), [])
-        score = scored.scores[c]
-        if len(better) >= self.top_k and better[0] >= score:
-            return  # dominated by top_k prefixes of the same mass
-        heapq.heappush(better, score)
-        if len(better) > self.top_k:
-            heapq.heappop(better)
-        if (children.position, scored.masses[c], score) not in self.shared:
-            self._score_siblings(children, c)
-        path = (scored.tokens[c], children.parent)
-        self.expand(children.position, scored.masses[c], score, path)
 
-    def _score_siblings(self, children: _Children, c: int) -> None:
-        """Score child `c` and its next few siblings in one `_extend` call.
+@numba.njit(cache=True, nogil=True)
+def _keep_best(values: np.ndarray, n: int, score: float) -> int:
+    """Keep the len(values) highest scores seen in `values[:n]`; the new n."""
+    if n < len(values):
+        values[n] = score
+        return n + 1
+    lowest = np.argmin(values)
+    if score > values[lowest]:
+        values[lowest] = score
+    return n
 
-        Taking child c makes taking c+1, c+2, ... likely (on dev, 55%, 40%, 32%
-        of the time), and scoring four prefixes costs little more than one.
-        """
-        scored, position = children.scored, children.position
-        wanted = [
-            (scored.masses[i], scored.scores[i])
-            for i in range(c, min(c + SIBLINGS_SCORED, children.end))
-            if (position, scored.masses[i], scored.scores[i]) not in self.shared
-        ]
-        extensions = _extend(self.spec, position, wanted)
-        for (mass, g), extension in zip(wanted, extensions, strict=True):
-            self.shared[(position, mass, g)] = extension
 
-    def run(self, max_expansions: int) -> tuple[list[tuple[float, list[int]]], bool]:
-        """Search: best fitting peptides [(log_score, indices)], and if budget ran out.
+@numba.njit(cache=True, nogil=True)
+def _best_first(log_probs, stop_suffix, table, targets, tol_da, lo_offset,
+                hi_offset, weight, evidence, sizes, max_expansions):  # fmt: skip
+    """The exact search for the top `sizes[i]` fitting peptides, for each i.
 
-        Past the budget, fitting peptides already scored are returned best first:
-        they fit, but are not proven the best.
-        """
-        self.expand(0, 0.0, 0.0, None)
-        found: list[tuple[float, list[int]]] = []
-        while self.heap and len(found) < self.top_k:
-            if self.heap[0][1] == 1 and self.expansions >= max_expansions:
-                rest = sorted(e for e in self.heap if e[1] == 0)
-                found += [(e[3][0], _path(e[3][1])) for e in rest]
-                return found[: self.top_k], True
-            _, kind, _, payload = heapq.heappop(self.heap)
-            if kind == 0:
-                found.append((payload[0], _path(payload[1])))
-            else:
-                self.take(payload)
-        return found, False
+    Expanding a prefix pushes its fitting one-token endings above the floor
+    (the top_k-th fitting score found) and, as one heap entry, its children
+    above the floor, best bound first (partial expansion: most children are
+    never reached, so they are never pushed one by one). Taking a child skips
+    it when `top_k` prefixes of the same length and mass (within MASS_KEY_DA)
+    already scored at least as well: they dominate every completion it could
+    have. When a terminal pops, no unexplored peptide can score higher: it is
+    the next best. Past `max_expansions`, the fitting peptides already pushed
+    are returned best first: they fit, but are not proven the best.
+
+    The scored extensions of each prefix are shared between the sizes. Returns
+    per found peptide its size index, score and path node, the path nodes
+    (token, parent; -1 is the root) and whether each size ran out of budget.
+    """
+    shared = Dict.empty(_PREFIX_KEY, types.int64)  # prefix -> index into scored
+    scored = [_extend(log_probs, stop_suffix, table, targets, tol_da, lo_offset,
+                      hi_offset, weight, evidence, 0, 0.0, 0.0)]  # fmt: skip
+    shared[(0.0, 0.0, 0.0)] = 0
+    node_token, node_parent = [0], [0]  # path nodes; parent -1 is the root
+    node_token.clear()
+    node_parent.clear()
+    out_size, out_score, out_node = [0], [0.0], [0]
+    out_size.clear()
+    out_score.clear()
+    out_node.clear()
+    ran_out = np.zeros(len(sizes), np.bool_)
+    for size_index, top_k in enumerate(sizes):
+        heap = [(0.0, 0.0, 0.0, 0.0)]
+        heap.clear()
+        serial, expansions = 0.0, 0
+        fitting, n_fitting = np.empty(top_k), 0  # the top_k fitting scores pushed
+        seen = Dict.empty(_MASS_KEY, types.int64)  # (length, mass) -> index
+        better, n_better = [np.empty(top_k)], [0]  # the top_k scores per mass
+        better.clear()
+        n_better.clear()
+        # children records: length, index into scored, end, parent node, next
+        records = [(0, 0, 0, 0)]
+        records.clear()
+        next_child = [0]
+        next_child.clear()
+        terminals, terminal_node = [0.0], [0]
+        terminals.clear()
+        terminal_node.clear()
+        found = [0]
+        found.clear()
+        position, mass, g, path = 0, 0.0, 0.0, -1  # the prefix to expand next
+        expanding = True
+        while True:
+            if expanding:  # expand (position, mass, g, path)
+                expanding = False
+                expansions += 1
+                key = (float(position), mass, g)
+                e = shared.get(key, -1)
+                if e < 0:
+                    e = len(scored)
+                    shared[key] = e
+                    scored.append(
+                        _extend(log_probs, stop_suffix, table, targets, tol_da,
+                                lo_offset, hi_offset, weight, evidence, position,
+                                mass, g)
+                    )  # fmt: skip
+                end_scores, end_tokens, _, _, _, bounds, negated, _, count = scored[e]
+                floor = fitting.min() if n_fitting == top_k else -np.inf
+                for j in range(len(end_scores)):
+                    if end_scores[j] < floor:
+                        continue
+                    node_token.append(end_tokens[j])
+                    node_parent.append(path)
+                    terminals.append(end_scores[j])
+                    terminal_node.append(len(node_token) - 1)
+                    entry = (-end_scores[j], TERMINAL, serial, len(terminals) - 1.0)
+                    heapq.heappush(heap, entry)
+                    serial += 1
+                    n_fitting = _keep_best(fitting, n_fitting, end_scores[j])
+                floor = fitting.min() if n_fitting == top_k else -np.inf
+                end = np.searchsorted(negated[:count], -floor, side="right")
+                if end > 0:
+                    records.append((position + 1, e, end, path))
+                    next_child.append(0)
+                    entry = (-bounds[0], CHILDREN, serial, len(records) - 1.0)
+                    heapq.heappush(heap, entry)
+                    serial += 1
+            if len(heap) == 0 or len(found) >= top_k:
+                break
+            if heap[0][1] == CHILDREN and expansions >= max_expansions:
+                ran_out[size_index] = True
+                while len(heap) > 0:
+                    entry = heapq.heappop(heap)
+                    if entry[1] == TERMINAL:
+                        found.append(int(entry[3]))
+                break
+            entry = heapq.heappop(heap)
+            if entry[1] == TERMINAL:
+                found.append(int(entry[3]))
+                continue
+            # take the best remaining child of a record, unless it is dominated
+            r = int(entry[3])
+            length, e, end, parent = records[r]
+            c = next_child[r]
+            next_child[r] = c + 1
+            tokens, child_masses, scores, bounds, _, keys = scored[e][2:8]
+            if c + 1 < end:
+                heapq.heappush(heap, (-bounds[c + 1], CHILDREN, serial, float(r)))
+                serial += 1
+            floor = fitting.min() if n_fitting == top_k else -np.inf
+            if bounds[c] < floor:
+                continue
+            slot = seen.get((length, keys[c]), -1)
+            if slot < 0:
+                slot = len(better)
+                seen[(length, keys[c])] = slot
+                better.append(np.empty(top_k))
+                n_better.append(0)
+            if n_better[slot] >= top_k and better[slot].min() >= scores[c]:
+                continue  # dominated by top_k prefixes of the same mass
+            n_better[slot] = _keep_best(better[slot], n_better[slot], scores[c])
+            node_token.append(tokens[c])
+            node_parent.append(parent)
+            position, mass, g, path = (
+                length,
+                child_masses[c],
+                scores[c],
+                len(node_token) - 1,
+            )
+            expanding = True
+        for t in found[:top_k]:
+            out_size.append(size_index)
+            out_score.append(terminals[t])
+            out_node.append(terminal_node[t])
+    return (
+        np.array(out_size), np.array(out_score), np.array(out_node),
+        np.array(node_token), np.array(node_parent), ran_out,
+    )  # fmt: skip
+
+
+def _node_path(node: int, token: np.ndarray, parent: np.ndarray) -> list[int]:
+    """The tokens from the root to a node of `_best_first`'s path nodes."""
+    out = []
+    while node >= 0:
+        out.append(int(token[node]))
+        node = int(parent[node])
+    return out[::-1]
 
 
 def _short_sums(most: int) -> list[np.ndarray]:
@@ -700,22 +695,28 @@ def search_sizes(
     end elsewhere than a search for fewer (and miss the best one that search
     finds): each size runs its own search, to the same result as if it ran
     alone. But they extend mostly the same prefixes, so every prefix is scored
-    once (`Expansions`) and the beam, when needed, runs once at the largest
+    once (`_best_first`) and the beam, when needed, runs once at the largest
     size (its shorter lists are prefixes of the longer). Returns the lists,
     the searches that ran out of budget and whether the beam ran.
     """
-    shared: Expansions = {}
+    size_of, score, node, token, parent, ran_out = _best_first(
+        spec.log_probs, spec.stop_suffix, spec.table, spec.targets, spec.tol_da,
+        spec.lo_offset, spec.hi_offset, spec.weight, spec.compiled_evidence,
+        np.array(sizes, np.int64), cfg.max_expansions,
+    )  # fmt: skip
     beam: list[tuple[float, list[int]]] | None = None
-    out, exhausted = [], 0
-    for size in sizes:
-        found, ran_out = _Search(spec, size, shared).run(cfg.max_expansions)
-        exhausted += ran_out
-        if (ran_out or not found) and cfg.beam_width > 0:
+    out = []
+    for i, size in enumerate(sizes):
+        found = [
+            (float(score[j]), _node_path(node[j], token, parent))
+            for j in np.flatnonzero(size_of == i).tolist()
+        ]
+        if (ran_out[i] or not found) and cfg.beam_width > 0:
             if beam is None:
                 beam = _beam(spec, cfg.beam_width, max(sizes))
             found = _merge(found, beam[:size], size)
         out.append(found)
-    return out, exhausted, beam is not None
+    return out, int(ran_out.sum()), beam is not None
 
 
 def search_chunk(task: ChunkTask) -> ChunkResult:

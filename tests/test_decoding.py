@@ -8,7 +8,7 @@ import torch
 
 from peptrm import decoding, masses
 from peptrm.config import load_config
-from peptrm.evidence import FragmentEvidence
+from peptrm.evidence import FragmentEvidence, read_steps
 
 V = len(masses.VOCAB)
 
@@ -285,20 +285,11 @@ def test_exact_with_fragment_evidence_against_brute_force(cfg):
     assert any(p[0].tokens != w[0].tokens for p, w in zip(plain, top, strict=True))
 
 
-def test_a_prefix_mass_on_a_step_edge_of_the_evidence_is_scored_exactly(
-    cfg, monkeypatch
-):
+def test_a_prefix_mass_on_a_step_edge_of_the_evidence_is_scored_exactly(cfg):
     """Peaks exactly one tolerance from the b ions put the true prefixes on edges of
     the evidence's step function: the search then scores those cleavages exactly
-    (`FragmentEvidence.exact_score`, not the compiled step lookup), and ranks as
-    brute force does."""
-    scored_exactly = []
-    exact = FragmentEvidence.exact_score
-    monkeypatch.setattr(
-        FragmentEvidence,
-        "exact_score",
-        lambda self, m: scored_exactly.extend(np.atleast_1d(m)) or exact(self, m),
-    )
+    (`evidence.exact_scores`, not the step read by `evidence.read_steps`), and
+    ranks as brute force does."""
     tol, weight, length = 0.02, 0.8, 5
     weighted = dataclasses.replace(
         cfg, evidence_weight=weight, fragment_tol_da=tol, workers=1
@@ -322,9 +313,9 @@ def test_a_prefix_mass_on_a_step_edge_of_the_evidence_is_scored_exactly(
         key=lambda x: -x[0],
     )
     prefixes = np.cumsum([masses.VOCAB_MASSES[masses.TOKEN_INDEX[t]] for t in tokens])
-    assert any(  # the exact path ran on a true prefix
-        np.isclose(scored_exactly, m, rtol=0, atol=1e-9).any() for m in prefixes[:-1]
-    )
+    edges, values = peaks.compiled()[:2]
+    _, close = read_steps(edges, values, prefixes[:-1])
+    assert close.all()  # every true cleavage goes down the exact path
     assert [c.tokens for c in top] == [t for _, t in expected[:3]]
     for candidate, (score, _) in zip(top, expected, strict=False):
         assert candidate.search_score == pytest.approx(score, abs=1e-9)
