@@ -187,30 +187,40 @@ class _Spectrum:
         )  # what the compiled search reads (`FragmentEvidence.compiled`)
 
 
-def _remaining(spec: _Spectrum, prefix_mass: np.ndarray) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _remaining(targets: np.ndarray, prefix_mass: np.ndarray) -> np.ndarray:
     """(C, I) residue mass each prefix still needs to reach each isotope's target."""
-    return spec.targets - prefix_mass[:, None]
+    out = np.empty((len(prefix_mass), len(targets)))
+    for c in range(len(prefix_mass)):
+        for i in range(len(targets)):
+            out[c, i] = targets[i] - prefix_mass[c]
+    return out
 
 
-def _extension_bound(spec: _Spectrum, row: int, remaining: np.ndarray) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _extension_bound(table, row, lo_offset, hi_offset, remaining) -> np.ndarray:
     """Admissible bound on the best >=1-token completion of prefixes at `row`.
 
     The maximum of the bounds over every bin total that could reach a target
     window (one window per isotope; `remaining` from `_remaining`), from the
-    range-max table in two lookups (`_window_bounds`).
+    range-max table in two lookups (`_window_bounds`); none after the last row.
     """
-    if row == spec.log_probs.shape[0]:
-        return np.full(len(remaining), -np.inf)
-    return _window_bounds(
-        spec.table, row, spec.lo_offset[row], spec.hi_offset[row], remaining
-    )
+    if row == table.shape[1] - 1:
+        return np.full(remaining.shape[0], -np.inf)
+    return _window_bounds(table, row, lo_offset, hi_offset, remaining)
+
+
+@numba.njit(cache=True, nogil=True)
+def _may_end(first: bool, token: int) -> bool:
+    """Whether a peptide may end on `token`: it holds at least one residue."""
+    return not (first and IS_N_TERMINAL[token])
 
 
 @numba.njit(cache=True, nogil=True)
 def _window_bounds(
     table: np.ndarray, row: int, lo_offset: float, hi_offset: float, remaining
 ) -> np.ndarray:
-    """`_extension_bound` below the last row: (C,) from (C, I) remaining masses.
+    """`_extension_bound` above the last row: (C,) from (C, I) remaining masses.
 
     Compiled: the search asks for every prefix it extends, on ~21 x 2 values,
     where NumPy's cost per call was a sixth of the search's time.
@@ -236,17 +246,11 @@ def _window_bounds(
     return out
 
 
-def _cleavage_bonus(
-    spec: _Spectrum, position: int, tokens: np.ndarray, child_mass: np.ndarray
-) -> np.ndarray:
-    """Evidence bonus of the cleavage after each child that goes on (C,)."""
-    return _bonus(position, tokens, child_mass, spec.weight, spec.compiled_evidence)
-
-
 @numba.njit(cache=True, nogil=True)
-def _bonus(position, tokens, child_mass, weight, evidence) -> np.ndarray:
-    """`_cleavage_bonus`, compiled (the search's kernels call it).
+def _cleavage_bonus(position, tokens, child_mass, weight, evidence) -> np.ndarray:
+    """Evidence bonus of the cleavage after each child that goes on (C,).
 
+    `evidence` from `FragmentEvidence.compiled` (`NO_EVIDENCE` when weight is 0).
     None after an N-terminal modification alone: it is not a residue boundary.
     """
     if weight == 0:
@@ -259,17 +263,12 @@ def _bonus(position, tokens, child_mass, weight, evidence) -> np.ndarray:
     return bonus
 
 
-def _fits(spec: _Spectrum, remaining: np.ndarray) -> np.ndarray:
-    """Whether each residue sum fits the precursor at some allowed isotope.
-
-    `remaining` from `_remaining`: within tolerance of zero at some isotope.
-    """
-    return _fit_any(remaining, spec.tol_da)
-
-
 @numba.njit(cache=True, nogil=True)
 def _fit_any(remaining: np.ndarray, tol_da: float) -> np.ndarray:
-    """`_fits` on (C, I) remaining masses, compiled (`_rank_children` calls it)."""
+    """Whether each residue sum fits the precursor at some allowed isotope.
+
+    `remaining` (C, I) from `_remaining`: within tolerance of zero at some isotope.
+    """
     out = np.zeros(remaining.shape[0], np.bool_)
     for c in range(remaining.shape[0]):
         for i in range(remaining.shape[1]):
@@ -280,7 +279,7 @@ def _fit_any(remaining: np.ndarray, tol_da: float) -> np.ndarray:
 @numba.njit(cache=True, nogil=True)
 def _rank_children(
     child_g, bonus, child_mass, child_token, n_tokens, stop_after, targets, tol_da,
-    first, table, row, last, lo_offset, hi_offset,
+    first, table, row, lo_offset, hi_offset,
 ):  # fmt: skip
     """The numbers of `_extend`, compiled (NumPy's cost per call dominated them).
 
@@ -290,21 +289,14 @@ def _rank_children(
     bound, -bound, mass key), and how many of each prefix's can fit.
     """
     n = len(child_g)
-    remaining = np.empty((n, len(targets)))
-    for c in range(n):
-        for i in range(len(targets)):
-            remaining[c, i] = targets[i] - child_mass[c]
+    remaining = _remaining(targets, child_mass)
     fits = _fit_any(remaining, tol_da)
     stop = child_g + stop_after
     ends = np.zeros(n, np.bool_)
-    for c in range(n):  # a peptide holds at least one residue
-        n_terminal = first and IS_N_TERMINAL[child_token[c]]
-        ends[c] = stop[c] >= -1e300 and fits[c] and not n_terminal
+    for c in range(n):
+        ends[c] = stop[c] >= -1e300 and fits[c] and _may_end(first, child_token[c])
     g = child_g + bonus
-    if last:
-        bound = np.full(n, -np.inf)
-    else:
-        bound = g + _window_bounds(table, row, lo_offset, hi_offset, remaining)
+    bound = g + _extension_bound(table, row, lo_offset, hi_offset, remaining)
     tokens = np.empty(n, np.int64)
     kept_masses, scores = np.empty(n), np.empty(n)
     bounds, negated, keys = np.empty(n), np.empty(n), np.empty(n, np.int64)
@@ -322,14 +314,6 @@ def _rank_children(
             keys[start + j] = np.int64(np.rint(child_mass[c] / MASS_KEY_DA))
             counts[p] += bound[c] >= -1e300
     return ends, stop, tokens, kept_masses, scores, bounds, negated, keys, counts
-
-
-def _path(node: tuple | None) -> list[int]:
-    out = []
-    while node is not None:
-        out.append(node[0])
-        node = node[1]
-    return out[::-1]
 
 
 # The compiled best-first search. Heap entries are float64 4-tuples
@@ -355,13 +339,12 @@ def _extend(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_offset
     token_masses = FIRST_MASSES if first else RESIDUE_MASSES
     child_g = g + log_probs[position][tokens]
     child_mass = mass + token_masses
-    bonus = _bonus(position, tokens, child_mass, weight, evidence)
+    bonus = _cleavage_bonus(position, tokens, child_mass, weight, evidence)
     row = position + 1
     ends, stop, kept, child_masses, scores, bounds, negated, keys, counts = (
         _rank_children(
             child_g, bonus, child_mass, tokens, len(tokens), stop_suffix[row],
-            targets, tol_da, first, table, row, row == log_probs.shape[0],
-            lo_offset[row], hi_offset[row],
+            targets, tol_da, first, table, row, lo_offset[row], hi_offset[row],
         )
     )  # fmt: skip
     return (
@@ -541,26 +524,31 @@ def _short_sums(most: int) -> list[np.ndarray]:
     return out
 
 
-SHORT_SUMS = _short_sums(3)  # 22, 253 and 1,771 distinct masses
+SHORT_SUMS = tuple(_short_sums(3))  # 22, 253 and 1,771 distinct masses
 
 
-def _short_completion(
-    spec: _Spectrum, remaining: np.ndarray, rows_left: int
-) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _short_completion(remaining, tol_da, rows_left, short_sums) -> np.ndarray:
     """Whether each prefix can still fit exactly, as far as 1-3 residues tell.
 
-    A prefix whose remaining mass is within reach of three residues must hit a
-    sum of one, two or three residues within tolerance; a heavier remainder is
-    assumed reachable (the bound table has already checked it to ~1 Da).
+    A prefix whose remaining mass (`_remaining`) is within reach of three
+    residues must hit a sum of one, two or three residues (`SHORT_SUMS`) within
+    tolerance; a heavier remainder is assumed reachable (the bound table has
+    already checked it to ~1 Da).
     """
-    ok = remaining > SHORT_SUMS[-1][-1] + spec.tol_da
-    for sums in SHORT_SUMS[:rows_left]:
-        at = np.searchsorted(sums, remaining).clip(1, len(sums) - 1)
-        nearest = np.minimum(
-            np.abs(sums[at] - remaining), np.abs(sums[at - 1] - remaining)
-        )
-        ok |= nearest <= spec.tol_da
-    return ok.any(axis=1)
+    heaviest = short_sums[len(short_sums) - 1][-1]
+    out = np.zeros(remaining.shape[0], np.bool_)
+    for c in range(remaining.shape[0]):
+        for i in range(remaining.shape[1]):
+            need = remaining[c, i]
+            ok = need > heaviest + tol_da
+            for k in range(min(rows_left, len(short_sums))):
+                sums = short_sums[k]
+                at = min(max(np.searchsorted(sums, need), 1), len(sums) - 1)
+                nearest = min(abs(sums[at] - need), abs(sums[at - 1] - need))
+                ok = ok or nearest <= tol_da
+            out[c] = out[c] or ok
+    return out
 
 
 def _beam(spec: _Spectrum, width: int, top_k: int) -> list[tuple[float, list[int]]]:
@@ -573,36 +561,95 @@ def _beam(spec: _Spectrum, width: int, top_k: int) -> list[tuple[float, list[int
     beam drops all of them. Not exact: it is the second chance when the exact
     search runs out of budget.
     """
-    prefix_mass, g, paths = np.zeros(1), np.zeros(1), [None]
-    finished: list[tuple[float, tuple]] = []
-    for position in range(spec.log_probs.shape[0]):
-        tokens = FIRST_INDICES if position == 0 else RESIDUE_INDICES
-        child_g = (g[:, None] + spec.log_probs[position, tokens][None, :]).ravel()
-        child_mass = (prefix_mass[:, None] + masses.VOCAB_MASSES[tokens]).ravel()
-        child_token = np.tile(tokens, len(g))
-        parent = np.repeat(np.arange(len(g)), len(tokens))
-        remaining = _remaining(spec, child_mass)
-        ends = _fits(spec, remaining)
-        if position == 0:
-            ends &= ~IS_N_TERMINAL[child_token]
-        stop = child_g + spec.stop_suffix[position + 1]
-        for c in np.flatnonzero(ends).tolist():
-            finished.append((float(stop[c]), (int(child_token[c]), paths[parent[c]])))
-        child_g = child_g + _cleavage_bonus(spec, position, child_token, child_mass)
-        f = child_g + _extension_bound(spec, position + 1, remaining)
-        rows_left = spec.log_probs.shape[0] - position - 1
-        f[~_short_completion(spec, remaining, rows_left)] = -np.inf
-        alive = np.flatnonzero(np.isfinite(f))
+    score, node, token, parent = _beam_search(
+        spec.log_probs, spec.stop_suffix, spec.table, spec.targets, spec.tol_da,
+        spec.lo_offset, spec.hi_offset, spec.weight, spec.compiled_evidence,
+        SHORT_SUMS, width, top_k,
+    )  # fmt: skip
+    return [
+        (s, _node_path(n, token, parent))
+        for s, n in zip(score.tolist(), node.tolist(), strict=True)
+    ]
+
+
+@numba.njit(cache=True, nogil=True)
+def _beam_search(log_probs, stop_suffix, table, targets, tol_da, lo_offset,
+                 hi_offset, weight, evidence, short_sums, width, top_k):  # fmt: skip
+    """`_beam`, compiled.
+
+    Returns the finished peptides' scores and path nodes, best first, and the
+    path nodes (token, parent; -1 is the root).
+    """
+    node_token, node_parent = [0], [0]
+    node_token.clear()
+    node_parent.clear()
+    finished, finished_node = [0.0], [0]
+    finished.clear()
+    finished_node.clear()
+    prefix_mass, g, paths = np.zeros(1), np.zeros(1), np.full(1, -1)
+    for position in range(log_probs.shape[0]):
+        first = position == 0
+        tokens = FIRST_INDICES if first else RESIDUE_INDICES
+        token_masses = FIRST_MASSES if first else RESIDUE_MASSES
+        token_log_probs = log_probs[position][tokens]
+        n_tokens = len(tokens)
+        n = len(g) * n_tokens
+        child_g, child_mass = np.empty(n), np.empty(n)
+        child_token, parent = np.empty(n, np.int64), np.empty(n, np.int64)
+        for p in range(len(g)):
+            for t in range(n_tokens):
+                c = p * n_tokens + t
+                child_g[c] = g[p] + token_log_probs[t]
+                child_mass[c] = prefix_mass[p] + token_masses[t]
+                child_token[c], parent[c] = tokens[t], p
+        remaining = _remaining(targets, child_mass)
+        fits = _fit_any(remaining, tol_da)
+        stop = child_g + stop_suffix[position + 1]
+        for c in range(n):
+            if fits[c] and _may_end(first, child_token[c]):
+                node_token.append(child_token[c])
+                node_parent.append(paths[parent[c]])
+                finished.append(stop[c])
+                finished_node.append(len(node_token) - 1)
+        child_g = child_g + _cleavage_bonus(
+            position, child_token, child_mass, weight, evidence
+        )
+        row = position + 1
+        f = child_g + _extension_bound(
+            table, row, lo_offset[row], hi_offset[row], remaining
+        )
+        reachable = _short_completion(
+            remaining, tol_da, log_probs.shape[0] - row, short_sums
+        )
+        alive = np.flatnonzero(np.isfinite(f) & reachable)
         if len(alive) == 0:
             break
-        alive = alive[np.argsort(-f[alive], kind="stable")]
-        keys = np.rint(child_mass[alive] / MASS_KEY_DA).astype(np.int64)
-        _, first = np.unique(keys, return_index=True)  # the best of each mass
-        alive = alive[np.sort(first)][:width]
-        g, prefix_mass = child_g[alive], child_mass[alive]
-        paths = [(int(child_token[c]), paths[parent[c]]) for c in alive.tolist()]
-    finished.sort(key=lambda entry: -entry[0])
-    return [(score, _path(node)) for score, node in finished[:top_k]]
+        alive = alive[np.argsort(-f[alive], kind="mergesort")]  # stable
+        kept = np.empty(min(width, len(alive)), np.int64)
+        n_kept, masses_kept = 0, set()
+        for c in alive:  # the best of each mass, best first
+            key = np.int64(np.rint(child_mass[c] / MASS_KEY_DA))
+            if key in masses_kept:
+                continue
+            masses_kept.add(key)
+            kept[n_kept] = c
+            n_kept += 1
+            if n_kept == len(kept):
+                break
+        kept = kept[:n_kept]
+        g, prefix_mass = child_g[kept], child_mass[kept]
+        kept_paths = np.empty(n_kept, np.int64)
+        for j in range(n_kept):
+            node_token.append(child_token[kept[j]])
+            node_parent.append(paths[parent[kept[j]]])
+            kept_paths[j] = len(node_token) - 1
+        paths = kept_paths
+    scores = np.array(finished)
+    order = np.argsort(-scores, kind="mergesort")[:top_k]  # stable: ties stay
+    return (
+        scores[order], np.array(finished_node)[order], np.array(node_token),
+        np.array(node_parent),
+    )  # fmt: skip
 
 
 def _cleavage_bounds(
