@@ -103,6 +103,7 @@ ROUNDS = 200
 # The fragment ion types the features read (`masses.FRAGMENT_IONS` names); the
 # 13C types are not read: y ions are placed from the precursor less the isotope.
 FEATURE_IONS = ("b", "y", "b++", "y++", "a", "b-H2O", "b-NH3", "y-H2O", "y-NH3")
+_FEATURE_TYPES = tuple(ion for ion in masses.FRAGMENT_IONS if ion[0] in FEATURE_IONS)
 DEFAULT_K = 15  # candidates reranked (benchmarks/bench_rerank.py --fit-train --k K)
 
 
@@ -224,12 +225,10 @@ def _features_of(
     if n_term and len(prefix):
         prefix = prefix[1:]  # no cleavage between the modification and residue 1
     n_cleavages = len(prefix)
-    found = {
-        ion[0]: peaks.nearest_within(masses.fragment_ion_mz(ion, prefix, precursor))
-        for ion in masses.FRAGMENT_IONS
-        if ion[0] in FEATURE_IONS
-    }
-    hit = {name: index >= 0 for name, index in found.items()}
+    ion_mz = [masses.fragment_ion_mz(ion, prefix, precursor) for ion in _FEATURE_TYPES]
+    index = peaks.nearest_within(np.stack(ion_mz))  # (F, C), one call for all types
+    found = {ion[0]: at for ion, at in zip(_FEATURE_TYPES, index, strict=True)}
+    hit = {name: at >= 0 for name, at in found.items()}
     if n_cleavages:
         b, y = hit["b"], hit["y"]
         doubly = (hit["b++"] | hit["y++"]) if charge >= 2 else np.zeros_like(b)
@@ -237,17 +236,11 @@ def _features_of(
         either = b | y
         run = _longest_run(either)
         shares = [
-            b.mean(),
-            y.mean(),
-            either.mean(),
-            (b & y).mean(),
-            doubly.mean(),
-            hit["a"].mean(),
-            losses.mean(),
+            *np.stack([b, y, either, b & y, doubly, hit["a"], losses]).mean(axis=1),
             run / n_cleavages,
             float(run),
         ]
-        matched = np.unique(np.concatenate([i[i >= 0] for i in found.values()]))
+        matched = np.unique(index[index >= 0])
         explained = peaks.weight[matched].sum() / total_weight if total_weight else 0.0
         by_weight = np.concatenate(
             [
