@@ -16,6 +16,9 @@ candidate, taken against the spectrum, reorders them:
                 intensity model (`simulate.ladder_intensities`)
     precursor   |ppm error|, isotope error, charge
     peptide     length, tryptic C-terminus, missed cleavages, N-terminal mod
+    gaps        of `GAP_FEATURES` (mean log-prob, b/y shares, longest run,
+                explained intensity, intensity agreement) to the spectrum's
+                best candidate
     predicted   optional (`PREDICTED_FEATURES`, needs ms2pip): Pearson and
                 Spearman correlation and cosine of the matched b/y intensities
                 with ms2pip's HCD2019 prediction, share of its top ions and of
@@ -56,6 +59,16 @@ MODEL_NAME = "rerank.txt"
 SETTINGS_NAME = "rerank.yaml"
 PREDICTED_MODEL_NAME = "rerank_ms2pip.txt"  # with the ms2pip features
 PREDICTED_SETTINGS_NAME = "rerank_ms2pip.yaml"
+# Features also given as the gap to the best of the spectrum's candidates: the
+# classifier scores one candidate at a time, and these say how it compares.
+GAP_FEATURES = (
+    "mean_log_prob",
+    "b_or_y_share",
+    "b_and_y_share",
+    "longest_run",
+    "explained_intensity",
+    "intensity_agreement",
+)
 FEATURES = (
     "log_score",
     "mean_log_prob",
@@ -83,6 +96,7 @@ FEATURES = (
     "tryptic",
     "missed_cleavages",
     "n_terminal_mod",
+    *(f"{name}_gap" for name in GAP_FEATURES),
 )
 PREDICTED_FEATURES = FEATURES + predicted.FEATURES  # with ms2pip's intensities
 BOOSTING = {  # small trees: a few thousand candidates of a few hundred spectra
@@ -157,6 +171,10 @@ def candidate_features(
         values["gap_best"] = best - search[rank]
         rows.append(values)
         observed.append(by_weight)
+    for name in GAP_FEATURES:
+        most = max((row[name] for row in rows), default=0.0)
+        for row in rows:
+            row[f"{name}_gap"] = most - row[name]
     if _reads_predicted(features):
         if intensities is None:
             intensities = predict_groups([candidates], [charge])[0]
