@@ -276,46 +276,6 @@ def _fit_any(remaining: np.ndarray, tol_da: float) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _rank_children(
-    child_g, bonus, child_mass, child_token, n_tokens, stop_after, targets, tol_da,
-    first, table, row, lo_offset, hi_offset,
-):  # fmt: skip
-    """The numbers of `_extend`, compiled (NumPy's cost per call dominated them).
-
-    Which children end a fitting peptide and its score; then per prefix its
-    children sorted by bound (best first, ties in token order; those that
-    cannot fit last), as columns (token, mass, score with the cleavage bonus,
-    bound, -bound, mass key), and how many of each prefix's can fit.
-    """
-    n = len(child_g)
-    remaining = _remaining(targets, child_mass)
-    fits = _fit_any(remaining, tol_da)
-    stop = child_g + stop_after
-    ends = np.zeros(n, np.bool_)
-    for c in range(n):
-        ends[c] = stop[c] >= -1e300 and fits[c] and _may_end(first, child_token[c])
-    g = child_g + bonus
-    bound = g + _extension_bound(table, row, lo_offset, hi_offset, remaining)
-    tokens = np.empty(n, np.int64)
-    kept_masses, scores = np.empty(n), np.empty(n)
-    bounds, negated, keys = np.empty(n), np.empty(n), np.empty(n, np.int64)
-    counts = np.zeros(n // n_tokens, np.int64)
-    for p in range(n // n_tokens):
-        start = p * n_tokens
-        order = np.argsort(-bound[start : start + n_tokens], kind="mergesort")
-        for j in range(n_tokens):
-            c = start + order[j]
-            tokens[start + j] = child_token[c]
-            kept_masses[start + j] = child_mass[c]
-            scores[start + j] = g[c]
-            bounds[start + j] = bound[c]
-            negated[start + j] = -bound[c]
-            keys[start + j] = np.int64(np.rint(child_mass[c] / MASS_KEY_DA))
-            counts[p] += bound[c] >= -1e300
-    return ends, stop, tokens, kept_masses, scores, bounds, negated, keys, counts
-
-
 # The compiled best-first search. Heap entries are float64 4-tuples
 # (-f, kind, serial, payload): kind TERMINAL (a finished peptide, f its exact
 # log-score, payload its index in the found list) pops before kind CHILDREN (a
@@ -329,27 +289,46 @@ _MASS_KEY = types.UniTuple(types.int64, 2)  # (length, mass in MASS_KEY_DA units
 @numba.njit(cache=True, nogil=True)
 def _extend(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_offset,
             weight, evidence, position, mass, g):  # fmt: skip
-    """Score every one-token extension of one prefix (`_rank_children`'s columns).
+    """Score every one-token extension of one prefix.
 
-    A pure function of the prefix's length, mass and score, so the searches of
-    several sizes over one spectrum compute it once per prefix and share it.
+    Returns the children that end a fitting peptide (their scores with the
+    STOP run, and their tokens, in token order); then all children sorted by
+    bound (best first, ties in token order; those that cannot fit last), as
+    columns (token, mass, score with the cleavage bonus, bound, -bound, mass
+    key); and how many can still fit. A pure function of the prefix's length,
+    mass and score, so the searches of several sizes over one spectrum compute
+    it once per prefix and share it.
     """
     first = position == 0
     tokens = FIRST_INDICES if first else RESIDUE_INDICES
     token_masses = FIRST_MASSES if first else RESIDUE_MASSES
-    child_g = g + log_probs[position][tokens]
-    child_mass = mass + token_masses
+    n = len(tokens)
+    child_g, child_mass = np.empty(n), np.empty(n)
+    for c in range(n):
+        child_g[c] = g + log_probs[position, tokens[c]]
+        child_mass[c] = mass + token_masses[c]
     bonus = _cleavage_bonus(position, tokens, child_mass, weight, evidence)
     row = position + 1
-    ends, stop, kept, child_masses, scores, bounds, negated, keys, counts = (
-        _rank_children(
-            child_g, bonus, child_mass, tokens, len(tokens), stop_suffix[row],
-            targets, tol_da, first, table, row, lo_offset[row], hi_offset[row],
-        )
-    )  # fmt: skip
+    remaining = _remaining(targets, child_mass)
+    fits = _fit_any(remaining, tol_da)
+    window = _extension_bound(table, row, lo_offset[row], hi_offset[row], remaining)
+    end_scores, end_tokens, n_ends = np.empty(n), np.empty(n, np.int64), 0
+    scores, bounds, count = np.empty(n), np.empty(n), 0
+    for c in range(n):
+        stop = child_g[c] + stop_suffix[row]
+        if stop >= -1e300 and fits[c] and _may_end(first, tokens[c]):
+            end_scores[n_ends], end_tokens[n_ends] = stop, tokens[c]
+            n_ends += 1
+        scores[c] = child_g[c] + bonus[c]
+        bounds[c] = scores[c] + window[c]
+        count += bounds[c] >= -1e300
+    order = np.argsort(-bounds, kind="mergesort")  # stable: ties in token order
+    keys = np.empty(n, np.int64)
+    for j in range(n):
+        keys[j] = np.int64(np.rint(child_mass[order[j]] / MASS_KEY_DA))
     return (
-        stop[ends], tokens[ends], kept, child_masses, scores, bounds, negated, keys,
-        counts[0],
+        end_scores[:n_ends], end_tokens[:n_ends], tokens[order], child_mass[order],
+        scores[order], bounds[order], -bounds[order], keys, count,
     )  # fmt: skip
 
 
