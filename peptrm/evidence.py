@@ -264,6 +264,7 @@ class FragmentEvidence:
         self.log_odds = None if table is None else table.log_odds[int(charge >= 3)]
         self.scale = 0.0 if table is None else table.scale
         self.bias = 0.0 if table is None else table.bias
+        self._exact = self._exact_arguments()  # what `exact_scores` reads
         self._steps: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
 
     def compiled(self) -> tuple:
@@ -275,10 +276,10 @@ class FragmentEvidence:
         """
         if self._steps is None:
             self._steps = self._step_function()
-        return (*self._steps, *self._exact_arguments())
+        return (*self._steps, *self._exact)
 
     def _exact_arguments(self) -> tuple:
-        """`exact_scores`' arguments after the masses."""
+        """`exact_scores`' arguments after the masses (built once, in `__init__`)."""
         ions = np.array(
             [
                 (side == "y", charge, offset)
@@ -356,7 +357,7 @@ class FragmentEvidence:
     def exact_score(self, prefix_mass: np.ndarray) -> np.ndarray:
         """`score` computed ion by ion from the peaks (the reference it equals)."""
         prefix_mass = np.ascontiguousarray(prefix_mass, np.float64).reshape(-1)
-        return exact_scores(prefix_mass, *self._exact_arguments())
+        return exact_scores(prefix_mass, *self._exact)
 
     # ---------------------------------------------------------------- the bound
 
