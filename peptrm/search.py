@@ -202,29 +202,11 @@ def _extension_bound(table, row, lo_offset, hi_offset, remaining) -> np.ndarray:
     """Admissible bound on the best >=1-token completion of prefixes at `row`.
 
     The maximum of the bounds over every bin total that could reach a target
-    window (one window per isotope; `remaining` from `_remaining`), from the
-    range-max table in two lookups (`_window_bounds`); none after the last row.
+    window (one window per isotope; `remaining` (C, I) from `_remaining`), from
+    the range-max table in two lookups per window; none after the last row.
     """
     if row == table.shape[1] - 1:
         return np.full(remaining.shape[0], -np.inf)
-    return _window_bounds(table, row, lo_offset, hi_offset, remaining)
-
-
-@numba.njit(cache=True, nogil=True)
-def _may_end(first: bool, token: int) -> bool:
-    """Whether a peptide may end on `token`: it holds at least one residue."""
-    return not (first and IS_N_TERMINAL[token])
-
-
-@numba.njit(cache=True, nogil=True)
-def _window_bounds(
-    table: np.ndarray, row: int, lo_offset: float, hi_offset: float, remaining
-) -> np.ndarray:
-    """`_extension_bound` above the last row: (C,) from (C, I) remaining masses.
-
-    Compiled: the search asks for every prefix it extends, on ~21 x 2 values,
-    where NumPy's cost per call was a sixth of the search's time.
-    """
     n_levels, n_bins = table.shape[0], table.shape[-1]
     out = np.empty(remaining.shape[0])
     for c in range(remaining.shape[0]):
@@ -244,6 +226,12 @@ def _window_bounds(
             best = max(best, value)
         out[c] = best
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _may_end(first: bool, token: int) -> bool:
+    """Whether a peptide may end on `token`: it holds at least one residue."""
+    return not (first and IS_N_TERMINAL[token])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -333,6 +321,16 @@ def _extend(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_offset
 
 
 @numba.njit(cache=True, nogil=True)
+def _floor(values: np.ndarray, n: int) -> float:
+    """The lowest of the len(values) best scores `_keep_best` keeps; -inf until full.
+
+    Below the top_k-th fitting peptide found, nothing can make the list; a
+    prefix that scores no better than the top_k kept at its mass is dominated.
+    """
+    return values.min() if n == len(values) else -np.inf
+
+
+@numba.njit(cache=True, nogil=True)
 def _keep_best(values: np.ndarray, n: int, score: float) -> int:
     """Keep the len(values) highest scores seen in `values[:n]`; the new n."""
     if n < len(values):
@@ -411,7 +409,7 @@ def _best_first(log_probs, stop_suffix, table, targets, tol_da, lo_offset,
                                 mass, g)
                     )  # fmt: skip
                 end_scores, end_tokens, _, _, _, bounds, negated, _, count = scored[e]
-                floor = fitting.min() if n_fitting == top_k else -np.inf
+                floor = _floor(fitting, n_fitting)
                 for j in range(len(end_scores)):
                     if end_scores[j] < floor:
                         continue
@@ -423,7 +421,7 @@ def _best_first(log_probs, stop_suffix, table, targets, tol_da, lo_offset,
                     heapq.heappush(heap, entry)
                     serial += 1
                     n_fitting = _keep_best(fitting, n_fitting, end_scores[j])
-                floor = fitting.min() if n_fitting == top_k else -np.inf
+                floor = _floor(fitting, n_fitting)
                 end = np.searchsorted(negated[:count], -floor, side="right")
                 if end > 0:
                     records.append((position + 1, e, end, path))
@@ -453,7 +451,7 @@ def _best_first(log_probs, stop_suffix, table, targets, tol_da, lo_offset,
             if c + 1 < end:
                 heapq.heappush(heap, (-bounds[c + 1], CHILDREN, serial, float(r)))
                 serial += 1
-            floor = fitting.min() if n_fitting == top_k else -np.inf
+            floor = _floor(fitting, n_fitting)
             if bounds[c] < floor:
                 continue
             slot = seen.get((length, keys[c]), -1)
@@ -462,7 +460,7 @@ def _best_first(log_probs, stop_suffix, table, targets, tol_da, lo_offset,
                 seen[(length, keys[c])] = slot
                 better.append(np.empty(top_k))
                 n_better.append(0)
-            if n_better[slot] >= top_k and better[slot].min() >= scores[c]:
+            if _floor(better[slot], n_better[slot]) >= scores[c]:
                 continue  # dominated by top_k prefixes of the same mass
             n_better[slot] = _keep_best(better[slot], n_better[slot], scores[c])
             node_token.append(tokens[c])
