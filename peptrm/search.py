@@ -8,7 +8,9 @@ prefixes with float64 masses, guided by an admissible bound that a vectorised
 dynamic programme over ~1 Da mass bins computes once per chunk, and a beam
 search over the same scores when the exact search runs out of budget.
 Searches for lists of several sizes over one spectrum (`search_sizes`) each
-give what they would alone, but score every prefix once between them.
+give what they would alone, but score every prefix once between them. Both
+searches run compiled with numba (`_best_first`, `_beam_search`), one call per
+spectrum; the bound's table is built with NumPy, once per chunk.
 
 Nothing here imports torch, so worker processes start light.
 """
