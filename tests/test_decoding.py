@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from peptrm import decoding, masses
+from peptrm import decoding, masses, search
 from peptrm.config import load_config
 from peptrm.evidence import FragmentEvidence, read_steps
 
@@ -359,6 +359,35 @@ def test_beam_second_chance_finds_a_fitting_peptide_past_the_budget(cfg):
         assert best.constrained and fits(best.mass, mass, cfg)
 
 
+def test_a_beam_wide_enough_for_every_prefix_gives_the_exact_top_list(cfg):
+    """Prefixes of one mass share their completions, so the beam keeps several
+    of each mass, not one: one would drop every reordering of an unfragmented
+    stretch (GA.. vs AG..) from the list, though it may score second. And a
+    remainder of four or more light residues is no dead end (VVPPV after V)."""
+    rng = np.random.default_rng(13)
+    length, batch, top_k = 5, 12, search.BEAM_PER_MASS
+    allowed = [masses.STOP_INDEX] + [masses.TOKEN_INDEX[t] for t in SMALL]
+    logits = np.full((batch, length, V), -np.inf)
+    logits[:, :, allowed] = rng.normal(0, 1.0, size=(batch, length, len(allowed)))
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    precursor = np.array(
+        [
+            masses.peptide_mass(list(rng.choice(SMALL[:-1], size=length)))
+            for _ in range(batch)
+        ]
+    )
+    beam_only = dataclasses.replace(cfg, max_expansions=1, beam_width=100_000)
+    top = decoding.decode(log_probs, precursor, beam_only, top_k)
+    same_composition = 0
+    for b in range(batch):
+        expected = brute_force(log_probs[b], precursor[b], cfg)[:top_k]
+        assert [c.log_score for c in top[b]] == pytest.approx(
+            [score for score, _ in expected], abs=1e-9
+        )
+        same_composition += sorted(expected[0][1]) == sorted(expected[1][1])
+    assert same_composition >= batch // 2  # the lists hold reorderings to keep
+
+
 def test_worker_processes_decode_exactly_as_one_process(cfg):
     rng = np.random.default_rng(9)
     peptides = [
@@ -380,8 +409,9 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
     """The shared searches give each size what it gets alone, past the budget too.
 
     The bundled model and its learned cleavage table on the ten test spectra,
-    with a budget small enough that most searches run out of it: there the
-    top-1 and top-20 searches end differently, which is why both run.
+    with a budget small enough that most searches run out of it (their lists
+    differ from an unlimited search's): there each size's own search and the
+    one beam they share must still give what each would alone.
     """
     from peptrm import evidence, preprocess
     from peptrm.io import Spectrum, read_spectra
@@ -406,7 +436,12 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
         assert [[c.search_score for c in row] for row in lists] == [
             [c.search_score for c in row] for row in alone
         ]
-    top_20, top_1, _ = shared
+    top_20 = shared[0]
     assert all(len(row) == 20 for row in top_20)
-    differ = [a[0].indices != b[0].indices for a, b in zip(top_1, top_20, strict=True)]
-    assert 0 < sum(differ) < len(differ)  # the budget made some top-1 answers differ
+    exact = dataclasses.replace(cfg, max_expansions=100_000)
+    unlimited = decoding.decode(log_probs, precursor, exact, 20, peaks)
+    differ = [
+        [c.indices for c in a] != [c.indices for c in b]
+        for a, b in zip(top_20, unlimited, strict=True)
+    ]
+    assert sum(differ) >= len(differ) // 2  # the budget ran out: the beam answered
