@@ -149,7 +149,7 @@ def agreement(
     spectrum's scaled square-root intensity; 0: no peak), `predicted_*` the
     linear intensities of `predict`. Both are compared on the square-root scale
     the peaks are kept on. All features but `ms2pip_cosine_gap`, which needs
-    the other candidates (`with_gap`).
+    the other candidates (the reranker adds it).
     """
     predicted = np.sqrt(np.concatenate([predicted_b, predicted_y]))
     observed = np.concatenate([observed_b, observed_y]).astype(np.float64)
@@ -171,16 +171,6 @@ def agreement(
             float(missing.max() / tallest) if len(missing) and tallest > 0 else 0.0
         ),
     }
-
-
-def with_gap(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    """Add each candidate's cosine gap to the best cosine among its spectrum's."""
-    cosines = [row.get("ms2pip_cosine", np.nan) for row in rows]
-    best = np.nanmax(cosines) if np.isfinite(cosines).any() else np.nan
-    return [
-        {**row, "ms2pip_cosine_gap": float(best - cosine)}
-        for row, cosine in zip(rows, cosines, strict=True)
-    ]
 
 
 def missing() -> dict[str, float]:

@@ -171,10 +171,7 @@ def candidate_features(
         values["gap_best"] = best - search[rank]
         rows.append(values)
         observed.append(by_weight)
-    for name in GAP_FEATURES:
-        most = max((row[name] for row in rows), default=0.0)
-        for row in rows:
-            row[f"{name}_gap"] = most - row[name]
+    _add_gaps(rows, GAP_FEATURES)
     if _reads_predicted(features):
         if intensities is None:
             intensities = predict_groups([candidates], [charge])[0]
@@ -182,6 +179,20 @@ def candidate_features(
     return np.array(
         [[row[name] for name in features] for row in rows], np.float64
     ).reshape(-1, len(features))
+
+
+def _add_gaps(rows: list[dict[str, float]], names: Sequence[str]) -> None:
+    """Set each row's `<name>_gap`: the best of the spectrum's rows less its own.
+
+    The classifier scores one candidate at a time; the gaps say how it compares
+    with the others. A nan (ms2pip could not predict it) stays nan, and the
+    best is taken over the rest.
+    """
+    for name in names:
+        values = np.array([row[name] for row in rows], np.float64)
+        best = np.nanmax(values) if np.isfinite(values).any() else np.nan
+        for row, value in zip(rows, values, strict=True):
+            row[f"{name}_gap"] = float(best - value)
 
 
 def predict_groups(
@@ -219,7 +230,7 @@ def _with_predicted(
             agreements.append(predicted.missing())
             continue
         agreements.append(predicted.agreement(*found, by_weight[:n], by_weight[n:]))
-    agreements = predicted.with_gap(agreements)
+    _add_gaps(agreements, ("ms2pip_cosine",))
     return [{**row, **more} for row, more in zip(rows, agreements, strict=True)]
 
 

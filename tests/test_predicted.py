@@ -30,12 +30,6 @@ def test_agreement_of_a_hand_worked_ladder():
     assert f["ms2pip_max_missing"] == pytest.approx(0.5)  # b2 0.4 against y 0.8
 
 
-def test_cosine_gap_is_to_the_best_candidate_and_nan_stays_nan():
-    rows = [{"ms2pip_cosine": 0.5}, {"ms2pip_cosine": 0.9}, predicted.missing()]
-    gaps = [row["ms2pip_cosine_gap"] for row in predicted.with_gap(rows)]
-    assert gaps[0] == pytest.approx(0.4) and gaps[1] == 0 and math.isnan(gaps[2])
-
-
 def test_log2_intensities_become_linear_by_cleavage():
     # ms2pip writes log2(I + 0.001) per ion number: b1 b2, y1 y2
     b, y = predicted._by_cleavage(
