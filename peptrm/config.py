@@ -100,6 +100,7 @@ class TrainingConfig:
     augment_shift_ppm: float  # sd of per-peak m/z shifts of real spectra (ppm)
     draft_fraction: float  # share of spectra whose recursion starts from a wrong draft
     draft_mean_errors: float  # mean errors in such a draft (Poisson; 0 errors allowed)
+    infill_fraction: float  # share starting from their own peptide with a stretch blank
     val_fraction: float  # share of labelled training spectra held out for validation
     val_every_steps: int  # run validation every this many steps
     checkpoint_every_steps: int  # write a checkpoint every this many steps
@@ -236,6 +237,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.synthetic_difficulty_steps": (0, None),
     "training.val_fraction": (0, 1),
     "training.draft_fraction": (0, 1),
+    "training.infill_fraction": (0, 1),
     "training.draft_mean_errors": (0, None),
     "training.val_every_steps": (1, None),
     "training.checkpoint_every_steps": (1, None),
@@ -306,6 +308,12 @@ def _check_ranges(config: Config, source: str) -> None:
             f"{source}: simulation.intensity_model = "
             f"{config.simulation.intensity_model!r}: give one of "
             + ", ".join(INTENSITY_MODELS)
+        )
+    t = config.training
+    if t.draft_fraction + t.infill_fraction > 1:
+        raise ConfigError(
+            f"{source}: training.draft_fraction + training.infill_fraction = "
+            f"{t.draft_fraction + t.infill_fraction!r} is above 1"
         )
     if config.model.dim % config.model.n_heads:
         raise ConfigError(

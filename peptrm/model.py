@@ -365,12 +365,14 @@ class PepTRM(nn.Module):
 
         This is how a peptide from outside the recursion (the search's answer at
         inference, a corrupted label in training) becomes the draft `y` that the
-        next improvement step re-reads the spectrum from. `given` (B,) marks the
-        rows that get their tokens; the others keep the uniform blank draft.
+        next improvement step re-reads the spectrum from. `given` marks the rows
+        (B,) or the positions (B, L) that get their tokens; the others keep the
+        uniform blank draft.
         """
         y = nn.functional.one_hot(tokens, self.vocab_size).float() * DRAFT_CONFIDENCE
         if given is not None:
-            y = y * given.view(-1, 1, 1).to(y.dtype)
+            mask = given.view(-1, 1, 1) if given.dim() == 1 else given.unsqueeze(-1)
+            y = y * mask.to(y.dtype)
         return y  # (B, L, V)
 
     def ladder(self, probs: Tensor, precursor_mass: Tensor) -> Tensor:

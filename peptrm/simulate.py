@@ -625,6 +625,27 @@ def draft_errors(
     return np.array(draft + [masses.STOP_INDEX] * (length - len(draft)), np.int64)
 
 
+def infill_mask(tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Positions (L,) of a peptide's draft given, True, around one blank stretch.
+
+    `tokens` are a peptide's token indices padded with STOP (L,). A stretch of
+    1 to n of its n tokens is left blank. Half the time the rest of the draft is
+    given (the stretch lies between known ends); otherwise everything from the
+    stretch on is blank too, the length included (only the start is known).
+    """
+    n = int(np.sum(tokens != masses.STOP_INDEX))
+    given = np.ones(len(tokens), dtype=bool)
+    if n == 0:
+        return given
+    size = int(rng.integers(1, n + 1))
+    start = int(rng.integers(0, n - size + 1))
+    if rng.random() < 0.5:
+        given[start : start + size] = False
+    else:
+        given[start:] = False
+    return given
+
+
 # ---------------------------------------------------------------------------
 # Checking the model against real spectra
 # ---------------------------------------------------------------------------

@@ -328,22 +328,31 @@ class TrainingStream(IterableDataset):
     def add_drafts(
         self, batch: dict[str, Tensor], rng: np.random.Generator
     ) -> dict[str, Tensor]:
-        """Give a `draft_fraction` of the batch a wrong draft to start from.
+        """Give shares of the batch a draft of their own peptide to start from.
 
-        Adds ``draft`` (B, L) token indices (`simulate.draft_errors` of the
-        label) and ``drafted`` (B,) True where the recursion starts from it.
+        A `draft_fraction` gets a wrong draft (`simulate.draft_errors` of the
+        label); an `infill_fraction` gets its label with a stretch left blank
+        (`simulate.infill_mask`). Adds ``draft`` (B, L) token indices,
+        ``drafted`` (B,) True for the wrong drafts, and ``given`` (B, L) True
+        at the positions whose draft token the recursion starts from.
         """
         t = self.cfg.training
-        if t.draft_fraction <= 0:
+        if t.draft_fraction <= 0 and t.infill_fraction <= 0:
             return batch
         tokens = batch["tokens"].numpy()
-        drafted = rng.random(len(tokens)) < t.draft_fraction
+        share = rng.random(len(tokens))
+        drafted = share < t.draft_fraction
         drafts = [
             simulate.draft_errors(row, rng, t.draft_mean_errors) if use else row
             for row, use in zip(tokens, drafted, strict=True)
         ]
+        given = np.repeat(drafted[:, None], tokens.shape[1], axis=1)
+        infilled = ~drafted & (share < t.draft_fraction + t.infill_fraction)
+        for row in np.flatnonzero(infilled):
+            given[row] = simulate.infill_mask(tokens[row], rng)
         batch["draft"] = torch.from_numpy(np.stack(drafts))  # (B, L)
         batch["drafted"] = torch.from_numpy(drafted)  # (B,)
+        batch["given"] = torch.from_numpy(given)  # (B, L)
         return batch
 
     def global_index(self, position: int, n_workers: int) -> int:
@@ -528,7 +537,7 @@ class PepTRMModule(L.LightningModule):
             if y is None:
                 y, z = model.initial_state(spectrum)
                 if "draft" in batch:  # some spectra start from a draft to repair
-                    y = model.draft_logits(batch["draft"], batch["drafted"])
+                    y = model.draft_logits(batch["draft"], batch["given"])
             y, z, halt = model(spectrum, y, z, supervision_step=k)
             losses = self.step_loss(y, halt, batch)
             optimizer.zero_grad()

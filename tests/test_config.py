@@ -103,6 +103,10 @@ def test_numbers_in_exponent_form_are_floats(tmp_path):
             r"simulation.charge_weights = \[1.0, -1.0\] is below 0",
         ),
         ("model:\n  dim: 30\n", r"model.dim = 30 is not a multiple of model.n_heads"),
+        (
+            "training:\n  draft_fraction: 0.6\n  infill_fraction: 0.5\n",
+            r"training.draft_fraction \+ training.infill_fraction = 1.1 is above 1",
+        ),
     ],
 )
 def test_values_out_of_range_name_the_file_and_key(tmp_path, text, message):

@@ -177,6 +177,11 @@ def test_draft_logits_put_a_confident_draft_only_where_given(tiny):
     expected = math.exp(5) / (math.exp(5) + V - 1)  # DRAFT_CONFIDENCE = 5
     assert torch.allclose(p, torch.full_like(p, expected), atol=1e-4)
     assert torch.count_nonzero(y[1]) == 0  # the blank draft of initial_state
+    positions = torch.zeros(2, 12, dtype=torch.bool)
+    positions[0, :3] = True  # only the first three tokens of the first row
+    y = model.draft_logits(tokens, positions)
+    assert torch.equal(y[0, :3].argmax(-1), tokens[0, :3])
+    assert torch.count_nonzero(y[0, 3:]) == 0 and torch.count_nonzero(y[1]) == 0
 
 
 def test_evidence_logits_start_as_the_model_without_them_and_learn():

@@ -16,6 +16,7 @@ from peptrm.simulate import (
     digest_fasta,
     draft_errors,
     fragment_statistics,
+    infill_mask,
     random_peptide,
     sample_charge,
     simulate_batch,
@@ -315,6 +316,29 @@ def test_draft_errors_make_each_kind_of_search_mistake():
             kinds["far"] += 1
     # Poisson(1): ~37 % right drafts; every kind of mistake is made
     assert 100 < kinds["same"] < 200 and min(kinds.values()) > 20, kinds
+
+
+def test_infill_mask_blanks_one_stretch_between_known_ends_or_to_the_end():
+    """Every mask leaves exactly one blank run inside the peptide; in about half
+    the length (the STOP padding) stays given, in the rest it is blank too."""
+    rng = np.random.default_rng(3)
+    tokens = _tokens("LVNELTEFAK")  # 10 residues, padded with STOP
+    n = int((tokens != masses.STOP_INDEX).sum())
+    to_end = 0
+    sizes = set()
+    for _ in range(400):
+        given = infill_mask(tokens, rng)
+        assert given.shape == tokens.shape and given.dtype == bool
+        blank = np.flatnonzero(~given)
+        assert blank.size and np.all(np.diff(blank) == 1)  # one contiguous run
+        assert blank[0] < n  # it starts inside the peptide
+        if blank[-1] == len(tokens) - 1:
+            to_end += 1
+        else:
+            assert given[n:].all()  # between known ends: the length is given
+            sizes.add(blank.size)
+    assert 150 < to_end < 250
+    assert sizes == set(range(1, n + 1))
 
 
 def test_near_mass_and_pair_tables_hold_the_usual_confusions():

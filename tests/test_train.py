@@ -254,8 +254,31 @@ def test_stream_gives_a_share_of_spectra_a_wrong_draft_of_their_own_peptide():
     assert torch.equal(draft[~drafted], tokens[~drafted])
     wrong = (draft[drafted] != tokens[drafted]).any(dim=1).float().mean()
     assert 0.6 < wrong < 0.95  # Poisson(1.5) errors: ~78 % of drafts are wrong
+    assert torch.equal(batch["given"], drafted.unsqueeze(1).expand_as(draft))
     again = TrainingStream(cfg, [], [prepare(s) for s in real]).make_batch(2)
     assert torch.equal(again["draft"], draft)  # f(seed, batch index)
+
+
+def test_stream_gives_a_share_of_spectra_their_peptide_with_a_stretch_blank():
+    t = {**TINY["training"], "batch_size": 64}
+    cfg = load_config(
+        overrides={
+            **TINY,
+            "training": {**t, "draft_fraction": 0.25, "infill_fraction": 0.5},
+        }
+    )
+    real = [s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)]
+    prepare = preprocess.pipeline(cfg.preprocess)
+    batch = TrainingStream(cfg, [], [prepare(s) for s in real]).make_batch(2)
+    given, drafted = batch["given"], batch["drafted"]
+    whole = given.all(dim=1)
+    assert torch.equal(whole[drafted], torch.ones_like(whole[drafted]))
+    infilled = ~drafted & given.any(dim=1) & ~whole
+    blank = ~drafted & ~given.any(dim=1)  # the blank draft of initial_state
+    assert 20 < int(infilled.sum()) < 44 and int(blank.sum()) > 4
+    assert int(infilled.sum() + blank.sum() + drafted.sum()) == 64
+    # The stretch rows keep their own tokens wherever they are given.
+    assert torch.equal(batch["draft"][infilled], batch["tokens"][infilled])
 
 
 def test_init_from_starts_a_run_from_saved_weights(tmp_path):
