@@ -14,6 +14,9 @@ candidate, taken against the spectrum, reorders them:
                 explain; mean intensity of its matched b/y ions; agreement
                 (cosine) of the matched b/y intensities with the built-in HCD
                 intensity model (`simulate.ladder_intensities`)
+    ambiguity   whether the first and last cleavages have an ion, the longest
+                stretch of cleavages with none, and the share of residues such
+                stretches leave unordered (where same-mass swaps win)
     precursor   |ppm error|, isotope error, charge
     peptide     length, tryptic C-terminus, missed cleavages, N-terminal mod
     gaps        of `GAP_FEATURES` (mean log-prob, b/y shares, longest run,
@@ -96,6 +99,10 @@ FEATURES = (
     "tryptic",
     "missed_cleavages",
     "n_terminal_mod",
+    "first_cleavage_seen",
+    "last_cleavage_seen",
+    "longest_gap",
+    "unordered_share",
     *(f"{name}_gap" for name in GAP_FEATURES),
 )
 PREDICTED_FEATURES = FEATURES + predicted.FEATURES  # with ms2pip's intensities
@@ -264,6 +271,8 @@ def _features_of(
         losses = hit["b-H2O"] | hit["y-H2O"] | hit["b-NH3"] | hit["y-NH3"]
         either = b | y
         run = _longest_run(either)
+        seen = either | doubly | hit["a"]
+        ambiguity = _ambiguity(seen)
         shares = [
             *np.stack([b, y, either, b & y, doubly, hit["a"], losses]).mean(axis=1),
             run / n_cleavages,
@@ -281,6 +290,7 @@ def _features_of(
         agreement = _intensity_agreement(residues, by_weight, n_cleavages)
     else:
         shares = [0.0] * 9
+        ambiguity = {name: 0.0 for name in AMBIGUITY_FEATURES}
         explained = matched_mean = agreement = 0.0
         by_weight = np.zeros(0)
     names = (
@@ -302,8 +312,41 @@ def _features_of(
         "tryptic": float(bool(residues) and residues[-1] in "KR"),
         "missed_cleavages": float(_missed_cleavages(residues)),
         "n_terminal_mod": float(n_term),
+        **ambiguity,
     }
     return values, by_weight
+
+
+AMBIGUITY_FEATURES = (
+    "first_cleavage_seen",
+    "last_cleavage_seen",
+    "longest_gap",
+    "unordered_share",
+)
+
+
+def _ambiguity(seen: np.ndarray) -> dict[str, float]:
+    """How much of the candidate's order no ion supports.
+
+    `seen`: whether each cleavage has a b, y, a or doubly charged ion. Around
+    a stretch of g unseen cleavages, g + 1 residues could be in any order (or be
+    a same-mass combination): the swaps that win most often (LV/VL at the
+    N-terminus, GG/N, GA/Q) sit in such stretches.
+    """
+    n = len(seen)
+    unordered, run = 0, 0
+    for value in [*seen, True]:
+        if value:
+            unordered += run + 1 if run else 0
+            run = 0
+        else:
+            run += 1
+    return {
+        "first_cleavage_seen": float(seen[0]),
+        "last_cleavage_seen": float(seen[-1]),
+        "longest_gap": float(_longest_run(~seen)),
+        "unordered_share": unordered / (n + 1),
+    }
 
 
 def _intensity_agreement(residues: str, observed: np.ndarray, n: int) -> float:

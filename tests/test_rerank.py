@@ -51,6 +51,27 @@ def test_features_of_the_true_peptide_show_its_whole_ladder():
     assert g["gap_best"] == pytest.approx(1.0) and g["search_rank"] == 1
 
 
+def test_residues_no_ion_orders_are_counted_as_unordered():
+    # PEPTLDEK without the ions of cleavage 1 (b1, y7) and cleavage 4 (b4, y4):
+    # P/E and T/L could each be swapped, so 4 of its 8 residues are unordered
+    b, y = masses.fragment_mz(masses.parse("PEPTLDEK"), 1)
+    keep = [1, 2, 4, 5, 6]  # cleavages 2, 3, 5, 6, 7 (0-based b index)
+    mz = np.sort(np.concatenate([b[keep], y[[6 - i for i in keep]]]))
+    peaks = FragmentEvidence(
+        mz, np.ones(len(mz)), masses.peptide_mass("PEPTLDEK"), 2, 0.01
+    )
+    x = rerank.candidate_features([candidate("PEPTLDEK", 0.0)], peaks, 2)
+    f = dict(zip(rerank.FEATURES, x[0], strict=True))
+    assert f["first_cleavage_seen"] == 0 and f["last_cleavage_seen"] == 1
+    assert f["longest_gap"] == 1 and f["unordered_share"] == pytest.approx(4 / 8)
+    full = rerank.candidate_features(
+        [candidate("PEPTLDEK", 0.0)], spectrum_of("PEPTLDEK"), 2
+    )
+    g = dict(zip(rerank.FEATURES, full[0], strict=True))
+    assert g["first_cleavage_seen"] == 1 and g["longest_gap"] == 0
+    assert g["unordered_share"] == 0
+
+
 def test_y_ions_are_placed_from_the_precursor_less_the_isotope_error():
     peaks = spectrum_of("PEPTLDEK", isotope=1)  # precursor picked at its 13C peak
     as_if_monoisotopic = rerank.candidate_features(
