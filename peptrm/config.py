@@ -146,6 +146,7 @@ class DecodingConfig:
     evidence_weight: float  # of each cleavage's fragment evidence vs log-probs
     fragment_tol_da: float  # fragment m/z tolerance of the evidence (Da)
     workers: int  # processes that decode (0 = one per CPU core)
+    precision: str = "float32"  # the network's arithmetic at inference (PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def _check_type(value: Any, expected: Any, key: str, source: str) -> Any:
 # outside them would fail far from the config (a division by zero, an empty
 # top-k) or silently do something else (a negative top-k writes every candidate).
 INTENSITY_MODELS = ("builtin", "ms2pip")  # simulation.intensity_model
+PRECISIONS = ("float32", "bfloat16")  # decoding.precision
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "preprocess.min_mz": (0, None),
     "preprocess.n_peaks": (1, None),
@@ -308,6 +310,11 @@ def _check_ranges(config: Config, source: str) -> None:
             f"{source}: simulation.intensity_model = "
             f"{config.simulation.intensity_model!r}: give one of "
             + ", ".join(INTENSITY_MODELS)
+        )
+    if config.decoding.precision not in PRECISIONS:
+        raise ConfigError(
+            f"{source}: decoding.precision = {config.decoding.precision!r}: give one "
+            "of " + ", ".join(PRECISIONS)
         )
     t = config.training
     if t.draft_fraction + t.infill_fraction > 1:

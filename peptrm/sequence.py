@@ -171,13 +171,30 @@ def refine(
     n_steps: int,
     halt_threshold: float,
     draft: Tensor | None = None,
+    precision: str = "float32",
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Run up to `n_steps` supervision steps, freezing spectra once they halt.
 
     Returns the final per-position log-probabilities (B, L, V), the steps each
     spectrum used (B,), and the log-probabilities after every step (for the
     refinement curve). `draft` (B, L, V logits) replaces the blank first draft.
+    `precision` "bfloat16" runs the network under autocast
+    (`decoding.precision`); the log-probabilities come back in float32.
     """
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, torch.bfloat16, enabled=precision == "bfloat16"):
+        y, steps, history = _refine(model, batch, n_steps, halt_threshold, draft)
+    return y.float(), steps, [step.float() for step in history]
+
+
+def _refine(
+    model: PepTRM,
+    batch: dict[str, Tensor],
+    n_steps: int,
+    halt_threshold: float,
+    draft: Tensor | None,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """`refine` in the caller's precision."""
     spectrum = model.encode_batch(batch)
     y, z = model.initial_state(spectrum)
     if draft is not None:
@@ -321,7 +338,11 @@ def decode_batch(
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
     log_probs, steps, _ = refine(
-        model, batch, cfg.recursion.n_supervision, cfg.decoding.halt_threshold
+        model,
+        batch,
+        cfg.recursion.n_supervision,
+        cfg.decoding.halt_threshold,
+        precision=cfg.decoding.precision,
     )
     summary.model_seconds += time.perf_counter() - started
     scorers = scorers or Scorers()
@@ -336,7 +357,9 @@ def decode_batch(
         draft = candidates_as_draft(model, candidates, cfg.model.max_length)
         draft = draft.to(device)
         started = time.perf_counter()
-        log_probs, more, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft=draft)
+        log_probs, more, _ = refine(
+            model, batch, FEEDBACK_STEPS, 1.0, draft, cfg.decoding.precision
+        )
         steps = steps + more
         summary.model_seconds += time.perf_counter() - started
         started = time.perf_counter()

@@ -107,6 +107,10 @@ def test_numbers_in_exponent_form_are_floats(tmp_path):
             "training:\n  draft_fraction: 0.6\n  infill_fraction: 0.5\n",
             r"training.draft_fraction \+ training.infill_fraction = 1.1 is above 1",
         ),
+        (
+            "decoding:\n  precision: float16\n",
+            r"decoding.precision = 'float16': give one of float32, bfloat16",
+        ),
     ],
 )
 def test_values_out_of_range_name_the_file_and_key(tmp_path, text, message):

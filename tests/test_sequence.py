@@ -129,6 +129,19 @@ def test_refine_returns_one_history_entry_per_step_run(tiny, small_mgf):
     assert torch.equal(halted, one_step)  # a halted spectrum keeps its draft
 
 
+def test_a_bfloat16_network_reads_the_demo_as_the_float32_one_does(small_mgf):
+    model, cfg = load_model()
+    batch = _batch(cfg, small_mgf)
+    n = cfg.recursion.n_supervision
+    full, _, _ = sequence.refine(model, batch, n, 1.1)
+    half, _, history = sequence.refine(model, batch, n, 1.1, precision="bfloat16")
+    assert half.dtype == torch.float32 and history[-1].dtype == torch.float32
+    assert not torch.equal(half, full)  # it did run in bfloat16
+    assert torch.allclose(half.exp().sum(-1), torch.ones(10, 32), atol=1e-4)
+    agree = (half.argmax(-1) == full.argmax(-1)).float().mean().item()
+    assert agree > 0.95  # 0.997 on 256 dev spectra
+
+
 def test_ok_rows_fit_the_precursor_within_tolerance(tiny, broken_mgf, small_mgf):
     model, cfg = tiny
     rows = _run(model, cfg, [broken_mgf, small_mgf], top_k=3)
