@@ -211,16 +211,16 @@ def leave_file_out(model, cfg, scorers, k, feature_sets) -> None:
             )
             for i, options in zip(inside, reranked, strict=True):
                 pooled[name][i] = options
-    ks = (1, 5, k)
     print(
         f"\n{'left-out file, reranked':<36}{'spectra':>8}{'right':>7}"
-        + "".join(f"{'recall@' + str(k):>10}" for k in ks[:1])
-        + f"{'mean score':>11}{'ECE':>8}"
+        f"{'recall@1':>10}{'mean score':>11}{'ECE':>8}"
     )
     for name, reranked in pooled.items():
         for which in [*dict.fromkeys(files), "all files"]:
-            rows = np.flatnonzero(files == which) if which != "all files" else None
-            rows = np.arange(len(files)) if rows is None else rows
+            everything = which == "all files"
+            rows = (
+                np.arange(len(files)) if everything else np.flatnonzero(files == which)
+            )
             part = [reranked[i] for i in rows]
             part_labels = [labels[i] for i in rows]
             right = rank1_right(part, part_labels)
