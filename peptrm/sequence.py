@@ -2,7 +2,10 @@
 
 `peptrm sequence` (and any later service) calls `sequence_files`. Spectra stream
 from the inputs in batches; every input spectrum, sequenced or skipped, gets its
-rows in input order. With several devices (`devices` > 1), each batch goes to
+rows in input order. On one device the network reads each batch while a thread
+searches and scores the one before it in the decoding workers (two batches in
+flight at most); the rows are those of one batch at a time (`predict_batch`).
+With several devices (`devices` > 1), each batch goes to
 one of that many processes, each holding the model on its own device (GPU i,
 or a CPU share), and the rows are written in input order as the batches
 return; at most two batches per device are in flight, so memory stays flat.
@@ -19,9 +22,10 @@ import pickle
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -313,27 +317,22 @@ def search_top(
     return found
 
 
-def decode_batch(
+class NetworkPass(NamedTuple):
+    """One batch after the network: what the search and the scorers start from."""
+
+    batch: dict[str, Tensor]  # `preprocess.collate`'s tensors, on the device
+    log_probs: Tensor  # (B, L, V) after the last supervision step
+    steps: Tensor  # (B,) supervision steps each spectrum ran
+
+
+def network_pass(
     model: PepTRM,
     spectra: Sequence[Spectrum],
     cfg: Config,
     device: str,
-    top_k: int,
     summary: RunSummary,
-    scorers: Scorers | None = None,
-    head_k: int | None = None,
-) -> tuple[list[list[decoding.Candidate]], list[FragmentEvidence], Tensor]:
-    """Refine, decode (and feed back) one batch: candidates, peaks, steps run.
-
-    The search adds the scorers' learned cleavage log-odds when they have them.
-    With a `calibration` the candidates' scores (and per-residue scores) are its
-    calibrated probabilities. With a `reranker`, the search's top `reranker.k`
-    are reordered by the reranker's calibrated probability, which becomes the
-    peptide score. The search always returns at least that many, and only the
-    first `top_k` are kept after reranking, so `top_k` never changes rank 1.
-    Without a reranker the search's order stands. `head_k` overrides the size
-    of the search that heads the ranking (`search_top`).
-    """
+) -> NetworkPass:
+    """Collate one batch and refine it: the network's share of `decode_batch`."""
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
@@ -345,6 +344,25 @@ def decode_batch(
         precision=cfg.decoding.precision,
     )
     summary.model_seconds += time.perf_counter() - started
+    return NetworkPass(batch, log_probs, steps)
+
+
+def search_and_score(
+    model: PepTRM,
+    refined: NetworkPass,
+    cfg: Config,
+    device: str,
+    top_k: int,
+    summary: RunSummary,
+    scorers: Scorers | None = None,
+    head_k: int | None = None,
+) -> tuple[list[list[decoding.Candidate]], list[FragmentEvidence], Tensor]:
+    """Search (and feed back) a refined batch, then score: candidates, peaks, steps.
+
+    The rest of `decode_batch` after `network_pass`; the model is used again
+    only with `decoding.refine_rounds` > 0.
+    """
+    batch, log_probs, steps = refined
     scorers = scorers or Scorers()
     reranker = scorers.reranker
     head = head_k or (reranker.k if reranker is not None else 1)
@@ -376,6 +394,33 @@ def decode_batch(
     return candidates, peaks, steps
 
 
+def decode_batch(
+    model: PepTRM,
+    spectra: Sequence[Spectrum],
+    cfg: Config,
+    device: str,
+    top_k: int,
+    summary: RunSummary,
+    scorers: Scorers | None = None,
+    head_k: int | None = None,
+) -> tuple[list[list[decoding.Candidate]], list[FragmentEvidence], Tensor]:
+    """Refine, decode (and feed back) one batch: candidates, peaks, steps run.
+
+    The search adds the scorers' learned cleavage log-odds when they have them.
+    With a `calibration` the candidates' scores (and per-residue scores) are its
+    calibrated probabilities. With a `reranker`, the search's top `reranker.k`
+    are reordered by the reranker's calibrated probability, which becomes the
+    peptide score. The search always returns at least that many, and only the
+    first `top_k` are kept after reranking, so `top_k` never changes rank 1.
+    Without a reranker the search's order stands. `head_k` overrides the size
+    of the search that heads the ranking (`search_top`).
+    """
+    refined = network_pass(model, spectra, cfg, device, summary)
+    return search_and_score(
+        model, refined, cfg, device, top_k, summary, scorers, head_k
+    )
+
+
 def _score_chunk(
     scorers: Scorers,
     top_k: int,
@@ -395,8 +440,23 @@ def predict_batch(
     scorers: Scorers | None = None,
 ) -> list[list[Prediction]]:
     """Sequence one batch of preprocessed spectra; top-k predictions per spectrum."""
-    candidates, _, steps = decode_batch(
-        model, spectra, cfg, device, top_k, summary, scorers
+    refined = network_pass(model, spectra, cfg, device, summary)
+    return finish_batch(model, spectra, refined, cfg, device, top_k, summary, scorers)
+
+
+def finish_batch(
+    model: PepTRM,
+    spectra: Sequence[Spectrum],
+    refined: NetworkPass,
+    cfg: Config,
+    device: str,
+    top_k: int,
+    summary: RunSummary,
+    scorers: Scorers | None = None,
+) -> list[list[Prediction]]:
+    """`predict_batch` after the network: search, score and write the rows."""
+    candidates, _, steps = search_and_score(
+        model, refined, cfg, device, top_k, summary, scorers
     )
     out = []
     for spectrum, options, n in zip(spectra, candidates, steps.tolist(), strict=True):
@@ -426,6 +486,21 @@ def predict_batch(
             )
         out.append(rows)
     return out
+
+
+def _finish_in_turn(
+    model: PepTRM,
+    spectra: Sequence[Spectrum],
+    refined: NetworkPass,
+    cfg: Config,
+    device: str,
+    top_k: int,
+    scorers: Scorers | None,
+) -> tuple[list[list[Prediction]], RunSummary]:
+    """`finish_batch` in the search thread; its share of the run's summary."""
+    summary = RunSummary()
+    rows = finish_batch(model, spectra, refined, cfg, device, top_k, summary, scorers)
+    return rows, summary
 
 
 def _skipped_row(record: Skipped) -> Prediction:
@@ -555,8 +630,14 @@ def predictions(
     prepare = preprocess.pipeline(cfg.preprocess)
     names = device_names(device, devices)
     pool = _device_pool(model, cfg, scorers, names) if devices > 1 else None
+    # On one device the network reads batch k + 1 while a thread searches and
+    # scores batch k in the decoding workers, so neither waits for the other;
+    # feedback rounds run the network after the search, so they stay in turn.
+    finisher = None
     if pool is None:
         model = model.to(device).eval()
+        if cfg.decoding.refine_rounds == 0:
+            finisher = ThreadPoolExecutor(1, thread_name_prefix="peptrm-search")
     pending: list[Spectrum | Skipped] = []
     # Batches sent to the device processes, oldest first, with their records.
     in_flight: collections.deque[tuple[list, Future | None]] = collections.deque()
@@ -597,6 +678,24 @@ def predictions(
         records = list(pending)
         pending.clear()
         spectra = [r for r in records if isinstance(r, Spectrum)]
+        if finisher is not None:
+            future = None
+            if spectra:
+                refined = network_pass(model, spectra, cfg, device, summary)
+                future = finisher.submit(
+                    _finish_in_turn,
+                    model,
+                    spectra,
+                    refined,
+                    cfg,
+                    device,
+                    top_k,
+                    scorers,
+                )
+            in_flight.append((records, future))
+            while len(in_flight) > 1:
+                yield from finish_oldest()
+            return
         if pool is None:
             results = (
                 predict_batch(model, spectra, cfg, device, top_k, summary, scorers)
@@ -624,8 +723,9 @@ def predictions(
         while in_flight:
             yield from finish_oldest()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        for executor in (pool, finisher):
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
     bar.close()
 
 

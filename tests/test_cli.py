@@ -309,7 +309,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path, monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sequence, "predict_batch", interrupted)
+    monkeypatch.setattr(sequence, "network_pass", interrupted)
     assert cli.main(_sequence_small("-o", "out.mztab")) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err

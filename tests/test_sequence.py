@@ -434,3 +434,42 @@ def test_refinement_trace_reads_every_step_of_the_draft(small_mgf):
     log_probs, _, _ = sequence.refine(model, batch, cfg.recursion.n_supervision, 1.1)
     (last,) = decoding.greedy(log_probs)
     assert trace[-1].peptide == masses.format_peptide(last.tokens)
+
+
+def test_the_network_reading_ahead_of_the_search_changes_no_row(
+    tiny, broken_mgf, small_mgf
+):
+    # predictions() runs the network on the next batch while a thread searches
+    # the last; batch by batch in turn, predict_batch gives the same rows
+    model, cfg = tiny
+    summary = sequence.RunSummary()
+    rows = _run(model, cfg, [broken_mgf, small_mgf], summary=summary)
+    prepare = preprocess.pipeline(cfg.preprocess)
+    spectra = [
+        record
+        for path in (broken_mgf, small_mgf)
+        for record in map(prepare, read_spectra(path))
+        if isinstance(record, Spectrum)
+    ]
+    size = cfg.decoding.batch_size
+    in_turn = sequence.RunSummary()
+    expected = [
+        row
+        for start in range(0, len(spectra), size)
+        for per_spectrum in sequence.predict_batch(
+            model, spectra[start : start + size], cfg, "cpu", 1, in_turn
+        )
+        for row in per_spectrum
+    ]
+    sequenced = [r for r in rows if not r.status.startswith("skipped:")]
+    assert len(sequenced) == len(expected) == 13
+    for a, b in zip(sequenced, expected, strict=True):
+        assert (str(a.ref), a.peptide, a.status, a.n_steps) == (
+            str(b.ref),
+            b.peptide,
+            b.status,
+            b.n_steps,
+        )
+        assert a.score == pytest.approx(b.score)
+    assert summary.steps == in_turn.steps > 0
+    assert summary.unconstrained == in_turn.unconstrained
