@@ -367,7 +367,7 @@ def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> li
 
     The pool (forkserver: workers do not inherit torch's threads) starts on the
     first parallel call and is reused by the search and by whatever else runs
-    per chunk (`sequence.decode_batch`'s scoring); if it breaks, the work runs
+    per chunk (`sequence.search_and_score`'s scoring); if it breaks, the work runs
     here. `function` and the items must pickle.
     """
     global _POOL

@@ -639,7 +639,9 @@ def predictions(
         if cfg.decoding.refine_rounds == 0:
             finisher = ThreadPoolExecutor(1, thread_name_prefix="peptrm-search")
     pending: list[Spectrum | Skipped] = []
-    # Batches sent to the device processes, oldest first, with their records.
+    # Batches sent to the device processes (or, refined, to the search thread),
+    # oldest first, with their records; more than `max_in_flight` waits.
+    max_in_flight = 2 * len(names) if pool is not None else 1
     in_flight: collections.deque[tuple[list, Future | None]] = collections.deque()
     # The total is an estimate from the raw bytes (MS1 and unreadable files make
     # it inexact); the bar moves once per batch, when its rows are written.
@@ -678,25 +680,7 @@ def predictions(
         records = list(pending)
         pending.clear()
         spectra = [r for r in records if isinstance(r, Spectrum)]
-        if finisher is not None:
-            future = None
-            if spectra:
-                refined = network_pass(model, spectra, cfg, device, summary)
-                future = finisher.submit(
-                    _finish_in_turn,
-                    model,
-                    spectra,
-                    refined,
-                    cfg,
-                    device,
-                    top_k,
-                    scorers,
-                )
-            in_flight.append((records, future))
-            while len(in_flight) > 1:
-                yield from finish_oldest()
-            return
-        if pool is None:
+        if pool is None and finisher is None:  # feedback rounds: in turn
             results = (
                 predict_batch(model, spectra, cfg, device, top_k, summary, scorers)
                 if spectra
@@ -704,9 +688,16 @@ def predictions(
             )
             yield from rows_of(records, iter(results))
             return
-        future = pool.submit(_predict_on_device, spectra, top_k) if spectra else None
+        future = None
+        if spectra and pool is not None:
+            future = pool.submit(_predict_on_device, spectra, top_k)
+        elif spectra:
+            refined = network_pass(model, spectra, cfg, device, summary)
+            future = finisher.submit(
+                _finish_in_turn, model, spectra, refined, cfg, device, top_k, scorers
+            )
         in_flight.append((records, future))
-        while len(in_flight) > 2 * len(names):
+        while len(in_flight) > max_in_flight:
             yield from finish_oldest()
 
     try:
