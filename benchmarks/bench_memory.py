@@ -34,15 +34,21 @@ from peptrm.decoding import Candidate
 
 TOKENS = masses.parse("PEPTLDEK")
 
-def stub(model, spectra, cfg, device, top_k, summary, *args, **kwargs):
+def network_stub(model, spectra, cfg, device, summary):
+    steps = torch.zeros(len(spectra), dtype=torch.long)
+    return sequence.NetworkPass({}, None, steps)
+
+def search_stub(model, refined, cfg, device, top_k, summary, *args, **kwargs):
     found = [
         [Candidate(TOKENS, [masses.TOKEN_INDEX[t] for t in TOKENS], -1.0, 0.5,
                    [0.5] * len(TOKENS), masses.peptide_mass(TOKENS), 0, 1.0, True)]
-        for _ in spectra
+        for _ in refined.steps
     ]
-    return found, [None] * len(spectra), torch.zeros(len(spectra), dtype=torch.long)
+    return found, [None] * len(found), refined.steps
 
-sequence.decode_batch = stub
+# Both halves of every batch (`predictions` runs them apart, in two threads).
+sequence.network_pass = network_stub
+sequence.search_and_score = search_stub
 cfg = load_config()
 model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
 start = time.perf_counter()
