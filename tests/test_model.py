@@ -7,7 +7,7 @@ import torch
 
 from peptrm import masses
 from peptrm.config import load_config
-from peptrm.model import PepTRM, SinusoidalEncoding
+from peptrm.model import PepTRM, SinusoidalEncoding, attend
 
 V = len(masses.VOCAB)
 
@@ -59,6 +59,30 @@ def test_padded_peaks_change_nothing(tiny):
     # over 4 think/revise rounds (~3e-3); a padding leak shows as O(0.1-1) changes.
     torch.testing.assert_close(y1, y2, atol=1e-2, rtol=0)
     torch.testing.assert_close(h1, h2, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attend_is_multihead_attention_with_its_weights(cross):
+    """SDPA over an nn.MultiheadAttention's weights gives its output and gradients."""
+    torch.manual_seed(3)
+    attention = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    query = torch.randn(3, 12, 32, requires_grad=True)
+    memory = torch.randn(3, 21, 32) if cross else query
+    padding = torch.arange(21 if cross else 12) >= torch.tensor([[21], [9], [5]])
+    ours = attend(attention, query, memory, padding)
+    theirs = attention(
+        query, memory, memory, key_padding_mask=padding, need_weights=False
+    )[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), query)
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), query)
+    torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # nn.MultiheadAttention's inference fast path
+        fast = attention.eval()(
+            query, memory, memory, key_padding_mask=padding, need_weights=False
+        )[0]
+    rows = ~padding if not cross else torch.ones(3, 12, dtype=torch.bool)
+    torch.testing.assert_close(ours[rows], fast[rows], atol=1e-5, rtol=1e-5)
 
 
 def test_one_cycle_equals_one_improvement(tiny):
