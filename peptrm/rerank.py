@@ -426,16 +426,25 @@ class Reranker:
         """
         return self.rerank_many([(candidates, peaks, charge)])[0]
 
+    def head(self, candidates: Sequence[Candidate]) -> list[Candidate]:
+        """The candidates `rerank` reorders and scores: the first `k`, or none.
+
+        An unconstrained fallback is a single guess: it keeps its place.
+        """
+        return (
+            list(candidates[: self.k])
+            if candidates and candidates[0].constrained
+            else []
+        )
+
     def rerank_many(
         self, jobs: Sequence[tuple[list[Candidate], FragmentEvidence, int]]
     ) -> list[list[Candidate]]:
         """`rerank` of several spectra's (candidates, peaks, charge), in one call."""
-        # An unconstrained fallback is a single guess: it keeps its place.
         ranked = [
-            i for i, (candidates, _, _) in enumerate(jobs)
-            if candidates and candidates[0].constrained
-        ]  # fmt: skip
-        heads = [(jobs[i][0][: self.k], jobs[i][1], jobs[i][2]) for i in ranked]
+            i for i, (candidates, _, _) in enumerate(jobs) if self.head(candidates)
+        ]
+        heads = [(self.head(jobs[i][0]), jobs[i][1], jobs[i][2]) for i in ranked]
         out = [candidates for candidates, _, _ in jobs]
         for i, (head, _, _), probability in zip(
             ranked, heads, self.probabilities_many(heads), strict=True

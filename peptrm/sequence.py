@@ -130,27 +130,32 @@ class Scorers:
         return self.apply_many([(candidates, peaks, charge)])[0]
 
     def apply_many(
-        self, jobs: Sequence[tuple[list[decoding.Candidate], FragmentEvidence, int]]
+        self,
+        jobs: Sequence[tuple[list[decoding.Candidate], FragmentEvidence, int]],
+        keep: int | None = None,
     ) -> list[list[decoding.Candidate]]:
         """`apply` over several spectra (candidates, peaks, charge) at once.
 
         The reranker reads the model's own residue probabilities, as it was
         fitted on them, so the calibrated residue scores replace them only
-        after it has ranked.
+        after it has ranked; the peptide score is the reranker's where it
+        ranked and the calibration's elsewhere. With `keep`, only the first
+        `keep` of each spectrum come back, and only those are calibrated.
         """
-        residues = []
+        out = [candidates for candidates, _, _ in jobs]
+        ranked: set[int] = set()  # id() of candidates the reranker scored
+        if self.reranker is not None:
+            ranked = {id(c) for options in out for c in self.reranker.head(options)}
+            out = self.reranker.rerank_many(jobs)
+        out = [options[:keep] for options in out]
         if self.calibration is not None:
-            for candidates, peaks, _ in jobs:
-                for candidate in candidates:
-                    candidate.score, calibrated = self.calibration.apply(
+            for options, (_, peaks, _) in zip(out, jobs, strict=True):
+                for candidate in options:
+                    score, candidate.aa_scores = self.calibration.apply(
                         candidate, peaks
                     )
-                    residues.append((candidate, calibrated))
-        out = [candidates for candidates, _, _ in jobs]
-        if self.reranker is not None:
-            out = self.reranker.rerank_many(jobs)
-        for candidate, calibrated in residues:
-            candidate.aa_scores = calibrated
+                    if id(candidate) not in ranked:
+                        candidate.score = score
         return out
 
     def save(self, folder: str | Path) -> list[Path]:
@@ -339,7 +344,7 @@ def network_pass(
     log_probs, steps, _ = refine(
         model,
         batch,
-        cfg.recursion.n_supervision,
+        cfg.inference_steps,
         cfg.decoding.halt_threshold,
         precision=cfg.decoding.precision,
     )
@@ -427,7 +432,7 @@ def _score_chunk(
     jobs: list[tuple[list[decoding.Candidate], FragmentEvidence, int]],
 ) -> list[list[decoding.Candidate]]:
     """`Scorers.apply_many` over a few spectra; the first `top_k` of each kept."""
-    return [options[:top_k] for options in scorers.apply_many(jobs)]
+    return scorers.apply_many(jobs, keep=top_k)
 
 
 def predict_batch(
