@@ -74,7 +74,7 @@ def main() -> None:
         chunk = spectra[start : start + args.batch_size]
         batch = preprocess.collate(chunk, cfg.preprocess.n_peaks)
         with torch.no_grad():
-            log_probs, _, _ = refine(model, batch, cfg.recursion.n_supervision, 1.0)
+            log_probs, _, _ = refine(model, batch, cfg.inference_steps, 1.0)
         for setting in settings:
             weight, beam, tol, budget, workers = setting
             options = dataclasses.replace(

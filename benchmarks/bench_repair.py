@@ -57,7 +57,7 @@ def repair(model, batch: dict, tokens: torch.Tensor) -> list[tuple[int, ...]]:
 @torch.no_grad()
 def verdict(model, cfg, batch: dict, truth: list[str], k: int, table) -> dict:
     """Rank-1 recall of the search's top k reordered by the network's verdict."""
-    log_probs, _, _ = refine(model, batch, cfg.recursion.n_supervision, 1.1)
+    log_probs, _, _ = refine(model, batch, cfg.inference_steps, 1.1)
     peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, table)
     found = search_top(log_probs, batch["precursor_mass"], cfg, k, peaks, k)
     length = cfg.model.max_length

@@ -122,7 +122,7 @@ def decode_top(model, cfg, spectra, k, table=None):
     groups, history, peaks_all = [], [], []
     for start in range(0, len(spectra), 256):
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
-        log_probs, _, _ = refine(model, batch, cfg.recursion.n_supervision, 1.1)
+        log_probs, _, _ = refine(model, batch, cfg.inference_steps, 1.1)
         peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, table)
         groups += search_top(log_probs, batch["precursor_mass"], cfg, k, peaks, k)
         history += list(log_probs.double().numpy())
@@ -300,15 +300,24 @@ def main() -> None:
         type=float,
         help="search with this decoding.evidence_weight instead of the model's",
     )
+    parser.add_argument(
+        "--supervision-steps",
+        type=int,
+        help="run this decoding.supervision_steps instead of the configured one",
+    )
     args = parser.parse_args()
     print_provenance(args.model)
     model, cfg = load_model(args.model)
-    if args.evidence_weight is not None:
-        decoding_cfg = dataclasses.replace(
-            cfg.decoding, evidence_weight=args.evidence_weight
-        )
-        cfg = dataclasses.replace(cfg, decoding=decoding_cfg)
+    changes = {
+        "evidence_weight": args.evidence_weight,
+        "supervision_steps": args.supervision_steps,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    cfg = dataclasses.replace(
+        cfg, decoding=dataclasses.replace(cfg.decoding, **changes)
+    )
     print(f"evidence weight: {cfg.decoding.evidence_weight:g}")
+    print(f"supervision steps: {cfg.inference_steps}")
     scorers = load_scorers(args.model or BUNDLED)
     table = scorers.cleavage
     print("search evidence: " + ("learned cleavage log-odds" if table else "hand-made"))

@@ -147,6 +147,7 @@ class DecodingConfig:
     fragment_tol_da: float  # fragment m/z tolerance of the evidence (Da)
     workers: int  # processes that decode (0 = one per CPU core)
     precision: str = "float32"  # the network's arithmetic at inference (PRECISIONS)
+    supervision_steps: int = 0  # steps run at inference (0: the model's N_sup)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,16 @@ class Config:
     training: TrainingConfig
     simulation: SimulationConfig
     decoding: DecodingConfig
+
+    @property
+    def inference_steps(self) -> int:
+        """Supervision steps sequencing runs per spectrum (before halting).
+
+        `decoding.supervision_steps`, or the model's N_sup when 0; never more
+        than N_sup, since the network never trained the steps past it.
+        """
+        steps = self.decoding.supervision_steps or self.recursion.n_supervision
+        return min(steps, self.recursion.n_supervision)
 
 
 def _check_type(value: Any, expected: Any, key: str, source: str) -> Any:
@@ -220,6 +231,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "recursion.n_latent_steps": (1, None),
     "recursion.n_cycles": (1, None),
     "recursion.n_supervision": (1, None),
+    "decoding.supervision_steps": (0, None),
     "training.batch_size": (1, None),
     "training.max_steps": (1, None),
     "training.learning_rate": (0, None),

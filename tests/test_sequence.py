@@ -98,14 +98,17 @@ def test_halting_threshold_zero_stops_every_spectrum_after_one_step(tiny, small_
     assert [r.n_steps for r in rows] == [1] * _spectra_in(small_mgf)
 
 
-def test_halting_threshold_one_runs_every_supervision_step(tiny, small_mgf):
+@pytest.mark.parametrize("configured, run", [(0, 3), (2, 2), (5, 3)])
+def test_halting_threshold_one_runs_the_configured_supervision_steps(
+    tiny, small_mgf, configured, run
+):
+    """decoding.supervision_steps: 0 runs all of the model's N_sup = 3, more is capped."""
     model, cfg = tiny
     summary = sequence.RunSummary()
-    rows = _run(
-        model, _with_decoding(cfg, halt_threshold=1.0), [small_mgf], summary=summary
-    )
-    assert [r.n_steps for r in rows] == [3] * _spectra_in(small_mgf)
-    assert summary.mean_steps == 3.0
+    cfg = _with_decoding(cfg, halt_threshold=1.0, supervision_steps=configured)
+    rows = _run(model, cfg, [small_mgf], summary=summary)
+    assert [r.n_steps for r in rows] == [run] * _spectra_in(small_mgf)
+    assert summary.mean_steps == run
     assert (summary.spectra, summary.sequenced, summary.skipped) == (10, 10, 0)
 
 
