@@ -532,14 +532,23 @@ def _short_completion(remaining, tol_da, rows_left, short_sums) -> np.ndarray:
     for c in range(remaining.shape[0]):
         for i in range(remaining.shape[1]):
             need = remaining[c, i]
-            ok = need > heaviest + tol_da
-            for k in range(min(rows_left, len(short_sums))):
-                sums = short_sums[k]
-                at = min(max(np.searchsorted(sums, need), 1), len(sums) - 1)
-                nearest = min(abs(sums[at] - need), abs(sums[at - 1] - need))
-                ok = ok or nearest <= tol_da
-            out[c] = out[c] or ok
+            if need > heaviest + tol_da or _sums_to(
+                need, tol_da, rows_left, short_sums
+            ):
+                out[c] = True
+                break  # one reachable isotope is enough
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums_to(need: float, tol_da: float, rows_left: int, short_sums) -> bool:
+    """Whether 1 to min(rows_left, 5) residues sum to `need` within `tol_da`."""
+    for k in range(min(rows_left, len(short_sums))):
+        sums = short_sums[k]
+        at = min(max(np.searchsorted(sums, need), 1), len(sums) - 1)
+        if min(abs(sums[at] - need), abs(sums[at - 1] - need)) <= tol_da:
+            return True
+    return False
 
 
 def _beam(spec: _Spectrum, width: int, top_k: int) -> list[tuple[float, list[int]]]:
@@ -614,20 +623,21 @@ def _beam_search(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_o
         f = child_g + _extension_bound(
             table, row, lo_offset[row], hi_offset[row], remaining
         )
-        reachable = _short_completion(
-            remaining, tol_da, log_probs.shape[0] - row, short_sums
-        )
-        alive = np.flatnonzero(np.isfinite(f) & reachable)
-        if len(alive) == 0:
-            break
+        alive = np.flatnonzero(np.isfinite(f))
         alive = alive[np.argsort(-f[alive], kind="mergesort")]  # stable
         kept = np.empty(min(width * per_mass, len(alive)), np.int64)
         n_kept, n_masses = 0, 0
         of_mass = Dict.empty(types.int64, types.int64)  # prefixes kept per mass
+        rows_left = log_probs.shape[0] - row
         for c in alive:  # best first: the `width` best masses, `per_mass` of each
             key = np.int64(np.rint(child_mass[c] / MASS_KEY_DA))
             seen = of_mass.get(key, 0)
             if seen == per_mass or (seen == 0 and n_masses == width):
+                continue
+            # asked only of prefixes that would be kept: the check is the cost
+            if not _short_completion(
+                remaining[c : c + 1], tol_da, rows_left, short_sums
+            )[0]:
                 continue
             n_masses += seen == 0
             of_mass[key] = seen + 1
@@ -635,6 +645,8 @@ def _beam_search(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_o
             n_kept += 1
             if n_kept == len(kept):
                 break
+        if n_kept == 0:
+            break
         kept = kept[:n_kept]
         g, prefix_mass = child_g[kept], child_mass[kept]
         kept_paths = np.empty(n_kept, np.int64)
