@@ -365,26 +365,60 @@ def _run(tasks: list[ChunkTask], workers: int) -> list[ChunkResult]:
 def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> list[R]:
     """`function` over `items` in order, in the decoding worker processes.
 
-    The pool (forkserver: workers do not inherit torch's threads) starts on the
-    first parallel call and is reused by the search and by whatever else runs
-    per chunk (`sequence.search_and_score`'s scoring); if it breaks, the work runs
+    The pool (`start_workers`) starts on the first parallel call unless it was
+    started before, and is reused by the search and by whatever else runs per
+    chunk (`sequence.search_and_score`'s scoring); if it breaks, the work runs
     here. `function` and the items must pickle.
     """
     global _POOL
     workers = resolve_workers(workers)
     if workers == 1 or len(items) < 2:
         return [function(item) for item in items]
-    if _POOL is None or _POOL[0] != workers:
-        if _POOL is not None:
-            _POOL[1].shutdown()
-        context = multiprocessing.get_context("forkserver")
-        _POOL = (workers, ProcessPoolExecutor(workers, mp_context=context))
     try:
-        return list(_POOL[1].map(function, items))
+        return list(_pool(workers).map(function, items))
     except BrokenProcessPool as error:
         log.warning("decoding workers failed (%s); decoding in this process", error)
         _POOL = None
         return [function(item) for item in items]
+
+
+# What the decoding workers run (the search, the scorers, ms2pip when installed):
+# the forkserver imports it once and forks warm workers from itself, so each
+# worker does not spend ~4 s of a 2-core CPU importing torch, numba and ms2pip.
+WORKER_PRELOAD = ["peptrm.sequence", "ms2pip.core"]  # an ImportError is skipped
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """The pool of `workers` processes, made on first use.
+
+    Forkserver: the workers do not inherit torch's threads.
+    """
+    global _POOL
+    if _POOL is None or _POOL[0] != workers:
+        if _POOL is not None:
+            _POOL[1].shutdown()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(WORKER_PRELOAD)
+        _POOL = (workers, ProcessPoolExecutor(workers, mp_context=context))
+    return _POOL[1]
+
+
+def start_workers(workers: int) -> set[int]:
+    """Start the decoding workers now; their process ids once all of them run.
+
+    `sequence.predictions` calls it in its search thread while the network
+    reads the first batch, which would otherwise wait for them. One worker
+    (decoding in this process) starts nothing.
+    """
+    workers = resolve_workers(workers)
+    if workers == 1:
+        return set()
+    return set(_pool(workers).map(_ready, range(workers)))
+
+
+def _ready(_: int) -> int:
+    """What a started worker answers `start_workers` with: its process id."""
+    return os.getpid()
 
 
 def decode(

@@ -643,6 +643,7 @@ def predictions(
         model = model.to(device).eval()
         if cfg.decoding.refine_rounds == 0:
             finisher = ThreadPoolExecutor(1, thread_name_prefix="peptrm-search")
+            finisher.submit(decoding.start_workers, cfg.decoding.workers)
     pending: list[Spectrum | Skipped] = []
     # Batches sent to the device processes (or, refined, to the search thread),
     # oldest first, with their records; more than `max_in_flight` waits.

@@ -1,6 +1,7 @@
 import dataclasses
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -445,3 +446,15 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
         for a, b in zip(top_20, unlimited, strict=True)
     ]
     assert sum(differ) >= len(differ) // 2  # the budget ran out: the beam answered
+
+
+def test_started_workers_run_before_the_first_search_and_serve_it():
+    """start_workers makes the pool the search then uses: live processes, not ours."""
+    assert decoding.start_workers(1) == set()
+    started = decoding.start_workers(2)
+    assert started and os.getpid() not in started
+    for pid in started:
+        os.kill(pid, 0)  # alive (raises if not)
+    pool = decoding._pool(2)
+    used = set(decoding.parallel_map(decoding._ready, list(range(8)), 2))
+    assert decoding._pool(2) is pool and used and os.getpid() not in used
