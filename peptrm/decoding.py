@@ -264,6 +264,28 @@ def mass_constrained(
     return mass_constrained_lists(log_probs, precursor_mass, cfg, (top_k,), evidence)[0]
 
 
+def has_mass(precursor_mass: np.ndarray) -> np.ndarray:
+    """Which precursor masses the search can fit (finite and positive)."""
+    return np.isfinite(precursor_mass) & (precursor_mass > 0)
+
+
+def mass_chunks(precursor_mass: np.ndarray) -> list[np.ndarray]:
+    """Indices of a batch in the chunks the search takes them in (`search.CHUNK`).
+
+    Spectra of similar precursor mass share a bound table, so they go lightest
+    first; those without a usable mass (nan or not positive) come last, in a
+    chunk of their own. Searching a chunk alone gives what searching the whole
+    batch gives for it.
+    """
+    usable = has_mass(precursor_mass)
+    order = np.flatnonzero(usable)
+    order = order[np.argsort(precursor_mass[order])]  # similar masses share a table
+    chunks = [order[i : i + CHUNK] for i in range(0, len(order), CHUNK)]
+    if not usable.all():
+        chunks.append(np.flatnonzero(~usable))
+    return chunks
+
+
 def mass_constrained_lists(
     log_probs: Tensor | np.ndarray,
     precursor_mass: Tensor | np.ndarray | Sequence[float],
@@ -291,9 +313,8 @@ def mass_constrained_lists(
     if weighted and len(evidence) != len(array):
         raise ValueError(f"evidence for {len(evidence)} spectra, not {len(array)}")
     sizes = tuple(sizes)
-    usable = np.flatnonzero(np.isfinite(precursor) & (precursor > 0))
-    order = usable[np.argsort(precursor[usable])]  # similar masses share a table
-    chunks = [order[i : i + CHUNK] for i in range(0, len(order), CHUNK)]
+    usable = has_mass(precursor)  # the rest get the greedy reading below
+    chunks = [chunk for chunk in mass_chunks(precursor) if usable[chunk].all()]
     tasks = [
         ChunkTask(
             array[chunk],

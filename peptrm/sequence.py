@@ -41,6 +41,7 @@ from peptrm import (
     metrics,
     preprocess,
     rerank,
+    search,
 )
 from peptrm.confidence import Calibration
 from peptrm.config import Config
@@ -64,7 +65,7 @@ from peptrm.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
-SCORING_CHUNK = 32  # spectra scored (calibrated, reranked) per worker task
+SCORING_CHUNK = search.CHUNK  # spectra scored (calibrated, reranked) per worker task
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
 MAX_SKIP_MESSAGES = 50  # skipped spectra named one by one in the log; the rest counted
 
@@ -373,10 +374,10 @@ def search_and_score(
     head = head_k or (reranker.k if reranker is not None else 1)
     precursor_mass = batch["precursor_mass"].cpu()
     peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, scorers.cleavage)
-    started = time.perf_counter()
-    candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, head)
-    summary.decode_seconds += time.perf_counter() - started
     for _ in range(cfg.decoding.refine_rounds):
+        started = time.perf_counter()
+        candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, head)
+        summary.decode_seconds += time.perf_counter() - started
         draft = candidates_as_draft(model, candidates, cfg.model.max_length)
         draft = draft.to(device)
         started = time.perf_counter()
@@ -385,18 +386,52 @@ def search_and_score(
         )
         steps = steps + more
         summary.model_seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        candidates = search_top(log_probs, precursor_mass, cfg, top_k, peaks, head)
-        summary.decode_seconds += time.perf_counter() - started
+    # The last search and the scoring run together, one worker task per chunk
+    # of the search (`decoding.mass_chunks`): no wait between them, and the
+    # candidates and peaks cross to a worker once.
     started = time.perf_counter()
-    jobs = list(zip(candidates, peaks, batch["charge"].tolist(), strict=True))
-    chunks = [jobs[i : i + SCORING_CHUNK] for i in range(0, len(jobs), SCORING_CHUNK)]
-    scored = decoding.parallel_map(
-        functools.partial(_score_chunk, scorers, top_k), chunks, cfg.decoding.workers
-    )
-    candidates = [options for chunk in scored for options in chunk]
+    array = log_probs.float().cpu().numpy()
+    masses_of = precursor_mass.double().numpy()
+    charges = batch["charge"].tolist()
+    chunks = decoding.mass_chunks(masses_of)
+    tasks = [
+        ChunkJob(
+            array[chunk],
+            masses_of[chunk],
+            [peaks[i] for i in chunk.tolist()],
+            [charges[i] for i in chunk.tolist()],
+        )
+        for chunk in chunks
+    ]
+    one_process = replace(cfg, decoding=replace(cfg.decoding, workers=1))
+    work = functools.partial(_search_and_score, one_process, top_k, head, scorers)
+    candidates: list[list[decoding.Candidate]] = [[] for _ in charges]
+    results = decoding.parallel_map(work, tasks, cfg.decoding.workers)
+    for chunk, found in zip(chunks, results, strict=True):
+        for i, options in zip(chunk.tolist(), found, strict=True):
+            candidates[i] = options
     summary.decode_seconds += time.perf_counter() - started
     return candidates, peaks, steps
+
+
+class ChunkJob(NamedTuple):
+    """One chunk of a batch to search and score in a decoding worker."""
+
+    log_probs: np.ndarray  # (C, L, V)
+    precursor_mass: np.ndarray  # (C,) neutral (Da)
+    peaks: list[FragmentEvidence]
+    charges: list[int]
+
+
+def _search_and_score(
+    cfg: Config, top_k: int, head: int, scorers: Scorers, job: ChunkJob
+) -> list[list[decoding.Candidate]]:
+    """The search's candidates of one chunk, scored; the first `top_k` of each."""
+    found = search_top(
+        torch.from_numpy(job.log_probs), job.precursor_mass, cfg, top_k, job.peaks, head
+    )
+    jobs = list(zip(found, job.peaks, job.charges, strict=True))
+    return scorers.apply_many(jobs, keep=top_k)
 
 
 def decode_batch(
@@ -424,15 +459,6 @@ def decode_batch(
     return search_and_score(
         model, refined, cfg, device, top_k, summary, scorers, head_k
     )
-
-
-def _score_chunk(
-    scorers: Scorers,
-    top_k: int,
-    jobs: list[tuple[list[decoding.Candidate], FragmentEvidence, int]],
-) -> list[list[decoding.Candidate]]:
-    """`Scorers.apply_many` over a few spectra; the first `top_k` of each kept."""
-    return scorers.apply_many(jobs, keep=top_k)
 
 
 def predict_batch(

@@ -102,7 +102,7 @@ def test_halting_threshold_zero_stops_every_spectrum_after_one_step(tiny, small_
 def test_halting_threshold_one_runs_the_configured_supervision_steps(
     tiny, small_mgf, configured, run
 ):
-    """decoding.supervision_steps: 0 runs all of the model's N_sup = 3, more is capped."""
+    """supervision_steps 0 runs all of the model's N_sup = 3; more is capped at 3."""
     model, cfg = tiny
     summary = sequence.RunSummary()
     cfg = _with_decoding(cfg, halt_threshold=1.0, supervision_steps=configured)
