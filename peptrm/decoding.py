@@ -393,7 +393,7 @@ def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> li
     """
     global _POOL
     workers = resolve_workers(workers)
-    if workers == 1 or len(items) < 2:
+    if workers == 1 or len(items) < 2 or (_POOL is None and not pool_pays(len(items))):
         return [function(item) for item in items]
     try:
         return list(_pool(workers).map(function, items))
@@ -401,6 +401,19 @@ def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> li
         log.warning("decoding workers failed (%s); decoding in this process", error)
         _POOL = None
         return [function(item) for item in items]
+
+
+POOL_PAYS_AT = 4  # tasks (chunks of 32 spectra) worth starting the workers for
+
+
+def pool_pays(tasks: int) -> bool:
+    """Whether `tasks` chunks pay for starting the worker pool.
+
+    Starting it costs a few seconds of imports (torch, numba, ms2pip) on the
+    CPU the work would use; fewer chunks (the demo's 40 spectra are two) are
+    done sooner here. A pool already running takes any two or more.
+    """
+    return tasks >= POOL_PAYS_AT
 
 
 # What the decoding workers run (the search, the scorers, ms2pip when installed):

@@ -669,12 +669,12 @@ def predictions(
         model = model.to(device).eval()
         if cfg.decoding.refine_rounds == 0:
             finisher = ThreadPoolExecutor(1, thread_name_prefix="peptrm-search")
-            finisher.submit(decoding.start_workers, cfg.decoding.workers)
     pending: list[Spectrum | Skipped] = []
     # Batches sent to the device processes (or, refined, to the search thread),
     # oldest first, with their records; more than `max_in_flight` waits.
     max_in_flight = 2 * len(names) if pool is not None else 1
     in_flight: collections.deque[tuple[list, Future | None]] = collections.deque()
+    workers_started: list[bool] = []  # once the first batch of several chunks came
     # The total is an estimate from the raw bytes (MS1 and unreadable files make
     # it inexact); the bar moves once per batch, when its rows are written.
     bar = tqdm(
@@ -724,6 +724,11 @@ def predictions(
         if spectra and pool is not None:
             future = pool.submit(_predict_on_device, spectra, top_k)
         elif spectra:
+            chunks = math.ceil(len(spectra) / search.CHUNK)
+            if decoding.pool_pays(chunks) and not workers_started:
+                # the workers start while the network reads this batch
+                finisher.submit(decoding.start_workers, cfg.decoding.workers)
+                workers_started.append(True)
             refined = network_pass(model, spectra, cfg, device, summary)
             future = finisher.submit(
                 _finish_in_turn, model, spectra, refined, cfg, device, top_k, scorers

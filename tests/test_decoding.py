@@ -400,6 +400,7 @@ def test_worker_processes_decode_exactly_as_one_process(cfg):
     )
     precursor = [masses.peptide_mass(p) for p in peptides]
     one = decoding.decode(log_probs, precursor, dataclasses.replace(cfg, workers=1))
+    decoding.start_workers(2)  # three chunks alone would not start the pool
     two = decoding.decode(log_probs, precursor, dataclasses.replace(cfg, workers=2))
     assert [c[0].tokens for c in one] == [c[0].tokens for c in two]
     assert [c[0].log_score for c in one] == [c[0].log_score for c in two]
