@@ -187,7 +187,8 @@ def parse(peptide: str) -> list[str]:
     return tokens
 
 
-def _tokens(peptide: str | Sequence[str]) -> list[str]:
+def as_tokens(peptide: str | Sequence[str]) -> list[str]:
+    """A peptide as tokens: `parse` of Casanovo notation, or the tokens given."""
     return parse(peptide) if isinstance(peptide, str) else list(peptide)
 
 
@@ -203,7 +204,9 @@ def format_peptide(tokens: Sequence[str]) -> str:
 
 def strip_modifications(peptide: str | Sequence[str]) -> str:
     """The bare residue letters of a peptide (``M+15.995K`` -> ``MK``)."""
-    return "".join(t[0] for t in _tokens(peptide) if t not in N_TERMINAL_MODIFICATIONS)
+    return "".join(
+        t[0] for t in as_tokens(peptide) if t not in N_TERMINAL_MODIFICATIONS
+    )
 
 
 def to_proforma(peptide: str | Sequence[str]) -> str:
@@ -214,7 +217,7 @@ def to_proforma(peptide: str | Sequence[str]) -> str:
     (``[Carbamyl][Ammonia-loss]-PEPTIDE``).
     """
     out = []
-    for token in _tokens(peptide):
+    for token in as_tokens(peptide):
         names = "".join(f"[{name}]" for _, name in UNIMOD.get(token, ()))
         if token in N_TERMINAL_MODIFICATIONS:
             out.append(f"{names}-")
@@ -240,7 +243,7 @@ def to_mass_proforma(peptide: str | Sequence[str]) -> str:
     delta needs no look-up.
     """
     out = []
-    for token in _tokens(peptide):
+    for token in as_tokens(peptide):
         delta = modification_delta(token)
         if token in N_TERMINAL_MODIFICATIONS:
             out.append(f"[{delta:+.6f}]-")
@@ -260,7 +263,7 @@ def mztab_modifications(peptide: str | Sequence[str]) -> str:
     """
     entries = []
     position = 0
-    for token in _tokens(peptide):
+    for token in as_tokens(peptide):
         if token not in N_TERMINAL_MODIFICATIONS:
             position += 1
         for accession, _ in UNIMOD.get(token, ()):
@@ -276,7 +279,7 @@ def encode(peptide: str | Sequence[str], length: int) -> np.ndarray:
     ValueError
         If the peptide has more than `length` tokens.
     """
-    tokens = _tokens(peptide)
+    tokens = as_tokens(peptide)
     if len(tokens) > length:
         raise ValueError(
             f"peptide {format_peptide(tokens)!r} has {len(tokens)} tokens, "
@@ -299,7 +302,7 @@ def decode(indices: Sequence[int]) -> list[str]:
 
 def peptide_mass(peptide: str | Sequence[str]) -> float:
     """Neutral monoisotopic mass: the residues plus one water."""
-    return sum(token_mass(t) for t in _tokens(peptide)) + H2O
+    return sum(token_mass(t) for t in as_tokens(peptide)) + H2O
 
 
 def mass_to_mz(neutral_mass: float, charge: int) -> float:
@@ -325,7 +328,7 @@ def fragment_mz(
     A peptide of n residues has n-1 of each; an N-terminal modification rides on
     every b ion and on no y ion.
     """
-    tokens = _tokens(peptide)
+    tokens = as_tokens(peptide)
     masses = np.array([token_mass(t) for t in tokens])
     if tokens[0] in N_TERMINAL_MODIFICATIONS:
         masses = np.concatenate([[masses[0] + masses[1]], masses[2:]])

@@ -83,3 +83,46 @@ def test_ranks_share_ties_and_spearman_reads_them():
     a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 9.0])
     assert predicted._pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1])
     assert math.isnan(predicted._pearson(np.ones(4), b))
+
+
+def _every_token_peptides():
+    """Peptides holding every vocabulary token, N-terminal ones included."""
+    ends = masses.N_TERMINAL_MODIFICATIONS
+    residues = [t for t in masses.VOCAB[1:] if t not in ends]
+    return [[r, "A", "G", "K"] for r in residues] + [
+        [n, "P", "E", "C+57.021", "K"] for n in ends
+    ]
+
+
+@needs_ms2pip
+@pytest.mark.parametrize("charge", [1, 2, 3])
+def test_assembled_peptidoforms_are_what_parsing_their_text_gives(charge):
+    from psm_utils import Peptidoform
+
+    for peptide in _every_token_peptides():
+        ours = predicted.peptidoform(peptide, charge)
+        parsed = Peptidoform(f"{masses.to_mass_proforma(peptide)}/{charge}")
+        assert ours == parsed and ours.parsed_sequence == parsed.parsed_sequence
+        mine, theirs = dict(ours.properties), dict(parsed.properties)
+        a, b = mine.pop("charge_state"), theirs.pop("charge_state")  # no __eq__
+        assert mine == theirs and (a.charge, a.adducts) == (b.charge, b.adducts)
+
+
+@needs_ms2pip
+def test_predictions_from_assembled_peptidoforms_equal_those_from_text():
+    from ms2pip.core import predict_batch
+    from psm_utils import PSM, PSMList
+
+    peptides = _every_token_peptides()
+    text = PSMList(
+        psm_list=[
+            PSM(peptidoform=f"{masses.to_mass_proforma(p)}/2", spectrum_id=str(i))
+            for i, p in enumerate(peptides)
+        ]
+    )
+    expected = predict_batch(text, model=predicted.MODEL, processes=1)
+    found = predicted.predict(peptides, 2)
+    for result, intensities in zip(expected, found, strict=True):
+        b, y = predicted._by_cleavage(result.predicted_intensity)
+        np.testing.assert_array_equal(intensities[0], b)
+        np.testing.assert_array_equal(intensities[1], y)
