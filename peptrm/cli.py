@@ -595,6 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(_versions() + "\n")
         return 0
     log.info("peptrm %s", " ".join(sys.argv[1:] if argv is None else argv))
+    if args.command == "sequence":  # its workers' imports overlap ours from here
+        from peptrm import workers
+
+        workers.start_forkserver()
     log.info(_versions())
     handlers = {
         "sequence": _sequence,

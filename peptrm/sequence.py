@@ -42,6 +42,7 @@ from peptrm import (
     preprocess,
     rerank,
     search,
+    workers,
 )
 from peptrm.confidence import Calibration
 from peptrm.config import Config
@@ -406,7 +407,7 @@ def search_and_score(
     one_process = replace(cfg, decoding=replace(cfg.decoding, workers=1))
     work = functools.partial(_search_and_score, one_process, top_k, head, scorers)
     candidates: list[list[decoding.Candidate]] = [[] for _ in charges]
-    results = decoding.parallel_map(work, tasks, cfg.decoding.workers)
+    results = workers.parallel_map(work, tasks, cfg.decoding.workers)
     for chunk, found in zip(chunks, results, strict=True):
         for i, options in zip(chunk.tolist(), found, strict=True):
             candidates[i] = options
@@ -597,9 +598,9 @@ def _start_device(
     """Initialise one sequencing process: take a device, put the model on it."""
     device = names.get()
     if device == "cpu":  # the CPU cores and the search workers are shared out
-        cores = decoding.resolve_workers(0)
+        cores = workers.resolve_workers(0)
         torch.set_num_threads(max(1, cores // n_devices))
-        share = max(1, decoding.resolve_workers(cfg.decoding.workers) // n_devices)
+        share = max(1, workers.resolve_workers(cfg.decoding.workers) // n_devices)
         cfg = replace(cfg, decoding=replace(cfg.decoding, workers=share))
     _DEVICE.update(
         model=model.to(device).eval(), device=device, cfg=cfg, scorers=scorers
@@ -725,9 +726,9 @@ def predictions(
             future = pool.submit(_predict_on_device, spectra, top_k)
         elif spectra:
             chunks = math.ceil(len(spectra) / search.CHUNK)
-            if decoding.pool_pays(chunks) and not workers_started:
+            if workers.pool_pays(chunks) and not workers_started:
                 # the workers start while the network reads this batch
-                finisher.submit(decoding.start_workers, cfg.decoding.workers)
+                finisher.submit(workers.start_workers, cfg.decoding.workers)
                 workers_started.append(True)
             refined = network_pass(model, spectra, cfg, device, summary)
             future = finisher.submit(

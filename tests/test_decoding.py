@@ -1,13 +1,12 @@
 import dataclasses
 import itertools
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from peptrm import decoding, masses, search
+from peptrm import decoding, masses, search, workers
 from peptrm.config import load_config
 from peptrm.evidence import FragmentEvidence, read_steps
 
@@ -400,7 +399,7 @@ def test_worker_processes_decode_exactly_as_one_process(cfg):
     )
     precursor = [masses.peptide_mass(p) for p in peptides]
     one = decoding.decode(log_probs, precursor, dataclasses.replace(cfg, workers=1))
-    decoding.start_workers(2)  # three chunks alone would not start the pool
+    workers.start_workers(2)  # three chunks alone would not start the pool
     two = decoding.decode(log_probs, precursor, dataclasses.replace(cfg, workers=2))
     assert [c[0].tokens for c in one] == [c[0].tokens for c in two]
     assert [c[0].log_score for c in one] == [c[0].log_score for c in two]
@@ -447,15 +446,3 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
         for a, b in zip(top_20, unlimited, strict=True)
     ]
     assert sum(differ) >= len(differ) // 2  # the budget ran out: the beam answered
-
-
-def test_started_workers_run_before_the_first_search_and_serve_it():
-    """start_workers makes the pool the search then uses: live processes, not ours."""
-    assert decoding.start_workers(1) == set()
-    started = decoding.start_workers(2)
-    assert started and os.getpid() not in started
-    for pid in started:
-        os.kill(pid, 0)  # alive (raises if not)
-    pool = decoding._pool(2)
-    used = set(decoding.parallel_map(decoding._ready, list(range(8)), 2))
-    assert decoding._pool(2) is pool and used and os.getpid() not in used

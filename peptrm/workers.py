@@ -1,0 +1,124 @@
+"""The decoding worker processes: one pool, started once and kept warm.
+
+The search and the scorers run per chunk of spectra in these processes
+(`parallel_map`). The forkserver they fork from imports what they run once
+(`WORKER_PRELOAD`); `start_forkserver` sets it going before the caller's own
+imports, so the two overlap. Nothing here imports torch or numba, so it can
+start first.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+_POOL: tuple[int, ProcessPoolExecutor] | None = None  # (workers, pool), kept warm
+
+
+def resolve_workers(workers: int) -> int:
+    """Processes to decode with: `workers`, or one per usable CPU core for 0."""
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> list[R]:
+    """`function` over `items` in order, in the decoding worker processes.
+
+    The pool (`start_workers`) starts on the first parallel call unless it was
+    started before, and is reused by the search and by whatever else runs per
+    chunk (`sequence.search_and_score`'s scoring); if it breaks, the work runs
+    here. `function` and the items must pickle.
+    """
+    global _POOL
+    workers = resolve_workers(workers)
+    if workers == 1 or len(items) < 2 or (_POOL is None and not pool_pays(len(items))):
+        return [function(item) for item in items]
+    try:
+        return list(_pool(workers).map(function, items))
+    except BrokenProcessPool as error:
+        log.warning("decoding workers failed (%s); decoding in this process", error)
+        _POOL = None
+        return [function(item) for item in items]
+
+
+POOL_PAYS_AT = 4  # tasks (chunks of 32 spectra) worth starting the workers for
+
+
+def pool_pays(tasks: int) -> bool:
+    """Whether `tasks` chunks pay for starting the worker pool.
+
+    Starting it costs a few seconds of imports (torch, numba, ms2pip) on the
+    CPU the work would use; fewer chunks (the demo's 40 spectra are two) are
+    done sooner here. A pool already running takes any two or more.
+    """
+    return tasks >= POOL_PAYS_AT
+
+
+# What the decoding workers run (the search, the scorers, ms2pip when installed):
+# the forkserver imports it once and forks warm workers from itself, so each
+# worker does not spend ~4 s of a 2-core CPU importing torch, numba and ms2pip.
+WORKER_PRELOAD = ["peptrm.sequence", "ms2pip.core"]  # an ImportError is skipped
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now, so it imports `WORKER_PRELOAD` in the background.
+
+    `peptrm sequence` calls it before its own imports (torch, the model): on a
+    2-core CPU the forkserver's ~4 s of imports then overlap them, and the
+    workers fork warm once the first batch needs them. A run that never starts
+    the pool leaves an idle forkserver behind, which exits with it.
+    """
+    _context()
+    multiprocessing.forkserver.ensure_running()
+
+
+def _context():
+    """The forkserver context, told what to preload (before the server starts)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """The pool of `workers` processes, made on first use.
+
+    Forkserver: the workers do not inherit torch's threads.
+    """
+    global _POOL
+    if _POOL is None or _POOL[0] != workers:
+        if _POOL is not None:
+            _POOL[1].shutdown()
+        _POOL = (workers, ProcessPoolExecutor(workers, mp_context=_context()))
+    return _POOL[1]
+
+
+def start_workers(workers: int) -> set[int]:
+    """Start the decoding workers now; their process ids once all of them run.
+
+    `sequence.predictions` calls it in its search thread while the network
+    reads the first batch, which would otherwise wait for them. One worker
+    (decoding in this process) starts nothing.
+    """
+    workers = resolve_workers(workers)
+    if workers == 1:
+        return set()
+    return set(_pool(workers).map(_ready, range(workers)))
+
+
+def _ready(_: int) -> int:
+    """What a started worker answers `start_workers` with: its process id."""
+    return os.getpid()
