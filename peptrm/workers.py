@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 _POOL: tuple[int, ProcessPoolExecutor] | None = None  # (workers, pool), kept warm
+# Workers fork from a forkserver (not on Windows: there everything runs here).
+FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def resolve_workers(workers: int) -> int:
@@ -44,7 +46,7 @@ def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> li
     here. `function` and the items must pickle.
     """
     global _POOL
-    workers = resolve_workers(workers)
+    workers = resolve_workers(workers) if FORKSERVER else 1
     if workers == 1 or len(items) < 2 or (_POOL is None and not pool_pays(len(items))):
         return [function(item) for item in items]
     try:
@@ -82,6 +84,8 @@ def start_forkserver() -> None:
     workers fork warm once the first batch needs them. A run that never starts
     the pool leaves an idle forkserver behind, which exits with it.
     """
+    if not FORKSERVER:
+        return
     _context()
     multiprocessing.forkserver.ensure_running()
 
@@ -113,7 +117,7 @@ def start_workers(workers: int) -> set[int]:
     reads the first batch, which would otherwise wait for them. One worker
     (decoding in this process) starts nothing.
     """
-    workers = resolve_workers(workers)
+    workers = resolve_workers(workers) if FORKSERVER else 1
     if workers == 1:
         return set()
     return set(_pool(workers).map(_ready, range(workers)))

@@ -27,3 +27,13 @@ def test_workers_import_no_torch():
 
 def test_pool_pays_from_four_chunks():
     assert not workers.pool_pays(3) and workers.pool_pays(workers.POOL_PAYS_AT)
+
+
+def test_without_a_forkserver_everything_runs_here(monkeypatch):
+    """Where there is no forkserver (Windows), no pool starts and work runs here."""
+    monkeypatch.setattr(workers, "FORKSERVER", False)
+    monkeypatch.setattr(workers, "_POOL", None)
+    assert workers.start_workers(2) == set()
+    assert workers.parallel_map(workers._ready, list(range(8)), 2) == [os.getpid()] * 8
+    workers.start_forkserver()  # does nothing
+    assert workers._POOL is None
