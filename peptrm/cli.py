@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from peptrm import __version__
+from peptrm import LOG_FORMAT, __version__
 
 log = logging.getLogger("peptrm")
 
@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         force=True,
     )
     if args.command == "version":

@@ -106,8 +106,29 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     if _POOL is None or _POOL[0] != workers:
         if _POOL is not None:
             _POOL[1].shutdown()
-        _POOL = (workers, ProcessPoolExecutor(workers, mp_context=_context()))
+        level = logging.getLogger("peptrm").getEffectiveLevel()
+        _POOL = (
+            workers,
+            ProcessPoolExecutor(
+                workers,
+                mp_context=_context(),
+                initializer=_log_at,
+                initargs=(level,),
+            ),
+        )
     return _POOL[1]
+
+
+def _log_at(level: int) -> None:
+    """A worker logs as its caller does: peptrm's level, its format, to stderr.
+
+    So `--verbose` shows what the search in the workers says (the searches
+    that ran out of budget) as it did when the search ran in the caller.
+    """
+    from peptrm import LOG_FORMAT
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, force=True)
+    logging.getLogger("peptrm").setLevel(level)
 
 
 def start_workers(workers: int) -> set[int]:
