@@ -515,39 +515,29 @@ BEAM_PER_MASS = 4
 
 
 @numba.njit(cache=True, nogil=True)
-def _short_completion(remaining, tol_da, rows_left, short_sums) -> np.ndarray:
-    """Whether each prefix can still fit exactly, as far as 1-5 residues tell.
+def _short_completion(remaining, tol_da, rows_left, short_sums) -> bool:
+    """Whether a prefix can still fit exactly, as far as 1-5 residues tell.
 
-    A remaining mass (`_remaining`) no heavier than three residues can be must
-    be a sum of one to five residues (`SHORT_SUMS`) within tolerance, with rows
-    left for them; a heavier remainder is assumed reachable (the bound table
-    has already checked it to ~1 Da). Four or five light residues (GASK) weigh
-    less than three heavy ones: judged by 1-3 residues only, as once, every
-    prefix that still needed them was dropped from the beam. Six or more below
-    that weight (all G, A, S, P or V) are still taken for a dead end, which
-    keeps the beam off the many light remainders that no residues sum to.
+    `remaining` (I,) is what the prefix still needs at each isotope
+    (`_remaining`); one reachable isotope is enough. A remaining mass no
+    heavier than three residues can be must be a sum of one to five residues
+    (`SHORT_SUMS`) within tolerance, with rows left for them; a heavier
+    remainder is assumed reachable (the bound table has already checked it to
+    ~1 Da). Four or five light residues (GASK) weigh less than three heavy
+    ones: judged by 1-3 residues only, as once, every prefix that still needed
+    them was dropped from the beam. Six or more below that weight (all G, A,
+    S, P or V) are still taken for a dead end, which keeps the beam off the
+    many light remainders that no residues sum to.
     """
     heaviest = short_sums[2][-1]  # of three residues
-    out = np.zeros(remaining.shape[0], np.bool_)
-    for c in range(remaining.shape[0]):
-        for i in range(remaining.shape[1]):
-            need = remaining[c, i]
-            if need > heaviest + tol_da or _sums_to(
-                need, tol_da, rows_left, short_sums
-            ):
-                out[c] = True
-                break  # one reachable isotope is enough
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _sums_to(need: float, tol_da: float, rows_left: int, short_sums) -> bool:
-    """Whether 1 to min(rows_left, 5) residues sum to `need` within `tol_da`."""
-    for k in range(min(rows_left, len(short_sums))):
-        sums = short_sums[k]
-        at = min(max(np.searchsorted(sums, need), 1), len(sums) - 1)
-        if min(abs(sums[at] - need), abs(sums[at - 1] - need)) <= tol_da:
+    for need in remaining:
+        if need > heaviest + tol_da:
             return True
+        for k in range(min(rows_left, len(short_sums))):
+            sums = short_sums[k]
+            at = min(max(np.searchsorted(sums, need), 1), len(sums) - 1)
+            if min(abs(sums[at] - need), abs(sums[at - 1] - need)) <= tol_da:
+                return True
     return False
 
 
@@ -635,9 +625,7 @@ def _beam_search(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_o
             if seen == per_mass or (seen == 0 and n_masses == width):
                 continue
             # asked only of prefixes that would be kept: the check is the cost
-            if not _short_completion(
-                remaining[c : c + 1], tol_da, rows_left, short_sums
-            )[0]:
+            if not _short_completion(remaining[c], tol_da, rows_left, short_sums):
                 continue
             n_masses += seen == 0
             of_mass[key] = seen + 1
