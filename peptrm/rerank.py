@@ -441,10 +441,9 @@ class Reranker:
         self, jobs: Sequence[tuple[list[Candidate], FragmentEvidence, int]]
     ) -> list[list[Candidate]]:
         """`rerank` of several spectra's (candidates, peaks, charge), in one call."""
-        ranked = [
-            i for i, (candidates, _, _) in enumerate(jobs) if self.head(candidates)
-        ]
-        heads = [(self.head(jobs[i][0]), jobs[i][1], jobs[i][2]) for i in ranked]
+        every = [(self.head(candidates), peaks, z) for candidates, peaks, z in jobs]
+        ranked = [i for i, (head, _, _) in enumerate(every) if head]
+        heads = [every[i] for i in ranked]
         out = [candidates for candidates, _, _ in jobs]
         for i, (head, _, _), probability in zip(
             ranked, heads, self.probabilities_many(heads), strict=True

@@ -675,7 +675,7 @@ def predictions(
     # oldest first, with their records; more than `max_in_flight` waits.
     max_in_flight = 2 * len(names) if pool is not None else 1
     in_flight: collections.deque[tuple[list, Future | None]] = collections.deque()
-    workers_started: list[bool] = []  # once the first batch of several chunks came
+    workers_started = False  # once the first batch of several chunks came
     # The total is an estimate from the raw bytes (MS1 and unreadable files make
     # it inexact); the bar moves once per batch, when its rows are written.
     bar = tqdm(
@@ -710,6 +710,7 @@ def predictions(
         yield from rows_of(records, iter(results))
 
     def flush() -> Iterator[Prediction]:
+        nonlocal workers_started
         records = list(pending)
         pending.clear()
         spectra = [r for r in records if isinstance(r, Spectrum)]
@@ -729,7 +730,7 @@ def predictions(
             if workers.pool_pays(chunks) and not workers_started:
                 # the workers start while the network reads this batch
                 finisher.submit(workers.start_workers, cfg.decoding.workers)
-                workers_started.append(True)
+                workers_started = True
             refined = network_pass(model, spectra, cfg, device, summary)
             future = finisher.submit(
                 _finish_in_turn, model, spectra, refined, cfg, device, top_k, scorers
