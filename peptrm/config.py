@@ -57,6 +57,8 @@ class ModelConfig:
     complement_encoding: bool  # peaks also carry their mirror m/z M + 2 proton - m
     suffix_evidence: bool  # ion evidence also anchored at the draft's C-terminus
     evidence_logits: bool  # each candidate token's ion evidence also scores it directly
+    peak_annotator: bool  # a second encoder names each peak's ion type (b, y, b++, y++)
+    annotator_layers: int  # Transformer layers of that encoder
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class TrainingConfig:
     draft_fraction: float  # share of spectra whose recursion starts from a wrong draft
     draft_mean_errors: float  # mean errors in such a draft (Poisson; 0 errors allowed)
     infill_fraction: float  # share starting from their own peptide with a stretch blank
+    annotator_only: bool  # train only the peak annotator (the rest stays as loaded)
+    annotation_tol_da: float  # a peak is labelled an ion within this of its m/z (Da)
     val_fraction: float  # share of labelled training spectra held out for validation
     val_every_steps: int  # run validation every this many steps
     checkpoint_every_steps: int  # write a checkpoint every this many steps
@@ -253,6 +257,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.draft_fraction": (0, 1),
     "training.infill_fraction": (0, 1),
     "training.draft_mean_errors": (0, None),
+    "training.annotation_tol_da": (0, None),
+    "model.annotator_layers": (1, None),
     "training.val_every_steps": (1, None),
     "training.checkpoint_every_steps": (1, None),
     "training.num_workers": (0, None),

@@ -62,11 +62,14 @@ EDGE_DA = 1e-6  # widen every match interval by this, against float rounding
 # from m/z to mass rounds by ~1e-12 Da, so 1e-9 leaves a wide margin.
 STEP_EDGE_DA = 1e-9
 RANK_EDGES = (5, 15, 40)  # intensity-rank bins of a matched peak: 0-4, 5-14, 15-39, 40+
+# Bins of the peak annotator's chance that a matched peak is that ion type (its
+# states replace the rank bins where a model has an annotator): <0.1, 0.1-0.3,
+# 0.3-0.6, 0.6+.
+CHANCE_EDGES = (0.1, 0.3, 0.6)
 N_STATES = len(RANK_EDGES) + 2  # state 0: no peak; then one per rank bin
+PEAK_STATES = ("rank", "annotation")  # what a matched peak's state is read from
 TABLE_NAME = "cleavage.yaml"
-TABLE_IONS = tuple(
-    ion for ion in masses.FRAGMENT_IONS if ion[0] in ("b", "y", "b++", "y++")
-)
+TABLE_IONS = masses.LADDER_IONS
 # Scale and offset of the log-odds sum, chosen on the held-out split of the
 # training files with the bundled model (benchmarks/bench_decoders.py --table):
 # with the default evidence_weight of 2, a cleavage adds 0.5 x log-odds - 1.
@@ -159,7 +162,7 @@ def exact_scores(
                 padded_mz, (neutral + charge * PROTON) / charge + ions[i, 2], tol_da
             )
             if learned:
-                total += log_odds[i, padded_state[at + 1]]
+                total += log_odds[i, padded_state[at + 1, i]]
             elif at >= 0:
                 sides[int(y)] = max(sides[int(y)], 1.0 + padded_weight[at + 1])
         out[c] = scale * total + bias if learned else sides[0] + sides[1] - 1.0
@@ -172,8 +175,10 @@ class CleavageTable:
 
     `log_odds[c, i, s]`: charge class c (0: precursor charge <= 2, 1: >= 3), ion
     type i of `TABLE_IONS`, state s (0: no peak within tolerance, 1.. the
-    matched peak's intensity-rank bin, `RANK_EDGES`). A cleavage scores
-    `scale` times the sum over ion types plus `bias` (the price of a boundary).
+    matched peak's intensity-rank bin, `RANK_EDGES`; with `peak_states`
+    "annotation", the bin of the peak annotator's chance that the peak is that
+    ion, `CHANCE_EDGES`). A cleavage scores `scale` times the sum over ion
+    types plus `bias` (the price of a boundary).
     """
 
     log_odds: np.ndarray  # (2, I, N_STATES)
@@ -181,6 +186,7 @@ class CleavageTable:
     fitted_on: str = ""
     scale: float = SCALE
     bias: float = BIAS
+    peak_states: str = "rank"  # one of PEAK_STATES
 
     def save(self, folder: str | Path) -> Path:
         """Write `cleavage.yaml` into a model folder."""
@@ -189,7 +195,9 @@ class CleavageTable:
         values = {
             "fitted_on": self.fitted_on,
             "tol_da": self.tol_da,
+            "peak_states": self.peak_states,
             "rank_edges": list(RANK_EDGES),
+            "chance_edges": list(CHANCE_EDGES),
             "scale": float(self.scale),
             "bias": float(self.bias),
             "log_odds": {
@@ -222,14 +230,20 @@ def load_table(folder: str | Path) -> CleavageTable | None:
         )
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a PepTRM cleavage table ({error})") from error
-    if table.shape[2] != N_STATES or list(values["rank_edges"]) != list(RANK_EDGES):
-        raise ValueError(f"{path}: fitted with other rank bins; refit it")
+    states = str(values.get("peak_states", "rank"))  # older tables: ranks
+    edges = {"rank": RANK_EDGES, "annotation": CHANCE_EDGES}.get(states)
+    stored = values.get(f"{states}_edges".replace("annotation", "chance"))
+    if edges is None:
+        raise ValueError(f"{path}: unknown peak_states {states!r}")
+    if table.shape[2] != N_STATES or stored is None or list(stored) != list(edges):
+        raise ValueError(f"{path}: fitted with other {states} bins; refit it")
     return CleavageTable(
         table,
         float(values["tol_da"]),
         str(values["fitted_on"]),
         float(values["scale"]),
         float(values["bias"]),
+        states,
     )
 
 
@@ -244,7 +258,22 @@ class FragmentEvidence:
         charge: int,
         tol_da: float,
         table: CleavageTable | None = None,
+        ion_chances: np.ndarray | None = None,
+        peak_states: str = "rank",
     ) -> None:
+        """Peaks (K,) of one spectrum; the rest as `from_batch` gives them.
+
+        `ion_chances` (K, A): the peak annotator's chance that each peak (in
+        the order of `mz`) is each `TABLE_IONS` type; `peak_states` says what a
+        matched peak's state is (a table's own setting wins).
+        """
+        peak_states = table.peak_states if table is not None else peak_states
+        self.peak_states = peak_states
+        if peak_states == "annotation" and ion_chances is None:
+            raise ValueError(
+                "this cleavage table reads the peak annotator's chances, and "
+                "none were given (a model folder's table needs its own network)"
+            )
         keep = (mz > 0) & np.isfinite(mz) & np.isfinite(intensity)
         order = np.argsort(mz[keep], kind="stable")
         self.mz = np.asarray(mz[keep], np.float64)[order]  # (K,) sorted
@@ -257,10 +286,19 @@ class FragmentEvidence:
         # Doubly charged fragments only when the precursor can carry two charges
         # on one fragment; singly charged precursors give none.
         self.charges = (1, 2) if charge >= 3 else (1,)
-        rank = np.empty(len(self.weight), np.int64)
-        rank[np.argsort(-self.weight, kind="stable")] = np.arange(len(self.weight))
-        self.state = 1 + np.searchsorted(RANK_EDGES, rank, side="right")  # (K,)
-        self._padded_state = np.concatenate([[0], self.state, [0]])
+        if peak_states == "annotation":
+            chances = np.asarray(ion_chances, np.float64)[keep][order]  # (K, A)
+            state = 1 + np.searchsorted(CHANCE_EDGES, chances, side="right")
+        else:
+            rank = np.empty(len(self.weight), np.int64)
+            rank[np.argsort(-self.weight, kind="stable")] = np.arange(len(peak))
+            state = 1 + np.searchsorted(RANK_EDGES, rank, side="right")[:, None]
+        # (K, I): each peak's state as each `TABLE_IONS` type
+        self.state = np.ascontiguousarray(
+            np.broadcast_to(state, (len(peak), len(TABLE_IONS))), np.int64
+        )
+        none = np.zeros((1, len(TABLE_IONS)), np.int64)
+        self._padded_state = np.concatenate([none, self.state, none])
         self.log_odds = None if table is None else table.log_odds[int(charge >= 3)]
         self.scale = 0.0 if table is None else table.scale
         self.bias = 0.0 if table is None else table.bias
@@ -312,7 +350,7 @@ class FragmentEvidence:
         out = np.zeros((len(TABLE_IONS), len(prefix_mass)), np.int64)
         for i, ion in enumerate(TABLE_IONS):
             index = self.nearest_within(self.ion_mz(ion, prefix_mass))
-            out[i] = self._padded_state[index + 1]  # -1 (no peak) reads state 0
+            out[i] = self._padded_state[index + 1, i]  # -1 (no peak) reads state 0
         return out
 
     def score(self, prefix_mass: np.ndarray) -> np.ndarray:
@@ -385,7 +423,7 @@ class FragmentEvidence:
         total = np.zeros(n_cells)
         for i, ion in enumerate(TABLE_IONS):
             best = np.full(n_cells, self.log_odds[i, 0])
-            self._raise_cells(best, ion, self.log_odds[i, self.state])
+            self._raise_cells(best, ion, self.log_odds[i, self.state[:, i]])
             total += best
         return self.scale * total + self.bias
 
@@ -444,16 +482,30 @@ def from_batch(
     intensity = batch["intensity"].detach().cpu().double().numpy()
     precursor = batch["precursor_mass"].detach().cpu().double().numpy()
     charge = batch["charge"].detach().cpu().numpy()
+    chances = batch.get("ion_chances")  # (B, P, A) from a peak annotator
+    if chances is not None:
+        chances = chances.detach().cpu().double().numpy()
     return [
         FragmentEvidence(
-            mz[b], intensity[b], float(precursor[b]), int(charge[b]), tol_da, table
-        )
+            mz[b],
+            intensity[b],
+            float(precursor[b]),
+            int(charge[b]),
+            tol_da,
+            table,
+            None if chances is None else chances[b],
+            "rank" if chances is None else "annotation",
+        )  # fmt: skip
         for b in range(len(mz))
     ]
 
 
 def fit_table(
-    spectra: Sequence, tol_da: float, seed: int = 0, fitted_on: str = ""
+    spectra: Sequence,
+    tol_da: float,
+    seed: int = 0,
+    fitted_on: str = "",
+    peaks: Sequence[FragmentEvidence] | None = None,
 ) -> CleavageTable:
     """Learn the log-odds of each ion type's state from labelled spectra.
 
@@ -461,11 +513,15 @@ def fit_table(
     N-terminal modification), placed from the observed precursor as the search
     places them; random ones are `RANDOM_PER_TRUE` uniform masses per true one
     between 50 Da and the precursor less 50 Da. Counts start at one (Laplace).
+    `peaks` (one per spectrum, as the search will see them, e.g. with the peak
+    annotator's states) replaces the peaks read from the spectra; their
+    states are what the table learns (`peak_states`).
     """
+    states_of = peaks[0].peak_states if peaks else "rank"
     rng = np.random.default_rng(seed)
     shape = (2, len(TABLE_IONS), N_STATES)
     true_counts, random_counts = np.ones(shape), np.ones(shape)
-    for spectrum in spectra:
+    for n, spectrum in enumerate(spectra):
         indices = masses.encode(spectrum.peptide, MAX_TOKENS)
         indices = indices[indices != masses.STOP_INDEX]
         prefix = np.cumsum(masses.VOCAB_MASSES[indices])[:-1]
@@ -474,15 +530,21 @@ def fit_table(
         precursor = masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
         if len(prefix) == 0 or precursor < 150:
             continue
-        peaks = FragmentEvidence(
-            spectrum.mz, spectrum.intensity, precursor, spectrum.charge, tol_da
+        seen = (
+            FragmentEvidence(
+                spectrum.mz, spectrum.intensity, precursor, spectrum.charge, tol_da
+            )
+            if peaks is None
+            else peaks[n]
         )
         random = rng.uniform(50, precursor - 50, RANDOM_PER_TRUE * len(prefix))
         c = int(spectrum.charge >= 3)
         for counts, masses_at in ((true_counts, prefix), (random_counts, random)):
-            states = peaks.states(masses_at)  # (I, C)
+            states = seen.states(masses_at)  # (I, C)
             for i in range(len(TABLE_IONS)):
                 counts[c, i] += np.bincount(states[i], minlength=N_STATES)
     true_p = true_counts / true_counts.sum(axis=2, keepdims=True)
     random_p = random_counts / random_counts.sum(axis=2, keepdims=True)
-    return CleavageTable(np.log(true_p / random_p), tol_da, fitted_on)
+    return CleavageTable(
+        np.log(true_p / random_p), tol_da, fitted_on, peak_states=states_of
+    )

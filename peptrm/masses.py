@@ -40,6 +40,9 @@ FRAGMENT_IONS: tuple[tuple[str, str, int, float], ...] = (
     ("y+iso", "y", 1, C13_SPACING),
     ("y, precursor +1 iso", "y", 1, -C13_SPACING),
 )
+# The ladder ions proper (b, y, b++, y++): what the cleavage table scores and the
+# peak annotator labels peaks as.
+LADDER_IONS = FRAGMENT_IONS[:4]
 
 
 def fragment_ion_mz(ion: tuple, b_mass, precursor_mass):

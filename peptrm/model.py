@@ -13,6 +13,7 @@ once from `z`. This file holds the network only: no decoding, I/O or Lightning.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -277,6 +278,37 @@ def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------
+# Peak annotator: which peaks are ladder ions
+# --------------------------------------------------------------------------
+# A ion types named per peak (`masses.LADDER_IONS`: b, y, b++, y++).
+ANNOTATED_IONS = masses.LADDER_IONS
+
+
+class PeakAnnotator(nn.Module):
+    """A spectrum encoder of its own that names each peak's ion type.
+
+    Each peak is read in the context of all the others (its complement, its
+    isotopes, the peaks a residue mass away), and gets one logit per
+    `ANNOTATED_IONS` type that it is that ion of the spectrum's peptide. It is
+    trained on labelled peaks alone (`training.annotator_only`); the search's
+    cleavage table reads its chances in place of the peaks' intensity ranks.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        own = dataclasses.replace(cfg, n_encoder_layers=cfg.annotator_layers)
+        self.encoder = SpectrumEncoder(own)
+        self.head = nn.Linear(cfg.dim, len(ANNOTATED_IONS))
+
+    def forward(
+        self, mz: Tensor, intensity: Tensor, precursor_mass: Tensor, charge: Tensor
+    ) -> Tensor:
+        """Ion-type logits (B, P, A) of every peak (padding's are meaningless)."""
+        x, _ = self.encoder(mz, intensity, precursor_mass, charge)  # (B, 1+P, D)
+        return self.head(x[:, 1:])  # (B, P, A) without the precursor token
+
+
+# --------------------------------------------------------------------------
 # PepTRM
 # --------------------------------------------------------------------------
 class Encoded(NamedTuple):
@@ -342,6 +374,8 @@ class PepTRM(nn.Module):
         self.z_init.requires_grad_(recursion.n_cycles == 1)
         self.net = TinyNetwork(cfg)
         self.heads = Heads(cfg, vocab_size)
+        if cfg.peak_annotator:
+            self.annotator = PeakAnnotator(cfg)
         self.vocab_size = vocab_size
         token_masses = torch.as_tensor(
             masses.VOCAB_MASSES[:vocab_size], dtype=torch.float64
@@ -361,6 +395,14 @@ class PepTRM(nn.Module):
         return self.encode(
             batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
         )
+
+    @torch.no_grad()
+    def annotate_batch(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Each peak's chance (B, P, A) of being each `ANNOTATED_IONS` type."""
+        logits = self.annotator(
+            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+        )
+        return torch.sigmoid(logits.float())
 
     def initial_state(self, spectrum: Encoded) -> tuple[Tensor, Tensor]:
         """The blank draft (uniform logits) and latent state for a batch."""

@@ -343,6 +343,8 @@ def network_pass(
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
+    if cfg.model.peak_annotator:  # the search's cleavage table reads its chances
+        batch["ion_chances"] = model.annotate_batch(batch)
     log_probs, steps, _ = refine(
         model,
         batch,
@@ -931,7 +933,10 @@ def calibrate(
     table = None
     if learn_cleavage:
         table = evidence.fit_table(
-            spectra, cfg.decoding.fragment_tol_da, fitted_on=fitted_on
+            spectra,
+            cfg.decoding.fragment_tol_da,
+            fitted_on=fitted_on,
+            peaks=_annotated_peaks(model, spectra, cfg, device),
         )
     k = max(rerank_k, 1)
     groups, peaks = _search_labelled(model, spectra, cfg, device, k, table)
@@ -975,6 +980,27 @@ def calibrate(
         "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
         **rerank_report,
     }
+
+
+def _annotated_peaks(
+    model: PepTRM, spectra: Sequence[Spectrum], cfg: Config, device: str
+) -> list[FragmentEvidence] | None:
+    """The peaks as the search sees them with the model's peak annotator, or None.
+
+    None when the model has no annotator: the cleavage table then reads the
+    spectra's own peaks (their intensity ranks).
+    """
+    if not cfg.model.peak_annotator:
+        return None
+    peaks, size = [], cfg.decoding.batch_size
+    for start in range(0, len(spectra), size):
+        batch = preprocess.collate(
+            spectra[start : start + size], cfg.preprocess.n_peaks
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["ion_chances"] = model.annotate_batch(batch)
+        peaks += evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
+    return peaks
 
 
 def _search_labelled(

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from peptrm import masses, preprocess, simulate
 from peptrm.config import Config, config_to_dict, load_config
 from peptrm.io import Skipped, Spectrum, read_spectra
-from peptrm.model import PepTRM, count_parameters
+from peptrm.model import ANNOTATED_IONS, PepTRM, count_parameters
 from peptrm.weights import WEIGHTS_NAME, save_model
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ VALIDATION_STREAM = (
 # --------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------
+def steps_per_batch(cfg: Config) -> int:
+    """Optimiser steps per batch: N_sup (deep supervision), or 1 for the annotator."""
+    return 1 if cfg.training.annotator_only else cfg.recursion.n_supervision
+
+
 def supervision_weights(n_supervision: int, decay: float) -> list[float]:
     """Weight of each deep-supervision step: decay^(N_sup-1-k), so the last is 1."""
     return [decay ** (n_supervision - 1 - k) for k in range(n_supervision)]
@@ -115,6 +120,40 @@ def residue_loss(logits: Tensor, tokens: Tensor, padding_weight: float) -> Tenso
     weight = counted_positions(tokens).to(per_position.dtype)
     weight = weight + padding_weight * (1 - weight)  # (B, L)
     return (per_position * weight).sum() / weight.sum()
+
+
+def annotation_targets(mz: Tensor, tokens: Tensor, tol_da: float) -> Tensor:
+    """(B, P, A) 1 where a peak lies within `tol_da` of an ion of its label.
+
+    The ions are `model.ANNOTATED_IONS` of every cleavage between two residues
+    of the label (not the one after an N-terminal modification alone), with the
+    y side from the label's own mass, so a precursor's isotope error does not
+    move them.
+    """
+    vocab_masses = torch.as_tensor(
+        masses.VOCAB_MASSES, dtype=torch.float64, device=mz.device
+    )
+    prefix = torch.cumsum(vocab_masses[tokens], dim=1)  # (B, L) STOP weighs 0
+    peptide = prefix[:, -1:] + masses.H2O  # (B, 1) the label's neutral mass
+    residue = tokens != masses.STOP_INDEX
+    cleaves = residue[:, :-1] & residue[:, 1:]  # (B, L-1) after position i
+    n_terminal = torch.as_tensor(masses.N_TERMINAL_INDICES, device=tokens.device)
+    cleaves[:, 0] &= ~torch.isin(tokens[:, 0], n_terminal)
+    b = prefix[:, :-1]  # (B, L-1) b fragment's residue sum
+    found = []
+    for ion in ANNOTATED_IONS:
+        ion_mz = masses.fragment_ion_mz(ion, b, peptide)  # (B, L-1)
+        ion_mz = torch.where(cleaves, ion_mz, torch.full_like(ion_mz, math.inf))
+        distance = (mz.double().unsqueeze(2) - ion_mz.unsqueeze(1)).abs()
+        found.append(distance.min(dim=2).values <= tol_da)  # (B, P)
+    return torch.stack(found, dim=-1).float()  # (B, P, A)
+
+
+def annotation_loss(logits: Tensor, targets: Tensor, intensity: Tensor) -> Tensor:
+    """Binary cross-entropy of the ion-type logits (B, P, A) over the real peaks."""
+    per_peak = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    real = (intensity > 0).unsqueeze(-1).to(per_peak.dtype)  # (B, P, 1)
+    return (per_peak * real).sum() / (real.sum() * logits.shape[-1]).clamp_min(1)
 
 
 def ema_warmup_avg_fn(decay: float, warm_up: bool = True):
@@ -278,7 +317,7 @@ class TrainingStream(IterableDataset):
     def schedule(self, batch_index: int) -> tuple[float, float]:
         """Real-spectrum share and simulation difficulty at a batch."""
         t = self.cfg.training
-        step = batch_index * self.cfg.recursion.n_supervision
+        step = batch_index * steps_per_batch(self.cfg)
         progress = min(1.0, step / max(t.max_steps, 1))
         real = (
             t.real_fraction_start
@@ -484,6 +523,13 @@ class PepTRMModule(L.LightningModule):
         # The EMA copy is updated by hand, never by gradients: left trainable, DDP
         # counted it as parameters "not used in producing the loss".
         self.ema.requires_grad_(False)
+        if cfg.training.annotator_only:
+            if not cfg.model.peak_annotator:
+                raise ValueError(
+                    "training.annotator_only needs model.peak_annotator: true"
+                )
+            self.model.requires_grad_(False)  # the network stays as loaded
+            self.model.annotator.requires_grad_(True)
         self.automatic_optimization = False  # one optimiser step per supervision step
         self.weights = supervision_weights(
             cfg.recursion.n_supervision, cfg.training.supervision_decay
@@ -526,11 +572,49 @@ class PepTRMModule(L.LightningModule):
         losses["total"] = total
         return losses
 
+    @property
+    def exported(self) -> PepTRM:
+        """The weights validated and exported: the EMA's, or the live model's.
+
+        The live model's when only the annotator trains: an EMA would move the
+        frozen weights by round-off (the learning rate's cosine decay smooths
+        the annotator instead).
+        """
+        return self.model if self.cfg.training.annotator_only else self.ema.module
+
+    def annotation_step_loss(self, model: PepTRM, batch: dict[str, Tensor]) -> Tensor:
+        """The peak annotator's loss on a batch (`annotation_loss`)."""
+        targets = annotation_targets(
+            batch["mz"], batch["tokens"], self.cfg.training.annotation_tol_da
+        )
+        logits = model.annotator(
+            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+        )
+        return annotation_loss(logits, targets, batch["intensity"]), logits, targets
+
     def training_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
         """Deep supervision: N_sup improvement steps, each with its own loss, update."""
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         model = self.model
+        if self.cfg.training.annotator_only:
+            loss, _, _ = self.annotation_step_loss(model, batch)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.cfg.training.grad_clip,
+                gradient_clip_algorithm="norm",
+            )
+            optimizer.step()
+            scheduler.step()
+            self.log("train/batch", float(self.batches_seen))
+            self.batches_seen += 1
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/annotation", loss)
+            self.log("train/wall_s", time.monotonic() - self.started)
+            self.log("train/lr", scheduler.get_last_lr()[0])
+            return
         y = z = previous = None
         for k in range(self.cfg.recursion.n_supervision):
             spectrum = model.encode_batch(batch)
@@ -583,7 +667,10 @@ class PepTRMModule(L.LightningModule):
             if dataloader_idx < len(self.val_names)
             else str(dataloader_idx)
         )
-        model = self.ema.module
+        model = self.exported
+        if self.cfg.training.annotator_only:
+            self.annotation_metrics(name, model, batch)
+            return
         spectrum = model.encode_batch(batch)
         y, z = model.initial_state(spectrum)
         previous_accuracy = None
@@ -627,16 +714,36 @@ class PepTRMModule(L.LightningModule):
             add_dataloader_idx=False,
         )
 
+    def annotation_metrics(
+        self, name: str, model: PepTRM, batch: dict[str, Tensor]
+    ) -> None:
+        """The annotator's loss, precision and recall (at a chance of 0.5) per ion."""
+        loss, logits, targets = self.annotation_step_loss(model, batch)
+        real = (batch["intensity"] > 0).unsqueeze(-1)
+        called, truth = (logits > 0) & real, (targets > 0) & real
+        values = {f"val_{name}/annotation": loss}
+        for a, ion in enumerate(ANNOTATED_IONS):
+            hit = (called[..., a] & truth[..., a]).sum()
+            values[f"val_{name}/precision_{ion[0]}"] = hit / called[
+                ..., a
+            ].sum().clamp_min(1)
+            values[f"val_{name}/recall_{ion[0]}"] = hit / truth[..., a].sum().clamp_min(
+                1
+            )
+        values[f"val_{name}/wall_s"] = time.monotonic() - self.started
+        self.log_dict(values, add_dataloader_idx=False)
+
     def on_validation_epoch_end(self) -> None:
         """Export EMA weights after every validation, so a cut run leaves a model."""
         if self.export_dir is not None and self.trainer.is_global_zero:
-            save_model(self.ema.module, self.cfg, self.export_dir)
+            save_model(self.exported, self.cfg, self.export_dir)
 
     def configure_optimizers(self):
         """AdamW with linear warm-up then cosine decay, stepped per optimiser step."""
         t = self.cfg.training
+        trained = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+            trained, lr=t.learning_rate, weight_decay=t.weight_decay
         )
 
         def factor(step: int) -> float:
@@ -677,7 +784,7 @@ def export_checkpoint(path: str | Path, folder: str | Path) -> Path:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     cfg = load_config(overrides=checkpoint["peptrm_config"])
     model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
-    prefix = "ema.module."
+    prefix = "model." if cfg.training.annotator_only else "ema.module."
     state = {
         k[len(prefix) :]: v
         for k, v in checkpoint["state_dict"].items()
@@ -764,7 +871,7 @@ def train(
         module.model = torch.compile(module.model)
     # global_step grows by N_sup per batch, so an interval that is not a multiple
     # of N_sup would only fire at the least common multiple: round it to one.
-    n_sup = cfg.recursion.n_supervision
+    n_sup = steps_per_batch(cfg)
     every = max(1, round(cfg.training.checkpoint_every_steps / n_sup)) * n_sup
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
@@ -772,9 +879,7 @@ def train(
         save_last=True,
         save_top_k=-1,
     )
-    batches_per_val = max(
-        1, cfg.training.val_every_steps // cfg.recursion.n_supervision
-    )
+    batches_per_val = max(1, cfg.training.val_every_steps // n_sup)
     trainer = L.Trainer(
         default_root_dir=out_dir,
         max_steps=stop_at_step or cfg.training.max_steps,  # schedules use the config's
@@ -797,6 +902,6 @@ def train(
     )  # resume point, any stop
     folder = out_dir / "model"
     if trainer.is_global_zero:  # one writer under DDP
-        save_model(module.ema.module, cfg, folder)
+        save_model(module.exported, cfg, folder)
         log.info("exported EMA weights to %s", folder)
     return folder

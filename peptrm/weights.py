@@ -29,6 +29,7 @@ LEGACY_OFF = (
     "complement_encoding",
     "suffix_evidence",
     "evidence_logits",
+    "peak_annotator",
 )  # absent from older model.yaml
 
 

@@ -152,3 +152,52 @@ def test_score_read_from_its_steps_equals_the_exact_score(small_mgf, learned):
             ]
         )
         assert np.array_equal(peaks.score(prefix), peaks.exact_score(prefix))
+
+
+def test_annotated_peaks_take_their_state_per_ion_type_from_the_annotator():
+    from peptrm.evidence import CHANCE_EDGES
+
+    b, y = masses.fragment_mz(PEPTIDE, 1)
+    mz = np.array([y[4], b[2], 433.7])  # unsorted: chances follow the peaks
+    chances = np.array(
+        [[0.05, 0.9, 0.0, 0.2], [0.7, 0.01, 0.35, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    )
+    mass = masses.peptide_mass(PEPTIDE)
+    peaks = FragmentEvidence(
+        mz, np.ones(3), mass, 2, 0.02, ion_chances=chances, peak_states="annotation"
+    )
+    expected = 1 + np.searchsorted(CHANCE_EDGES, chances[[1, 2, 0]], side="right")
+    np.testing.assert_array_equal(peaks.state, expected)  # sorted by m/z: b3, noise, y5
+    prefix = sum(float(masses.VOCAB_MASSES[masses.TOKEN_INDEX[t]]) for t in PEPTIDE[:3])
+    # after PEP: b3 matches as a b (chance 0.7: state 4), y5 as a y (0.9: state 4)
+    assert peaks.states(np.array([prefix]))[:, 0].tolist() == [4, 4, 0, 0]
+    with pytest.raises(ValueError, match="annotator"):
+        FragmentEvidence(mz, np.ones(3), mass, 2, 0.02, peak_states="annotation")
+
+
+def test_a_table_fitted_on_annotated_peaks_says_so_and_needs_them(tmp_path, small_mgf):
+    from peptrm import preprocess
+    from peptrm.config import load_config
+    from peptrm.io import Spectrum, read_spectra
+
+    prepare = preprocess.pipeline(load_config().preprocess)
+    spectra = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    # an "annotator" that calls every peak above a fifth of the base peak a b ion
+    peaks = []
+    for s in spectra:
+        mass = masses.mz_to_mass(s.precursor_mz, s.charge)
+        chance = np.zeros((len(s.mz), len(TABLE_IONS)))
+        chance[:, 0] = s.intensity / s.intensity.max() > 0.2
+        peaks.append(
+            FragmentEvidence(s.mz, s.intensity, mass, s.charge, 0.02, None, chance,
+                             "annotation")
+        )  # fmt: skip
+    table = fit_table(spectra, 0.02, peaks=peaks)
+    assert table.peak_states == "annotation"
+    b = TABLE_IONS.index(("b", "b", 1, 0.0))
+    odds = table.log_odds[0, b]
+    assert odds[4] > odds[1]  # a peak called a b ion counts more than one called none
+    table.save(tmp_path)
+    assert load_table(tmp_path).peak_states == "annotation"
+    with pytest.raises(ValueError, match="annotator"):
+        FragmentEvidence(spectra[0].mz, spectra[0].intensity, 1000.0, 2, 0.02, table)

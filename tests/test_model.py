@@ -237,3 +237,30 @@ def test_evidence_logits_start_as_the_model_without_them_and_learn():
     loss = torch.nn.functional.cross_entropy(outputs[0].transpose(1, 2), tokens)
     loss.backward()
     assert with_logits.evidence_scorer[-1].weight.grad.abs().sum() > 0
+
+
+def test_peak_annotator_gives_each_peak_a_chance_per_ion_type():
+    from peptrm.model import ANNOTATED_IONS
+
+    cfg = load_config(overrides={"model": {"dim": 32, "n_heads": 4,
+                                           "peak_annotator": True,
+                                           "annotator_layers": 1}})  # fmt: skip
+    model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB)).eval()
+    batch = {
+        "mz": torch.tensor([[200.1, 300.2, 0.0], [150.0, 0.0, 0.0]]),
+        "intensity": torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0]]),
+        "precursor_mass": torch.tensor([800.4, 600.3], dtype=torch.float64),
+        "charge": torch.tensor([2, 3]),
+    }
+    chances = model.annotate_batch(batch)
+    assert chances.shape == (2, 3, len(ANNOTATED_IONS))
+    assert ((chances > 0) & (chances < 1)).all()
+    # each peak's chances depend on the other peaks it is read with
+    alone = model.annotate_batch(
+        {k: v[:1] for k, v in batch.items()}
+        | {
+            "mz": torch.tensor([[200.1, 0.0, 0.0]]),
+            "intensity": torch.tensor([[1.0, 0.0, 0.0]]),
+        }
+    )
+    assert not torch.allclose(alone[0, 0], chances[0, 0])

@@ -14,6 +14,7 @@ from peptrm.train import (
     DataModule,
     PepTRMModule,
     TrainingStream,
+    annotation_targets,
     held_out_split,
     mass_loss,
     refinement_metrics,
@@ -353,3 +354,46 @@ def test_two_process_ddp_on_cpu_trains_like_one_and_resumes_exactly(tmp_path):
     assert all(abs(two[b] - one[b]) < 0.2 * one[b] for b in range(4)), (one, two)
     assert np.allclose([two[b] for b in range(4)], [resumed[b] for b in range(4)])
     assert (tmp_path / "two" / "model" / "model.safetensors").exists()
+
+
+def test_annotation_targets_label_the_peaks_at_the_labels_ions():
+    peptide = ["+42.011", "P", "E", "P", "T", "L", "D", "E", "K"]
+    b, y = masses.fragment_mz(peptide, 1)
+    b2, y2 = masses.fragment_mz(peptide, 2)
+    modification_only = masses.token_mass("+42.011") + masses.PROTON  # no fragment
+    mz = [b[2], y[4] + 0.015, y2[5], b[1] + 0.05, 433.7, modification_only, 0.0]
+    tokens = torch.as_tensor(masses.encode(peptide, 32)).unsqueeze(0)
+    found = annotation_targets(torch.tensor([mz]), tokens, 0.02)[0]  # (P, A)
+    b_, y_, b2_, y2_ = range(4)
+    assert found[0].tolist() == [1, 0, 0, 0]  # b3 (its m/z is no other ion's)
+    assert found[1, y_] == 1 and found[2, y2_] == 1  # y5 15 mDa off; y6++
+    assert found[3:].sum() == 0  # 50 mDa off, noise, the modification alone, padding
+
+
+def test_annotator_only_trains_the_annotator_and_leaves_the_network(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = load_config(overrides=TINY)
+    first = train(cfg, [DATA / "overfit64.mgf"], [], tmp_path / "a", progress=False)
+    annotating = {
+        **TINY,
+        "model": {**TINY["model"], "peak_annotator": True, "annotator_layers": 1},
+        "training": {**TINY["training"], "annotator_only": True},
+    }
+    second = train(
+        load_config(overrides=annotating),
+        [DATA / "overfit64.mgf"],
+        [],
+        tmp_path / "b",
+        progress=False,
+        stop_at_step=4,  # four batches: one optimiser step each
+        init_from=first,
+    )
+    start = load_file(first / "model.safetensors")
+    after = load_file(second / "model.safetensors")
+    assert all(torch.equal(after[k], v) for k, v in start.items())
+    added = [k for k in after if k not in start]
+    assert added and all(k.startswith("annotator.") for k in added)
+    log_file = next((tmp_path / "b").glob("logs/*/metrics.csv"))
+    rows = list(csv.DictReader(open(log_file)))
+    assert sum(1 for r in rows if r.get("val_real/annotation")) == 2  # batches 2, 4
