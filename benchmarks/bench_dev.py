@@ -35,7 +35,13 @@ from peptrm.metrics import (
     aa_match_batch,
     expected_calibration_error,
 )
-from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, load_scorers, refine
+from peptrm.sequence import (
+    FEEDBACK_STEPS,
+    annotate,
+    candidates_as_draft,
+    load_scorers,
+    refine,
+)
 from peptrm.weights import BUNDLED, load_model
 
 
@@ -154,7 +160,7 @@ def main() -> None:
     model_s = decode_s = 0.0
     for start in range(0, len(spectra), args.batch_size):
         chunk = spectra[start : start + args.batch_size]
-        batch = preprocess.collate(chunk, cfg.preprocess.n_peaks)
+        batch = annotate(model, preprocess.collate(chunk, cfg.preprocess.n_peaks))
         t0 = time.perf_counter()
         history, steps, halting = all_steps(
             model, batch, n_sup, cfg.decoding.halt_threshold

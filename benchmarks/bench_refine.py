@@ -29,7 +29,7 @@ from bench_dev import all_steps, load, metrics, scores
 from common import DEV, TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import decoding, evidence, preprocess, train
-from peptrm.sequence import FEEDBACK_STEPS, candidates_as_draft, refine
+from peptrm.sequence import FEEDBACK_STEPS, annotate, candidates_as_draft, refine
 from peptrm.weights import BUNDLED
 
 
@@ -57,6 +57,7 @@ def score_model(
     }
     for start in range(0, len(spectra), 256):
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
+        batch = annotate(model, batch)
         mass = batch["precursor_mass"]
         with torch.no_grad():
             history, _, _ = all_steps(model, batch, n_sup, 1.0)

@@ -26,7 +26,7 @@ from common import TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import evidence, masses, preprocess, simulate, train
 from peptrm.metrics import same_peptide
-from peptrm.sequence import refine, search_top
+from peptrm.sequence import annotate, refine, search_top
 from peptrm.weights import BUNDLED
 
 
@@ -58,7 +58,9 @@ def repair(model, batch: dict, tokens: torch.Tensor) -> list[tuple[int, ...]]:
 def verdict(model, cfg, batch: dict, truth: list[str], k: int, table) -> dict:
     """Rank-1 recall of the search's top k reordered by the network's verdict."""
     log_probs, _, _ = refine(model, batch, cfg.inference_steps, 1.1)
-    peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, table)
+    peaks = evidence.from_batch(
+        annotate(model, batch), cfg.decoding.fragment_tol_da, table
+    )
     found = search_top(log_probs, batch["precursor_mass"], cfg, k, peaks, k)
     length = cfg.model.max_length
     halting = [[] for _ in found]

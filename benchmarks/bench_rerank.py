@@ -52,7 +52,7 @@ from peptrm.metrics import (
     expected_calibration_error,
     precision_coverage,
 )
-from peptrm.sequence import SCORING_CHUNK, load_scorers, refine, search_top
+from peptrm.sequence import SCORING_CHUNK, annotate, load_scorers, refine, search_top
 from peptrm.weights import BUNDLED, load_model
 
 
@@ -123,7 +123,9 @@ def decode_top(model, cfg, spectra, k, table=None):
     for start in range(0, len(spectra), 256):
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
         log_probs, _, _ = refine(model, batch, cfg.inference_steps, 1.1)
-        peaks = evidence.from_batch(batch, cfg.decoding.fragment_tol_da, table)
+        peaks = evidence.from_batch(
+            annotate(model, batch), cfg.decoding.fragment_tol_da, table
+        )
         groups += search_top(log_probs, batch["precursor_mass"], cfg, k, peaks, k)
         history += list(log_probs.double().numpy())
         peaks_all += peaks

@@ -175,6 +175,17 @@ def load_scorers(folder: str | Path) -> Scorers:
     )
 
 
+def annotate(model: PepTRM, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`batch` with its peaks' ion-type chances (``ion_chances`` (B, P, A)).
+
+    Only a model with a peak annotator adds them; `evidence.from_batch` then
+    gives the search's cleavage table the annotator's states.
+    """
+    if model.cfg.peak_annotator:
+        batch["ion_chances"] = model.annotate_batch(batch)
+    return batch
+
+
 @torch.no_grad()
 def refine(
     model: PepTRM,
@@ -343,8 +354,7 @@ def network_pass(
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
-    if cfg.model.peak_annotator:  # the search's cleavage table reads its chances
-        batch["ion_chances"] = model.annotate_batch(batch)
+    annotate(model, batch)
     log_probs, steps, _ = refine(
         model,
         batch,
@@ -998,8 +1008,9 @@ def _annotated_peaks(
             spectra[start : start + size], cfg.preprocess.n_peaks
         )
         batch = {k: v.to(device) for k, v in batch.items()}
-        batch["ion_chances"] = model.annotate_batch(batch)
-        peaks += evidence.from_batch(batch, cfg.decoding.fragment_tol_da)
+        peaks += evidence.from_batch(
+            annotate(model, batch), cfg.decoding.fragment_tol_da
+        )
     return peaks
 
 

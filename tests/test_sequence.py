@@ -476,3 +476,30 @@ def test_the_network_reading_ahead_of_the_search_changes_no_row(
         assert a.score == pytest.approx(b.score)
     assert summary.steps == in_turn.steps > 0
     assert summary.unconstrained == in_turn.unconstrained
+
+
+def test_a_model_with_a_peak_annotator_searches_with_its_chances():
+    from peptrm.evidence import CHANCE_EDGES
+
+    bundled, cfg = load_model()
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, peak_annotator=True)
+    )
+    torch.manual_seed(0)  # a fresh annotator beside the bundled network
+    model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB)).eval()
+    model.load_state_dict(bundled.state_dict(), strict=False)
+    prepare = preprocess.pipeline(cfg.preprocess)
+    demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
+    spectra = [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
+    scorers, _ = sequence.calibrate(model, spectra[:20], cfg, rerank_k=0)
+    assert scorers.cleavage.peak_states == "annotation"
+    found, peaks, _ = sequence.decode_batch(
+        model, spectra[:2], cfg, "cpu", 1, sequence.RunSummary(), scorers
+    )
+    assert all(options for options in found)
+    batch = preprocess.collate(spectra[:2], cfg.preprocess.n_peaks)
+    chances = model.annotate_batch(batch)[0].double().numpy()  # (P, A)
+    real = batch["mz"][0].numpy() > 0
+    order = np.argsort(batch["mz"][0].numpy()[real], kind="stable")
+    expected = 1 + np.searchsorted(CHANCE_EDGES, chances[real][order], side="right")
+    np.testing.assert_array_equal(peaks[0].state, expected)
