@@ -67,7 +67,8 @@ RANK_EDGES = (5, 15, 40)  # intensity-rank bins of a matched peak: 0-4, 5-14, 15
 # 0.3-0.6, 0.6+.
 CHANCE_EDGES = (0.1, 0.3, 0.6)
 N_STATES = len(RANK_EDGES) + 2  # state 0: no peak; then one per rank bin
-PEAK_STATES = ("rank", "annotation")  # what a matched peak's state is read from
+# What a matched peak's state is read from, and the bins of each.
+STATE_EDGES = {"rank": RANK_EDGES, "annotation": CHANCE_EDGES}
 TABLE_NAME = "cleavage.yaml"
 TABLE_IONS = masses.LADDER_IONS
 # Scale and offset of the log-odds sum, chosen on the held-out split of the
@@ -186,7 +187,7 @@ class CleavageTable:
     fitted_on: str = ""
     scale: float = SCALE
     bias: float = BIAS
-    peak_states: str = "rank"  # one of PEAK_STATES
+    peak_states: str = "rank"  # a key of STATE_EDGES
 
     def save(self, folder: str | Path) -> Path:
         """Write `cleavage.yaml` into a model folder."""
@@ -231,11 +232,15 @@ def load_table(folder: str | Path) -> CleavageTable | None:
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a PepTRM cleavage table ({error})") from error
     states = str(values.get("peak_states", "rank"))  # older tables: ranks
-    edges = {"rank": RANK_EDGES, "annotation": CHANCE_EDGES}.get(states)
-    stored = values.get(f"{states}_edges".replace("annotation", "chance"))
+    edges = STATE_EDGES.get(states)
+    stored = values.get("rank_edges" if states == "rank" else "chance_edges")
     if edges is None:
         raise ValueError(f"{path}: unknown peak_states {states!r}")
-    if table.shape[2] != N_STATES or stored is None or list(stored) != list(edges):
+    if (
+        table.shape[2] != len(edges) + 2
+        or stored is None
+        or list(stored) != list(edges)
+    ):
         raise ValueError(f"{path}: fitted with other {states} bins; refit it")
     return CleavageTable(
         table,
@@ -519,7 +524,7 @@ def fit_table(
     """
     states_of = peaks[0].peak_states if peaks else "rank"
     rng = np.random.default_rng(seed)
-    shape = (2, len(TABLE_IONS), N_STATES)
+    shape = (2, len(TABLE_IONS), len(STATE_EDGES[states_of]) + 2)
     true_counts, random_counts = np.ones(shape), np.ones(shape)
     for n, spectrum in enumerate(spectra):
         indices = masses.encode(spectrum.peptide, MAX_TOKENS)
@@ -542,7 +547,7 @@ def fit_table(
         for counts, masses_at in ((true_counts, prefix), (random_counts, random)):
             states = seen.states(masses_at)  # (I, C)
             for i in range(len(TABLE_IONS)):
-                counts[c, i] += np.bincount(states[i], minlength=N_STATES)
+                counts[c, i] += np.bincount(states[i], minlength=shape[2])
     true_p = true_counts / true_counts.sum(axis=2, keepdims=True)
     random_p = random_counts / random_counts.sum(axis=2, keepdims=True)
     return CleavageTable(
