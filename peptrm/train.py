@@ -903,5 +903,9 @@ def train(
     folder = out_dir / "model"
     if trainer.is_global_zero:  # one writer under DDP
         save_model(module.exported, cfg, folder)
-        log.info("exported EMA weights to %s", folder)
+        log.info(
+            "exported %s weights to %s",
+            "the" if cfg.training.annotator_only else "EMA",
+            folder,
+        )
     return folder
