@@ -416,7 +416,7 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
     """
     from peptrm import evidence, preprocess
     from peptrm.io import Spectrum, read_spectra
-    from peptrm.sequence import load_scorers, refine
+    from peptrm.sequence import annotate, load_scorers, refine
     from peptrm.weights import BUNDLED, load_model
 
     model, config = load_model()
@@ -425,7 +425,9 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
     batch = preprocess.collate(spectra, config.preprocess.n_peaks)
     log_probs, _, _ = refine(model, batch, config.recursion.n_supervision, 0.9)
     table = load_scorers(BUNDLED).cleavage
-    peaks = evidence.from_batch(batch, config.decoding.fragment_tol_da, table)
+    peaks = evidence.from_batch(
+        annotate(model, batch), config.decoding.fragment_tol_da, table
+    )
     cfg = dataclasses.replace(config.decoding, max_expansions=150, workers=1)
     precursor = batch["precursor_mass"]
     shared = decoding.decode_lists(log_probs, precursor, cfg, (20, 1, 3), peaks)

@@ -137,9 +137,12 @@ def test_score_read_from_its_steps_equals_the_exact_score(small_mgf, learned):
             continue
         spectrum = prepare(spectrum)
         mass = masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
+        # the bundled table reads a peak annotator's chances: random ones here
+        chances = rng.uniform(0, 1, (len(spectrum.mz), len(TABLE_IONS)))
         peaks = FragmentEvidence(
-            spectrum.mz, spectrum.intensity, mass, spectrum.charge, 0.01, table
-        )
+            spectrum.mz, spectrum.intensity, mass, spectrum.charge, 0.01, table,
+            chances,
+        )  # fmt: skip
         edges = peaks._step_function()[0][1:-1]
         assert len(edges) > 4 * len(peaks.mz)  # 3 per peak and ion, some shared
         prefix = np.concatenate(
