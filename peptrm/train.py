@@ -582,8 +582,10 @@ class PepTRMModule(L.LightningModule):
         """
         return self.model if self.cfg.training.annotator_only else self.ema.module
 
-    def annotation_step_loss(self, model: PepTRM, batch: dict[str, Tensor]) -> Tensor:
-        """The peak annotator's loss on a batch (`annotation_loss`)."""
+    def annotation_step_loss(
+        self, model: PepTRM, batch: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The peak annotator's loss on a batch (`annotation_loss`), logits, targets."""
         targets = annotation_targets(
             batch["mz"], batch["tokens"], self.cfg.training.annotation_tol_da
         )
@@ -599,21 +601,8 @@ class PepTRMModule(L.LightningModule):
         model = self.model
         if self.cfg.training.annotator_only:
             loss, _, _ = self.annotation_step_loss(model, batch)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.cfg.training.grad_clip,
-                gradient_clip_algorithm="norm",
-            )
-            optimizer.step()
-            scheduler.step()
-            self.log("train/batch", float(self.batches_seen))
-            self.batches_seen += 1
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("train/annotation", loss)
-            self.log("train/wall_s", time.monotonic() - self.started)
-            self.log("train/lr", scheduler.get_last_lr()[0])
+            self.update(optimizer, scheduler, loss)
+            self.log_batch({"annotation": loss}, loss, scheduler)
             return
         y = z = previous = None
         for k in range(self.cfg.recursion.n_supervision):
@@ -624,15 +613,7 @@ class PepTRMModule(L.LightningModule):
                     y = model.draft_logits(batch["draft"], batch["given"])
             y, z, halt = model(spectrum, y, z, supervision_step=k)
             losses = self.step_loss(y, halt, batch)
-            optimizer.zero_grad()
-            self.manual_backward(self.weights[k] * losses["total"])
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.cfg.training.grad_clip,
-                gradient_clip_algorithm="norm",
-            )
-            optimizer.step()
-            scheduler.step()
+            self.update(optimizer, scheduler, self.weights[k] * losses["total"])
             self.ema.update_parameters(model)
             y, z = y.detach(), z.detach()  # the next step starts from this draft
             if k == self.cfg.recursion.n_supervision - 1 or k == 0:
@@ -645,15 +626,29 @@ class PepTRMModule(L.LightningModule):
                     prog_bar=tag == "last",
                 )
             previous = y
-        self.log(
-            "train/batch", float(self.batches_seen)
-        )  # data position, exact on resume
+        self.log_batch(losses, losses["total"], scheduler)
+        self.log("train/sigma_da", self.sigma())
+
+    def update(self, optimizer, scheduler, loss: Tensor) -> None:
+        """One optimiser step on `loss`: backward, clip the gradient norm, schedule."""
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(
+            optimizer,
+            gradient_clip_val=self.cfg.training.grad_clip,
+            gradient_clip_algorithm="norm",
+        )
+        optimizer.step()
+        scheduler.step()
+
+    def log_batch(self, losses: dict[str, Tensor], loss: Tensor, scheduler) -> None:
+        """Log a finished batch: data position, losses, wall-clock, learning rate."""
+        self.log("train/batch", float(self.batches_seen))  # exact on resume
         self.batches_seen += 1
         self.log_dict(
             {f"train/{name}": value for name, value in losses.items()}, prog_bar=False
         )
-        self.log("train/loss", losses["total"], prog_bar=True)
-        self.log("train/sigma_da", self.sigma())
+        self.log("train/loss", loss, prog_bar=True)
         self.log("train/wall_s", time.monotonic() - self.started)
         self.log("train/lr", scheduler.get_last_lr()[0])
 
@@ -723,18 +718,15 @@ class PepTRMModule(L.LightningModule):
         called, truth = (logits > 0) & real, (targets > 0) & real
         values = {f"val_{name}/annotation": loss}
         for a, ion in enumerate(ANNOTATED_IONS):
-            hit = (called[..., a] & truth[..., a]).sum()
-            values[f"val_{name}/precision_{ion[0]}"] = hit / called[
-                ..., a
-            ].sum().clamp_min(1)
-            values[f"val_{name}/recall_{ion[0]}"] = hit / truth[..., a].sum().clamp_min(
-                1
-            )
+            said, true = called[..., a], truth[..., a]
+            hit = (said & true).sum()
+            values[f"val_{name}/precision_{ion[0]}"] = hit / said.sum().clamp_min(1)
+            values[f"val_{name}/recall_{ion[0]}"] = hit / true.sum().clamp_min(1)
         values[f"val_{name}/wall_s"] = time.monotonic() - self.started
         self.log_dict(values, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        """Export EMA weights after every validation, so a cut run leaves a model."""
+        """Export the weights after every validation, so a cut run leaves a model."""
         if self.export_dir is not None and self.trainer.is_global_zero:
             save_model(self.exported, self.cfg, self.export_dir)
 
