@@ -264,15 +264,18 @@ class FragmentEvidence:
         tol_da: float,
         table: CleavageTable | None = None,
         ion_chances: np.ndarray | None = None,
-        peak_states: str = "rank",
     ) -> None:
         """Peaks (K,) of one spectrum; the rest as `from_batch` gives them.
 
         `ion_chances` (K, A): the peak annotator's chance that each peak (in
-        the order of `mz`) is each `TABLE_IONS` type; `peak_states` says what a
-        matched peak's state is (a table's own setting wins).
+        the order of `mz`) is each `TABLE_IONS` type. A matched peak's state is
+        what the table reads (`CleavageTable.peak_states`); without a table,
+        the annotator's bin where chances are given, else the rank bin.
         """
-        peak_states = table.peak_states if table is not None else peak_states
+        if table is not None:
+            peak_states = table.peak_states
+        else:
+            peak_states = "rank" if ion_chances is None else "annotation"
         self.peak_states = peak_states
         if peak_states == "annotation" and ion_chances is None:
             raise ValueError(
@@ -499,8 +502,7 @@ def from_batch(
             tol_da,
             table,
             None if chances is None else chances[b],
-            "rank" if chances is None else "annotation",
-        )  # fmt: skip
+        )
         for b in range(len(mz))
     ]
 

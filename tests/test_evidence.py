@@ -166,16 +166,17 @@ def test_annotated_peaks_take_their_state_per_ion_type_from_the_annotator():
         [[0.05, 0.9, 0.0, 0.2], [0.7, 0.01, 0.35, 0.0], [0.0, 0.0, 0.0, 0.0]]
     )
     mass = masses.peptide_mass(PEPTIDE)
-    peaks = FragmentEvidence(
-        mz, np.ones(3), mass, 2, 0.02, ion_chances=chances, peak_states="annotation"
-    )
+    peaks = FragmentEvidence(mz, np.ones(3), mass, 2, 0.02, ion_chances=chances)
     expected = 1 + np.searchsorted(CHANCE_EDGES, chances[[1, 2, 0]], side="right")
     np.testing.assert_array_equal(peaks.state, expected)  # sorted by m/z: b3, noise, y5
     prefix = sum(float(masses.VOCAB_MASSES[masses.TOKEN_INDEX[t]]) for t in PEPTIDE[:3])
     # after PEP: b3 matches as a b (chance 0.7: state 4), y5 as a y (0.9: state 4)
     assert peaks.states(np.array([prefix]))[:, 0].tolist() == [4, 4, 0, 0]
+    annotation_table = CleavageTable(
+        np.zeros((2, len(TABLE_IONS), N_STATES)), 0.02, peak_states="annotation"
+    )
     with pytest.raises(ValueError, match="annotator"):
-        FragmentEvidence(mz, np.ones(3), mass, 2, 0.02, peak_states="annotation")
+        FragmentEvidence(mz, np.ones(3), mass, 2, 0.02, annotation_table)
 
 
 def test_a_table_fitted_on_annotated_peaks_says_so_and_needs_them(tmp_path, small_mgf):
@@ -192,9 +193,8 @@ def test_a_table_fitted_on_annotated_peaks_says_so_and_needs_them(tmp_path, smal
         chance = np.zeros((len(s.mz), len(TABLE_IONS)))
         chance[:, 0] = s.intensity / s.intensity.max() > 0.2
         peaks.append(
-            FragmentEvidence(s.mz, s.intensity, mass, s.charge, 0.02, None, chance,
-                             "annotation")
-        )  # fmt: skip
+            FragmentEvidence(s.mz, s.intensity, mass, s.charge, 0.02, None, chance)
+        )
     table = fit_table(spectra, 0.02, peaks=peaks)
     assert table.peak_states == "annotation"
     b = TABLE_IONS.index(("b", "b", 1, 0.0))
