@@ -151,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-steps", type=_at_least(1), help="override training.max_steps"
     )
     trn.add_argument(
+        "--left-out-fold",
+        type=_at_least(0),
+        help="learn nothing from this fold of the real spectra (training.folds "
+        "peptide-disjoint folds): one of the runs `peptrm calibrate --cross-fit` reads",
+    )
+    trn.add_argument(
         "--stop-at-step",
         type=int,
         help="stop after this many optimiser steps, leaving the schedules (which run "
@@ -204,6 +210,14 @@ def _parser() -> argparse.ArgumentParser:
         help="with --training-part: fit the reranker's map to a probability on "
         "the held-out split instead (spectra the network did not train on, "
         "like a user's)",
+    )
+    cal.add_argument(
+        "--cross-fit",
+        nargs="+",
+        metavar="RUN",
+        help="with --training-part: the model folders of runs that each left one "
+        "fold out (peptrm train --left-out-fold k, the peak annotator alone); each "
+        "spectrum is annotated by the run that never learned from it",
     )
     cal.add_argument(
         "-o",
@@ -423,13 +437,15 @@ def _train(args: argparse.Namespace) -> int:
     from peptrm import train
     from peptrm.config import load_config
 
-    overrides = {"training": {"max_steps": args.max_steps}} if args.max_steps else None
+    flags = {"max_steps": args.max_steps, "left_out_fold": args.left_out_fold}
+    flags = {key: value for key, value in flags.items() if value is not None}
+    overrides = {"training": flags} if flags else None
     if args.resume and not args.config:
         cfg = train.config_from_checkpoint(args.resume)
-        if overrides:
+        if flags:
             from dataclasses import replace
 
-            cfg = replace(cfg, training=replace(cfg.training, max_steps=args.max_steps))
+            cfg = replace(cfg, training=replace(cfg.training, **flags))
     else:
         cfg = load_config(args.config, overrides)
     log.debug("config: %s", cfg)
@@ -453,7 +469,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from peptrm import predicted, rerank, sequence, train
-    from peptrm.weights import BUNDLED, load_model
+    from peptrm.weights import BUNDLED, load_cross_fit, load_model
 
     folder = Path(args.output or args.model or BUNDLED)
     if folder.resolve() == BUNDLED.resolve():
@@ -466,6 +482,9 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"--ms2pip needs ms2pip {predicted.VERSION}: {predicted.INSTALL}"
         )
     model, cfg = load_model(args.model, args.config)
+    cross_fit = load_cross_fit(args.cross_fit, model) if args.cross_fit else []
+    if cross_fit and not args.training_part:
+        raise ValueError("--cross-fit goes with --training-part")
     if args.held_out and args.training_part:
         raise ValueError("give --held-out or --training-part, not both")
     if args.held_out:
@@ -488,9 +507,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         rerank_features=rerank.PREDICTED_FEATURES if args.ms2pip else rerank.FEATURES,
         fitted_on=f"{len(spectra)} spectra of {names}"
         + (" (held-out split)" if args.held_out else "")
-        + (" (training part)" if args.training_part else ""),
+        + (" (training part)" if args.training_part else "")
+        + (f", cross-fitted in {len(cross_fit)} folds" if cross_fit else ""),
         platt_spectra=platt_spectra,
         platt_fitted_on=f"{len(platt_spectra)} spectra of {names} (held-out split)",
+        cross_fit=cross_fit,
     )
     paths = scorers.save(folder)
     reranker = scorers.reranker

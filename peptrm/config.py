@@ -106,6 +106,11 @@ class TrainingConfig:
     annotator_only: bool  # train only the peak annotator (the rest stays as loaded)
     annotation_tol_da: float  # a peak is labelled an ion within this of its m/z (Da)
     val_fraction: float  # share of labelled training spectra held out for validation
+    # Cross-fitting (`peptrm calibrate --cross-fit`): the training part falls into
+    # `folds` peptide-disjoint folds; a run with `left_out_fold` k >= 0 does not
+    # learn from fold k's real spectra (-1: learns from all).
+    folds: int
+    left_out_fold: int
     val_every_steps: int  # run validation every this many steps
     checkpoint_every_steps: int  # write a checkpoint every this many steps
     num_workers: int  # data-loader worker processes (0 = in the main process)
@@ -254,6 +259,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.real_fraction_end": (0, 1),
     "training.synthetic_difficulty_steps": (0, None),
     "training.val_fraction": (0, 1),
+    "training.folds": (2, None),
+    "training.left_out_fold": (-1, None),
     "training.draft_fraction": (0, 1),
     "training.infill_fraction": (0, 1),
     "training.draft_mean_errors": (0, None),
@@ -339,6 +346,11 @@ def _check_ranges(config: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: training.draft_fraction + training.infill_fraction = "
             f"{t.draft_fraction + t.infill_fraction!r} is above 1"
+        )
+    if t.left_out_fold >= t.folds:
+        raise ConfigError(
+            f"{source}: training.left_out_fold = {t.left_out_fold} is not one of "
+            f"the {t.folds} folds (0..{t.folds - 1}, or -1 for none)"
         )
     if config.model.dim % config.model.n_heads:
         raise ConfigError(

@@ -21,11 +21,11 @@ import multiprocessing
 import pickle
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ from peptrm.model import PepTRM
 from peptrm.rerank import Reranker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCORING_CHUNK = search.CHUNK  # spectra scored (calibrated, reranked) per worker task
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
@@ -923,6 +924,7 @@ def calibrate(
     rerank_features: Sequence[str] = rerank.FEATURES,
     platt_spectra: Sequence[Spectrum] = (),
     platt_fitted_on: str = "",
+    cross_fit: Sequence[PepTRM] = (),
 ) -> tuple[Scorers, dict]:
     """Fit every scorer a model carries on labelled, preprocessed spectra.
 
@@ -937,19 +939,36 @@ def calibrate(
     With `platt_spectra` (spectra the network did not train on), the
     reranker's map to a probability is then refitted on those
     (`rerank.refit_platt`), and the report gives their number.
+
+    `cross_fit` (`weights.load_cross_fit`: model k's peak annotator never
+    learned from fold k of the training part) cross-fits the scorers: each
+    spectrum is annotated and searched by the model that left its fold out, so
+    the scorers learn what the annotator says of spectra it has not seen (on
+    those it learned from, it is surer than it will be when sequencing).
     """
     if not spectra:
         raise ValueError("no usable labelled spectra to calibrate on")
+    readers = list(cross_fit) or [model]
     table = None
     if learn_cleavage:
+        peaks = None
+        if cfg.model.peak_annotator:
+            peaks = _in_folds(
+                readers, spectra, lambda m, s: _annotated_peaks(m, s, cfg, device)
+            )
         table = evidence.fit_table(
-            spectra,
-            cfg.decoding.fragment_tol_da,
-            fitted_on=fitted_on,
-            peaks=_annotated_peaks(model, spectra, cfg, device),
+            spectra, cfg.decoding.fragment_tol_da, fitted_on=fitted_on, peaks=peaks
         )
     k = max(rerank_k, 1)
-    groups, peaks = _search_labelled(model, spectra, cfg, device, k, table)
+    searched = _in_folds(
+        readers,
+        spectra,
+        lambda m, s: list(
+            zip(*_search_labelled(m, s, cfg, device, k, table), strict=True)
+        ),
+    )
+    groups = [found for found, _ in searched]
+    peaks = [found_peaks for _, found_peaks in searched]
     candidates = [options[0] for options in groups]
     labels = [s.peptide for s in spectra]
     fitted = confidence.fit(candidates, peaks, labels, fitted_on)
@@ -990,6 +1009,31 @@ def calibrate(
         "ece_calibrated": metrics.expected_calibration_error(calibrated, correct),
         **rerank_report,
     }
+
+
+def _in_folds(
+    models: Sequence[PepTRM],
+    spectra: Sequence[Spectrum],
+    work: Callable[[PepTRM, list[Spectrum]], list[T]],
+) -> list[T]:
+    """`work(model, spectra)`'s per-spectrum results, in the order of `spectra`.
+
+    With one model, it reads every spectrum; with K (cross-fitting), model k
+    reads the spectra of fold k (`train.fold_of`), the fold it left out.
+    """
+    if len(models) == 1:
+        return work(models[0], list(spectra))
+    from peptrm.train import fold_of  # here alone: training imports Lightning
+
+    fold = [fold_of(s.peptide, len(models)) for s in spectra]
+    out: list[T | None] = [None] * len(spectra)
+    for k, model in enumerate(models):
+        rows = [i for i, f in enumerate(fold) if f == k]
+        if rows:
+            results = work(model, [spectra[i] for i in rows])
+            for i, result in zip(rows, results, strict=True):
+                out[i] = result
+    return out
 
 
 def _annotated_peaks(

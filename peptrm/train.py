@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -245,6 +246,15 @@ def split_by_peptide(
     return train, val
 
 
+def fold_of(peptide: str, folds: int) -> int:
+    """The cross-fitting fold (0..folds-1) of a peptide: a stable hash of its key.
+
+    It depends on the peptide alone (I = L, modifications stripped), so every
+    spectrum of a peptide falls in one fold, whichever files are read with it.
+    """
+    return zlib.crc32(peptide_key(peptide).encode()) % folds
+
+
 def held_out_split(paths: Sequence[str | Path], cfg: Config) -> list[Spectrum]:
     """The peptide-disjoint validation split that training holds out of `paths`.
 
@@ -464,6 +474,11 @@ class DataModule(L.LightningDataModule):
             self.real, val_real = split_by_peptide(
                 labelled, cfg.training.val_fraction, cfg.training.seed
             )
+        left_out = cfg.training.left_out_fold
+        if left_out >= 0:
+            folds = cfg.training.folds
+            self.real = [s for s in self.real if fold_of(s.peptide, folds) != left_out]
+            log.info("leaving out fold %d of %d of the real spectra", left_out, folds)
         if not self.peptides and not self.real:
             raise ValueError(
                 "nothing to train on: give labelled spectra and/or --fasta"

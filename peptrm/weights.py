@@ -8,6 +8,7 @@ with the shape they were trained with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +25,9 @@ BUNDLED = Path(str(resources.files("peptrm") / "resources"))
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.yaml"
 _ARCHITECTURE = ("model", "recursion", "preprocess")  # sections a model carries
+# A model trained without one fold of its training part carries which (`calibrate
+# --cross-fit` reads them); others carry none and load the defaults (no fold).
+_CROSS_FIT = ("folds", "left_out_fold")
 LEGACY_OFF = (
     "ion_evidence",
     "complement_encoding",
@@ -40,8 +44,11 @@ def save_model(model: PepTRM, cfg: Config, folder: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, folder / WEIGHTS_NAME, metadata={"vocab": " ".join(masses.VOCAB)})
     values = config_to_dict(cfg)
+    stored = {k: values[k] for k in _ARCHITECTURE}
+    if cfg.training.left_out_fold >= 0:  # which spectra it never learned from
+        stored["training"] = {k: values["training"][k] for k in _CROSS_FIT}
     with open(folder / CONFIG_NAME, "w") as handle:
-        yaml.safe_dump({k: values[k] for k in _ARCHITECTURE}, handle, sort_keys=False)
+        yaml.safe_dump(stored, handle, sort_keys=False)
     return folder / WEIGHTS_NAME
 
 
@@ -56,6 +63,9 @@ def model_config(folder: str | Path, user_config: str | Path | None = None) -> C
     path = Path(folder) / CONFIG_NAME
     stored = read_yaml(path)
     shape = {k: stored[k] for k in _ARCHITECTURE if k != "preprocess" and k in stored}
+    training = stored.get("training") or {}
+    if training:
+        shape["training"] = {k: training[k] for k in _CROSS_FIT if k in training}
     # Models saved before these inputs existed were trained without them.
     for key in LEGACY_OFF:
         shape.setdefault("model", {}).setdefault(key, False)
@@ -97,3 +107,44 @@ def load_model(
     model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
     model.load_state_dict(load_file(folder / WEIGHTS_NAME))
     return model.eval(), cfg
+
+
+def load_cross_fit(folders: Sequence[str | Path], model: PepTRM) -> list[PepTRM]:
+    """Models that each left one fold of the training part out, in fold order.
+
+    Each folder is a run of `peptrm train --left-out-fold k` (its `model.yaml`
+    says which of how many folds); together they must leave out every fold once,
+    and differ from `model` in the peak annotator alone (the runs of
+    `training.annotator_only`), since `peptrm calibrate --cross-fit` fits the
+    scorers of `model`'s network on what they say about the spectra they never
+    learned from.
+    """
+    by_fold: dict[int, PepTRM] = {}
+    folds = len(folders)
+    network = {k: v for k, v in model.state_dict().items() if not _annotator(k)}
+    for folder in folders:
+        other, cfg = load_model(folder)
+        fold = cfg.training.left_out_fold
+        if fold < 0 or cfg.training.folds != folds:
+            raise ValueError(
+                f"{folder}: left out fold {fold} of {cfg.training.folds}; --cross-fit "
+                f"takes {folds} runs, one per fold (peptrm train --left-out-fold k "
+                f"with training.folds {folds})"
+            )
+        if fold in by_fold:
+            raise ValueError(f"{folder}: a second run that left out fold {fold}")
+        state = other.state_dict()
+        differs = [
+            k for k, v in network.items() if k not in state or not v.equal(state[k])
+        ]
+        if differs:
+            raise ValueError(
+                f"{folder}: its network differs from the model's ({differs[0]}, ...): "
+                "cross-fitting reads runs that trained the peak annotator alone"
+            )
+        by_fold[fold] = other
+    return [by_fold[k] for k in range(folds)]
+
+
+def _annotator(key: str) -> bool:
+    return key.startswith("annotator.")

@@ -108,6 +108,14 @@ def test_numbers_in_exponent_form_are_floats(tmp_path):
             r"training.draft_fraction \+ training.infill_fraction = 1.1 is above 1",
         ),
         (
+            "training:\n  folds: 3\n  left_out_fold: 3\n",
+            r"training.left_out_fold = 3 is not one of the 3 folds",
+        ),
+        (
+            "training:\n  left_out_fold: -2\n",
+            r"training.left_out_fold = -2 is below -1",
+        ),
+        (
             "decoding:\n  precision: float16\n",
             r"decoding.precision = 'float16': give one of float32, bfloat16",
         ),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from peptrm import decoding, masses, metrics, preprocess, rerank, sequence
+from peptrm import decoding, evidence, masses, metrics, preprocess, rerank, sequence
 from peptrm.config import load_config
 from peptrm.io import InputError, Spectrum, read_predictions, read_spectra
 from peptrm.model import PepTRM
@@ -503,3 +503,51 @@ def test_a_model_with_a_peak_annotator_searches_with_its_chances():
     order = np.argsort(batch["mz"][0].numpy()[real], kind="stable")
     expected = 1 + np.searchsorted(CHANCE_EDGES, chances[real][order], side="right")
     np.testing.assert_array_equal(peaks[0].state, expected)
+
+
+def _demo_spectra(cfg):
+    prepare = preprocess.pipeline(cfg.preprocess)
+    demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
+    return [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
+
+
+def test_cross_fitting_reads_each_spectrum_with_the_run_that_left_its_fold_out():
+    from peptrm.train import fold_of
+
+    model, cfg = load_model()
+    spectra = _demo_spectra(cfg)
+    folds = [fold_of(s.peptide, 3) for s in spectra]
+    assert set(folds) == {0, 1, 2}
+    runs = []
+    for shift in (0.0, 2.0, -2.0):  # three annotators: as bundled, surer, less sure
+        run, _ = load_model()
+        with torch.no_grad():
+            run.annotator.head.bias.add_(shift)
+        runs.append(run)
+    scorers, report = sequence.calibrate(
+        model, spectra, cfg, fitted_on="demo", rerank_k=0, cross_fit=runs
+    )
+    # the table is what fold k's spectra say when fold k's run annotates them
+    peaks = [None] * len(spectra)
+    for k, run in enumerate(runs):
+        rows = [i for i, f in enumerate(folds) if f == k]
+        annotated = sequence._annotated_peaks(
+            run, [spectra[i] for i in rows], cfg, "cpu"
+        )
+        for i, found in zip(rows, annotated, strict=True):
+            peaks[i] = found
+    expected = evidence.fit_table(
+        spectra, cfg.decoding.fragment_tol_da, fitted_on="demo", peaks=peaks
+    )
+    assert np.array_equal(scorers.cleavage.log_odds, expected.log_odds)
+    plain, plain_report = sequence.calibrate(
+        model, spectra, cfg, fitted_on="demo", rerank_k=0
+    )
+    assert not np.array_equal(plain.cleavage.log_odds, expected.log_odds)
+    # the same run for every fold is no cross-fitting at all: the same scorers
+    same, same_report = sequence.calibrate(
+        model, spectra, cfg, fitted_on="demo", rerank_k=0, cross_fit=[model] * 3
+    )
+    assert np.array_equal(same.cleavage.log_odds, plain.cleavage.log_odds)
+    assert np.array_equal(same.calibration.peptide, plain.calibration.peptide)
+    assert same_report["correct"] == plain_report["correct"]

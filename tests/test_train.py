@@ -15,6 +15,7 @@ from peptrm.train import (
     PepTRMModule,
     TrainingStream,
     annotation_targets,
+    fold_of,
     held_out_split,
     mass_loss,
     refinement_metrics,
@@ -22,6 +23,7 @@ from peptrm.train import (
     split_by_peptide,
     supervision_weights,
     train,
+    training_part,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -230,6 +232,33 @@ def test_held_out_split_is_what_training_validates_on():
     module.setup()
     held_out = held_out_split([DATA / "overfit64.mgf"], cfg)
     assert held_out and len(held_out) < 64
+    assert [s.ref for s in held_out] == [s.ref for s in module.val_sets["real"]]
+
+
+def test_fold_of_reads_the_peptide_alone():
+    # I = L and modifications do not move a peptide to another fold
+    assert fold_of("PEPTIDEK", 3) == fold_of("PEPTLDEK", 3)
+    assert fold_of("M+15.995PEPTIDEK", 3) == fold_of("MPEPTIDEK", 3)
+    spectra = [
+        s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)
+    ]
+    folds = [fold_of(s.peptide, 3) for s in spectra]
+    assert set(folds) == {0, 1, 2}  # 64 peptides fill every fold
+    assert folds == [fold_of(s.peptide, 3) for s in reversed(spectra)][::-1]
+
+
+def test_a_run_that_leaves_a_fold_out_learns_from_the_other_folds_alone():
+    cfg = load_config(
+        overrides={**TINY, "training": {**TINY["training"], "left_out_fold": 1}}
+    )
+    module = DataModule(cfg, [DATA / "overfit64.mgf"], [], [])
+    module.setup()
+    part = training_part([DATA / "overfit64.mgf"], cfg)
+    kept = [s.ref for s in part if fold_of(s.peptide, cfg.training.folds) != 1]
+    assert [s.ref for s in module.real] == kept
+    assert 0 < len(kept) < len(part)  # fold 1 held some of the training part
+    # validation is the held-out split, whichever fold is left out
+    held_out = held_out_split([DATA / "overfit64.mgf"], cfg)
     assert [s.ref for s in held_out] == [s.ref for s in module.val_sets["real"]]
 
 

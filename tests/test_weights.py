@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 import yaml
@@ -7,7 +9,14 @@ from peptrm import masses, preprocess
 from peptrm.config import load_config
 from peptrm.io import Spectrum, read_spectra
 from peptrm.model import PepTRM
-from peptrm.weights import BUNDLED, CONFIG_NAME, WEIGHTS_NAME, load_model, save_model
+from peptrm.weights import (
+    BUNDLED,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_cross_fit,
+    load_model,
+    save_model,
+)
 
 TINY = {
     "model": {"dim": 32, "n_heads": 4, "n_encoder_layers": 1, "n_core_layers": 1},
@@ -60,6 +69,60 @@ def test_model_yaml_carries_the_architecture_over_the_defaults(tmp_path):
     assert loaded_cfg.recursion == cfg.recursion
     assert loaded_cfg.preprocess.n_peaks == 50  # the model was trained on 50 peaks
     assert loaded.z_init.shape == (32,)
+
+
+def _fold_run(model: PepTRM, cfg, folder, fold: int, folds: int = 3, seed: int = 0):
+    """`model` with an annotator of its own, saved as the run that left `fold` out."""
+    torch.manual_seed(100 + seed)
+    run = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
+    state = {k: v for k, v in model.state_dict().items()}
+    state.update(
+        {k: v for k, v in run.state_dict().items() if k.startswith("annotator.")}
+    )
+    run.load_state_dict(state)
+    training = replace(cfg.training, folds=folds, left_out_fold=fold)
+    save_model(run, replace(cfg, training=training), folder)
+    return folder
+
+
+def _annotated_model():
+    cfg = load_config(
+        overrides={**TINY, "model": {**TINY["model"], "peak_annotator": True}}
+    )
+    torch.manual_seed(0)
+    return PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB)).eval(), cfg
+
+
+def test_a_run_that_left_a_fold_out_says_which_in_its_yaml(tmp_path):
+    model, cfg = _annotated_model()
+    _fold_run(model, cfg, tmp_path, fold=2)
+    stored = yaml.safe_load((tmp_path / CONFIG_NAME).read_text())
+    assert stored["training"] == {"folds": 3, "left_out_fold": 2}
+    _, loaded_cfg = load_model(tmp_path)
+    assert (loaded_cfg.training.folds, loaded_cfg.training.left_out_fold) == (3, 2)
+
+
+def test_load_cross_fit_orders_the_runs_by_fold_and_checks_them(tmp_path):
+    model, cfg = _annotated_model()
+    folders = [_fold_run(model, cfg, tmp_path / f"f{k}", k, seed=k) for k in (2, 0, 1)]
+    runs = load_cross_fit(folders, model)
+    for k, run in enumerate(runs):  # fold k's run is the one saved as fold k
+        saved, _ = load_model(tmp_path / f"f{k}")
+        head = saved.annotator.head.weight
+        assert torch.equal(run.annotator.head.weight, head)
+    assert not torch.equal(runs[0].annotator.head.weight, runs[1].annotator.head.weight)
+    assert torch.equal(runs[0].heads.residues.weight, model.heads.residues.weight)
+
+    with pytest.raises(ValueError, match="one per fold"):  # 2 runs of 3 folds
+        load_cross_fit(folders[:2], model)
+    twice = _fold_run(model, cfg, tmp_path / "again", 0)
+    with pytest.raises(ValueError, match="a second run that left out fold 0"):
+        load_cross_fit([folders[0], folders[1], twice], model)
+    other, _ = _annotated_model()
+    with torch.no_grad():
+        other.heads.residues.weight.add_(1.0)  # another network
+    with pytest.raises(ValueError, match="network differs"):
+        load_cross_fit(folders, other)
 
 
 def test_a_user_config_cannot_change_the_architecture_of_a_saved_model(tmp_path):
