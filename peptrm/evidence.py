@@ -294,8 +294,12 @@ class FragmentEvidence:
         # Doubly charged fragments only when the precursor can carry two charges
         # on one fragment; singly charged precursors give none.
         self.charges = (1, 2) if charge >= 3 else (1,)
-        if peak_states == "annotation":
+        # (K,) each peak's chance of being a ladder ion of any type, or None
+        self.ion_chance = None
+        if ion_chances is not None:
             chances = np.asarray(ion_chances, np.float64)[keep][order]  # (K, A)
+            self.ion_chance = chances.max(axis=1) if chances.size else np.zeros(0)
+        if peak_states == "annotation":
             state = 1 + np.searchsorted(CHANCE_EDGES, chances, side="right")
         else:
             rank = np.empty(len(self.weight), np.int64)

@@ -20,8 +20,13 @@ candidate, taken against the spectrum, reorders them:
     precursor   |ppm error|, isotope error, charge
     peptide     length, tryptic C-terminus, missed cleavages, N-terminal mod
     gaps        of `GAP_FEATURES` (mean log-prob, b/y shares, longest run,
-                explained intensity, intensity agreement) to the spectrum's
-                best candidate
+                explained intensity, intensity agreement, annotated share) to
+                the spectrum's best candidate
+    annotated   with a peak annotator (`model.peak_annotator`): the share of
+                the spectrum's ladder-ion chance (each peak's likeliest b, y,
+                b++ or y++ chance, summed) on peaks the candidate's b, y and
+                doubly charged ions match, and the chance it leaves unmatched
+                (nan without an annotator)
     predicted   optional (`PREDICTED_FEATURES`, needs ms2pip): Pearson and
                 Spearman correlation and cosine of the matched b/y intensities
                 with ms2pip's HCD2019 prediction, share of its top ions and of
@@ -71,6 +76,7 @@ GAP_FEATURES = (
     "longest_run",
     "explained_intensity",
     "intensity_agreement",
+    "annotated_explained",
 )
 FEATURES = (
     "log_score",
@@ -103,6 +109,8 @@ FEATURES = (
     "last_cleavage_seen",
     "longest_gap",
     "unordered_share",
+    "annotated_explained",
+    "annotated_missed",
     *(f"{name}_gap" for name in GAP_FEATURES),
 )
 PREDICTED_FEATURES = FEATURES + predicted.FEATURES  # with ms2pip's intensities
@@ -288,11 +296,18 @@ def _features_of(
         )
         matched_mean = by_weight[by_weight > 0].mean() if (by_weight > 0).any() else 0
         agreement = _intensity_agreement(residues, by_weight, n_cleavages)
+        ladder = [found["b"], found["y"]]
+        if charge >= 2:
+            ladder += [found["b++"], found["y++"]]
+        ladder_peaks = np.unique(np.concatenate(ladder))
+        ladder_peaks = ladder_peaks[ladder_peaks >= 0]
     else:
         shares = [0.0] * 9
         ambiguity = {name: 0.0 for name in AMBIGUITY_FEATURES}
         explained = matched_mean = agreement = 0.0
         by_weight = np.zeros(0)
+        ladder_peaks = np.zeros(0, np.int64)
+    annotated = _annotated(peaks.ion_chance, ladder_peaks)
     names = (
         "b_share", "y_share", "b_or_y_share", "b_and_y_share", "doubly_share",
         "a_share", "loss_share", "longest_run_share", "longest_run",
@@ -313,8 +328,27 @@ def _features_of(
         "missed_cleavages": float(_missed_cleavages(residues)),
         "n_terminal_mod": float(n_term),
         **ambiguity,
+        **annotated,
     }
     return values, by_weight
+
+
+def _annotated(chance: np.ndarray | None, matched: np.ndarray) -> dict[str, float]:
+    """The annotator's ladder-ion chance the candidate's matched peaks hold, and not.
+
+    `chance` (K,): each peak's likeliest ladder-ion chance (None without an
+    annotator: nan); `matched`: the peaks its b, y (and doubly charged) ions
+    match. A right candidate explains the peaks the annotator is sure of; a
+    wrong one leaves some of them over.
+    """
+    if chance is None:
+        return {"annotated_explained": np.nan, "annotated_missed": np.nan}
+    total = float(chance.sum())
+    held = float(chance[matched].sum())
+    return {
+        "annotated_explained": held / total if total > 0 else 0.0,
+        "annotated_missed": total - held,
+    }
 
 
 AMBIGUITY_FEATURES = (

@@ -51,6 +51,35 @@ def test_features_of_the_true_peptide_show_its_whole_ladder():
     assert g["gap_best"] == pytest.approx(1.0) and g["search_rank"] == 1
 
 
+def test_annotated_share_is_the_annotators_ion_chance_a_candidate_explains():
+    # PEPTLDEK's 14 b/y peaks, each annotated 0.9 likely a ladder ion (as b for
+    # the b peaks, as y for the y), plus two noise peaks annotated 0.1 and 0.3
+    b, y = masses.fragment_mz(masses.parse("PEPTLDEK"), 1)
+    mz = np.concatenate([b, y, [333.3, 444.4]])
+    intensity = np.ones(len(mz))
+    chances = np.zeros((len(mz), len(masses.LADDER_IONS)))
+    chances[: len(b), 0] = 0.9  # b
+    chances[len(b) : len(b) + len(y), 1] = 0.9  # y
+    chances[-2:, 2] = [0.1, 0.3]  # noise peaks: small chances as b++
+    peaks = FragmentEvidence(
+        mz, intensity, masses.peptide_mass("PEPTLDEK"), 2, 0.01, ion_chances=chances
+    )
+    right, wrong = candidate("PEPTLDEK", -5.0), candidate("EPPTLDEK", -6.0)
+    x = rerank.candidate_features([right, wrong], peaks, 2)
+    f, g = (dict(zip(rerank.FEATURES, row, strict=True)) for row in x)
+    total = 14 * 0.9 + 0.1 + 0.3
+    assert f["annotated_explained"] == pytest.approx(14 * 0.9 / total)
+    assert f["annotated_missed"] == pytest.approx(0.4)
+    # EPPTLDEK misses b1 and y7 (see above): two sure peaks left over
+    assert g["annotated_explained"] == pytest.approx(12 * 0.9 / total)
+    assert g["annotated_missed"] == pytest.approx(0.4 + 2 * 0.9)
+    assert g["annotated_explained_gap"] == pytest.approx(2 * 0.9 / total)
+    # without an annotator the features are unknown, not zero
+    plain = rerank.candidate_features([right], spectrum_of("PEPTLDEK"), 2)
+    h = dict(zip(rerank.FEATURES, plain[0], strict=True))
+    assert math.isnan(h["annotated_explained"]) and math.isnan(h["annotated_missed"])
+
+
 def test_residues_no_ion_orders_are_counted_as_unordered():
     # PEPTLDEK without the ions of cleavage 1 (b1, y7) and cleavage 4 (b4, y4):
     # P/E and T/L could each be swapped, so 4 of its 8 residues are unordered
