@@ -3,7 +3,7 @@
 The learned scorers (cleavage table, reranker) are fitted on the training part
 of the training files; sequencing meets spectra the annotator never saw. This
 prints, for the model's annotator, the per-peak loss of its ion-type chances
-(`train.annotation_loss`, labels within `training.annotation_tol_da` of the
+(`train.annotated_batch_loss`, labels within `training.annotation_tol_da` of the
 label's b, y, b++, y++ ions) and its mean chance on the labelled ions and on
 the other peaks, on the training part and on the held-out split. With
 `--cross-fit RUN ...` (runs of `peptrm train --left-out-fold k`), it adds the
@@ -32,18 +32,10 @@ def sureness(model, spectra, cfg) -> dict[str, float]:
         part = spectra[start : start + size]
         batch = preprocess.collate(part, cfg.preprocess.n_peaks, cfg.model.max_length)
         with torch.no_grad():
-            logits = model.annotator(
-                batch["mz"],
-                batch["intensity"],
-                batch["precursor_mass"],
-                batch["charge"],
+            batch_loss, logits, targets = train.annotated_batch_loss(
+                model, batch, cfg.training.annotation_tol_da
             )
-        targets = train.annotation_targets(
-            batch["mz"], batch["tokens"], cfg.training.annotation_tol_da
-        )
-        loss += train.annotation_loss(logits, targets, batch["intensity"]).item() * len(
-            part
-        )
+        loss += batch_loss.item() * len(part)
         chance = torch.sigmoid(logits)
         real = (batch["intensity"] > 0).unsqueeze(-1).expand_as(chance)
         ions += chance[real & (targets == 1)].sum().item()

@@ -157,6 +157,20 @@ def annotation_loss(logits: Tensor, targets: Tensor, intensity: Tensor) -> Tenso
     return (per_peak * real).sum() / (real.sum() * logits.shape[-1]).clamp_min(1)
 
 
+def annotated_batch_loss(
+    model: PepTRM, batch: dict[str, Tensor], tol_da: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A labelled batch through the peak annotator: loss, logits (B, P, A), targets.
+
+    The targets are `annotation_targets` at `tol_da`; the loss `annotation_loss`.
+    """
+    targets = annotation_targets(batch["mz"], batch["tokens"], tol_da)
+    logits = model.annotator(
+        batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+    )
+    return annotation_loss(logits, targets, batch["intensity"]), logits, targets
+
+
 def ema_warmup_avg_fn(decay: float, warm_up: bool = True):
     """EMA update whose decay warms up: min(decay, (1 + n) / (10 + n)) at update n.
 
@@ -601,13 +615,7 @@ class PepTRMModule(L.LightningModule):
         self, model: PepTRM, batch: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The peak annotator's loss on a batch (`annotation_loss`), logits, targets."""
-        targets = annotation_targets(
-            batch["mz"], batch["tokens"], self.cfg.training.annotation_tol_da
-        )
-        logits = model.annotator(
-            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
-        )
-        return annotation_loss(logits, targets, batch["intensity"]), logits, targets
+        return annotated_batch_loss(model, batch, self.cfg.training.annotation_tol_da)
 
     def training_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
         """Deep supervision: N_sup improvement steps, each with its own loss, update."""

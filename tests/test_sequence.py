@@ -505,12 +505,6 @@ def test_a_model_with_a_peak_annotator_searches_with_its_chances():
     np.testing.assert_array_equal(peaks[0].state, expected)
 
 
-def _demo_spectra(cfg):
-    prepare = preprocess.pipeline(cfg.preprocess)
-    demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
-    return [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
-
-
 def test_cross_fitting_reads_each_spectrum_with_the_run_that_left_its_fold_out():
     from peptrm.train import fold_of
 
