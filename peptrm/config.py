@@ -59,6 +59,7 @@ class ModelConfig:
     evidence_logits: bool  # each candidate token's ion evidence also scores it directly
     peak_annotator: bool  # a second encoder names each peak's ion type (b, y, b++, y++)
     annotator_layers: int  # Transformer layers of that encoder
+    chance_evidence: bool  # the core also reads the annotator's chances at the ions
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class TrainingConfig:
     draft_mean_errors: float  # mean errors in such a draft (Poisson; 0 errors allowed)
     infill_fraction: float  # share starting from their own peptide with a stretch blank
     annotator_only: bool  # train only the peak annotator (the rest stays as loaded)
+    trainable: list[str]  # train only weights named with these prefixes ([]: all)
+    chance_annotators: list[str]  # fold runs whose annotators read real spectra
     annotation_tol_da: float  # a peak is labelled an ion within this of its m/z (Da)
     val_fraction: float  # share of labelled training spectra held out for validation
     # Cross-fitting (`peptrm calibrate --cross-fit`): the training part falls into

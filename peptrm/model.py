@@ -235,13 +235,39 @@ class SortedPeaks(NamedTuple):
 
     mz: Tensor  # (B, P) ascending; padding at ABSENT_MZ
     intensity: Tensor  # (B, P) 0 for padding
+    chance: Tensor | None = None  # (B, P, A) the annotator's ion-type chances
 
 
-def sort_peaks(mz: Tensor, intensity: Tensor) -> SortedPeaks:
-    """Sort each spectrum's peaks by m/z for nearest-peak lookups."""
+def sort_peaks(
+    mz: Tensor, intensity: Tensor, chance: Tensor | None = None
+) -> SortedPeaks:
+    """Sort each spectrum's peaks (and their chances (B, P, A)) by m/z."""
     mz = torch.where(intensity > 0, mz, torch.full_like(mz, ABSENT_MZ))  # (B, P)
     order = mz.argsort(dim=1)
-    return SortedPeaks(mz.gather(1, order), intensity.gather(1, order))
+    if chance is not None:  # padding peaks get no chance
+        chance = chance * (intensity > 0).unsqueeze(-1)
+        chance = chance.gather(1, order.unsqueeze(-1).expand_as(chance))
+    return SortedPeaks(mz.gather(1, order), intensity.gather(1, order), chance)
+
+
+def nearest_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> tuple[Tensor, Tensor]:
+    """Index (B, N) of the peak nearest each ion m/z (B, N), and its kernels.
+
+    The kernels (B, N, W) are exp(-d^2 / 2 sigma^2) of the distance d to that
+    peak for each of `KERNEL_WIDTHS_DA` (0 where the nearest is padding).
+    """
+    right = torch.searchsorted(peaks.mz, ion_mz).clamp(max=peaks.mz.shape[1] - 1)
+    left = (right - 1).clamp(min=0)  # (B, N)
+    left_mz, right_mz = peaks.mz.gather(1, left), peaks.mz.gather(1, right)
+    use_left = (ion_mz - left_mz).abs() < (right_mz - ion_mz).abs()
+    nearest = torch.where(use_left, left, right)  # (B, N)
+    distance = (peaks.mz.gather(1, nearest) - ion_mz).abs()  # (B, N)
+    present = peaks.intensity.gather(1, nearest) > 0  # (B, N)
+    kernels = [
+        torch.exp(-0.5 * (distance / sigma) ** 2) * present
+        for sigma in KERNEL_WIDTHS_DA
+    ]
+    return nearest, torch.stack(kernels, dim=-1)  # (B, N), (B, N, W)
 
 
 def lookup_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> Tensor:
@@ -252,18 +278,27 @@ def lookup_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> Tensor:
     Nothing here is differentiated: the lookup reads the spectrum, it is not
     learned.
     """
-    right = torch.searchsorted(peaks.mz, ion_mz).clamp(max=peaks.mz.shape[1] - 1)
-    left = (right - 1).clamp(min=0)  # (B, N)
-    left_mz, right_mz = peaks.mz.gather(1, left), peaks.mz.gather(1, right)
-    use_left = (ion_mz - left_mz).abs() < (right_mz - ion_mz).abs()
-    nearest = torch.where(use_left, left, right)  # (B, N)
-    distance = (peaks.mz.gather(1, nearest) - ion_mz).abs()  # (B, N)
-    intensity = peaks.intensity.gather(1, nearest)  # (B, N)
-    channels = []
-    for sigma in KERNEL_WIDTHS_DA:
-        kernel = torch.exp(-0.5 * (distance / sigma) ** 2) * (intensity > 0)
-        channels += [kernel, kernel * intensity]
-    return torch.stack(channels, dim=-1)  # (B, N, C)
+    nearest, kernels = nearest_peaks(peaks, ion_mz)  # (B, N), (B, N, W)
+    intensity = peaks.intensity.gather(1, nearest).unsqueeze(-1)  # (B, N, 1)
+    channels = torch.stack([kernels, kernels * intensity], dim=-1)  # (B, N, W, 2)
+    return channels.flatten(-2)  # (B, N, C): presence, intensity per width
+
+
+def lookup_chances(peaks: SortedPeaks, ion_mz: Tensor) -> Tensor:
+    """The annotator's word on every candidate ladder ion (B, M, A) m/z.
+
+    Ion type a of `ANNOTATED_IONS` at m/z m reads the chance that the peak
+    nearest m is an ion of type a, times each kernel of the distance: (B, M,
+    A * W). A noise peak at a b-ion m/z then counts for little, a peak the
+    annotator names a b ion for much.
+    """
+    batch, n, kinds = ion_mz.shape
+    nearest, kernels = nearest_peaks(peaks, ion_mz.reshape(batch, -1))
+    flat = peaks.chance.reshape(batch, -1)  # (B, P * A)
+    kind = torch.arange(kinds, device=ion_mz.device).repeat(n)  # (M * A,)
+    chance = flat.gather(1, nearest * kinds + kind)  # (B, M * A)
+    found = kernels * chance.unsqueeze(-1)  # (B, M * A, W)
+    return found.reshape(batch, n, -1)  # (B, M, A * W)
 
 
 def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
@@ -282,6 +317,8 @@ def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
 # --------------------------------------------------------------------------
 # A ion types named per peak (`masses.LADDER_IONS`: b, y, b++, y++).
 ANNOTATED_IONS = masses.LADDER_IONS
+# Per candidate token: each annotated ion type's chance times each kernel width.
+CHANCE_CHANNELS = len(ANNOTATED_IONS) * len(KERNEL_WIDTHS_DA)
 
 
 class PeakAnnotator(nn.Module):
@@ -306,6 +343,15 @@ class PeakAnnotator(nn.Module):
         """Ion-type logits (B, P, A) of every peak (padding's are meaningless)."""
         x, _ = self.encoder(mz, intensity, precursor_mass, charge)  # (B, 1+P, D)
         return self.head(x[:, 1:])  # (B, P, A) without the precursor token
+
+
+@torch.no_grad()
+def peak_chances(annotator: PeakAnnotator, batch: Mapping[str, Tensor]) -> Tensor:
+    """What `annotator` says of a batch's peaks: chances (B, P, A)."""
+    logits = annotator(
+        batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+    )
+    return torch.sigmoid(logits.float())
 
 
 # --------------------------------------------------------------------------
@@ -367,6 +413,25 @@ class PepTRM(nn.Module):
             )
             nn.init.zeros_(self.evidence_scorer[-1].weight)
             nn.init.zeros_(self.evidence_scorer[-1].bias)
+        if cfg.chance_evidence:
+            if not (cfg.ion_evidence and cfg.peak_annotator):
+                raise ValueError(
+                    "model.chance_evidence needs model.ion_evidence and "
+                    "model.peak_annotator"
+                )
+            # What the annotator says at each candidate's b, y, b++ and y++ ions,
+            # into the position's input and, per token, straight into its logit.
+            # Both start at zero, so a model fine-tuned with them starts unchanged.
+            self.chance_projection = nn.Linear(vocab_size * CHANCE_CHANNELS, cfg.dim)
+            nn.init.zeros_(self.chance_projection.weight)
+            nn.init.zeros_(self.chance_projection.bias)
+            self.chance_scorer = nn.Sequential(
+                nn.Linear(CHANCE_CHANNELS, EVIDENCE_HIDDEN),
+                nn.GELU(),
+                nn.Linear(EVIDENCE_HIDDEN, 1),
+            )
+            nn.init.zeros_(self.chance_scorer[-1].weight)
+            nn.init.zeros_(self.chance_scorer[-1].bias)
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         # With T >= 2 the first cycles run without gradients, so no gradient ever
         # reaches the start state: it stays the fixed random state it starts as
@@ -383,26 +448,47 @@ class PepTRM(nn.Module):
         self.register_buffer("token_masses", token_masses, persistent=False)  # (V,)
 
     def encode(
-        self, mz: Tensor, intensity: Tensor, precursor_mass: Tensor, charge: Tensor
+        self,
+        mz: Tensor,
+        intensity: Tensor,
+        precursor_mass: Tensor,
+        charge: Tensor,
+        chance: Tensor | None = None,
     ) -> Encoded:
-        """Embed a batch of spectra (peaks (B, P), precursor mass and charge (B,))."""
+        """Embed a batch of spectra (peaks (B, P), precursor mass and charge (B,)).
+
+        `chance` (B, P, A) is each peak's annotated ion-type chances, which a
+        model with `chance_evidence` needs.
+        """
         x, padding = self.encoder(mz, intensity, precursor_mass, charge)
-        peaks = sort_peaks(mz, intensity) if self.cfg.ion_evidence else None
+        if self.cfg.chance_evidence and chance is None:
+            raise ValueError("model.chance_evidence needs the peaks' ion chances")
+        chance = chance if self.cfg.chance_evidence else None
+        peaks = sort_peaks(mz, intensity, chance) if self.cfg.ion_evidence else None
         return Encoded(x, padding, precursor_mass, peaks)
 
     def encode_batch(self, batch: Mapping[str, Tensor]) -> Encoded:
-        """Embed a batch as `preprocess.collate` builds it (keys mz, intensity, ...)."""
+        """Embed a batch as `preprocess.collate` builds it (keys mz, intensity, ...).
+
+        With `chance_evidence`, the peaks' chances are the batch's
+        ``ion_chances`` when it has them (`sequence.annotate`, or another
+        annotator's in cross-fitted training), else this model's annotator's.
+        """
+        chance = None
+        if self.cfg.chance_evidence:
+            chance = batch.get("ion_chances")
+            chance = self.annotate_batch(batch) if chance is None else chance
         return self.encode(
-            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
+            batch["mz"],
+            batch["intensity"],
+            batch["precursor_mass"],
+            batch["charge"],
+            chance,
         )
 
-    @torch.no_grad()
     def annotate_batch(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Each peak's chance (B, P, A) of being each `ANNOTATED_IONS` type."""
-        logits = self.annotator(
-            batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
-        )
-        return torch.sigmoid(logits.float())
+        return peak_chances(self.annotator, batch)
 
     def initial_state(self, spectrum: Encoded) -> tuple[Tensor, Tensor]:
         """The blank draft (uniform logits) and latent state for a batch."""
@@ -440,18 +526,22 @@ class PepTRM(nn.Module):
         return project(encode(b_mz)) + project(encode(y_mz))  # (B, L, D)
 
     @torch.no_grad()
-    def ion_evidence(self, probs: Tensor, spectrum: Encoded) -> Tensor:
+    def ion_evidence(
+        self, probs: Tensor, spectrum: Encoded
+    ) -> tuple[Tensor, Tensor | None]:
         """What the peaks say about every candidate token at every position.
 
         The draft's expected residue masses give each position's prefix mass;
         for each candidate token the ions of the cleavage after it (`ION_TYPES`)
-        are looked up in the spectrum. Returns (B, L, V * I * C). Each refinement
-        step re-reads the spectrum where its current draft puts the ions.
+        are looked up in the spectrum. Returns (B, L, V * I * C), and with
+        `chance_evidence` the annotator's chances at its ladder ions (B, L,
+        V * CHANCE_CHANNELS). Each refinement step re-reads the spectrum where
+        its current draft puts the ions.
         """
         expected = probs.double() @ self.token_masses  # (B, L) expected token mass
         prefix_before = torch.cumsum(expected, dim=1) - expected  # (B, L) exclusive
         b = prefix_before.unsqueeze(-1) + self.token_masses  # (B, L, V) v ends b
-        return self._lookup(b, spectrum)  # (B, L, V * I * C)
+        return self._lookup(b, spectrum)
 
     @torch.no_grad()
     def suffix_ion_evidence(self, probs: Tensor, spectrum: Encoded) -> Tensor:
@@ -466,34 +556,52 @@ class PepTRM(nn.Module):
         suffix_after = expected.flip(1).cumsum(1).flip(1) - expected  # (B, L)
         residues = spectrum.precursor_mass.double().unsqueeze(1) - masses.H2O
         b = (residues - suffix_after).unsqueeze(-1) - self.token_masses  # (B, L, V)
-        return self._lookup(b, spectrum)  # (B, L, V * I * C)
+        return self._lookup(b, spectrum)[0]  # (B, L, V * I * C)
 
-    def _lookup(self, b: Tensor, spectrum: Encoded) -> Tensor:
-        """Peaks at every ion type of cleavages with b fragments `b` (B, L, V)."""
-        ion_mz = candidate_ion_mz(b, spectrum.precursor_mass.double())  # (B,L,V,I)
-        batch, length = b.shape[:2]
-        found = lookup_peaks(spectrum.peaks, ion_mz.float().reshape(batch, -1))
-        return found.reshape(batch, length, -1)  # (B, L, V * I * C)
+    def _lookup(self, b: Tensor, spectrum: Encoded) -> tuple[Tensor, Tensor | None]:
+        """Peaks at every ion type of cleavages with b fragments `b` (B, L, V).
 
-    def embed_draft(self, y: Tensor, spectrum: Encoded) -> tuple[Tensor, Tensor | None]:
+        Returns their kernel channels (B, L, V * I * C) and, when the peaks carry
+        chances, the annotator's at the ladder ions (B, L, V * CHANCE_CHANNELS).
+        """
+        ion_mz = candidate_ion_mz(b, spectrum.precursor_mass.double()).float()
+        batch, length = b.shape[:2]  # ion_mz (B, L, V, I)
+        found = lookup_peaks(spectrum.peaks, ion_mz.reshape(batch, -1))
+        found = found.reshape(batch, length, -1)  # (B, L, V * I * C)
+        if spectrum.peaks.chance is None:
+            return found, None
+        ladder = ion_mz[..., : len(ANNOTATED_IONS)].reshape(
+            batch, -1, len(ANNOTATED_IONS)
+        )
+        chances = lookup_chances(spectrum.peaks, ladder)  # (B, L * V, A * W)
+        return found, chances.reshape(batch, length, -1)  # (B, L, V * A * W)
+
+    def embed_draft(
+        self, y: Tensor, spectrum: Encoded
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Soft embedding of the draft (B, L, D), and the ion evidence it read.
 
         The embedding is probabilities x token embeddings, plus what the draft
         says about the spectrum; the evidence (B, L, V * I * C) is None without
-        `ion_evidence`.
+        `ion_evidence`, the annotator's chances at the candidates' ladder ions
+        (B, L, V * CHANCE_CHANNELS) None without `chance_evidence`.
         """
         probs = y.softmax(dim=-1)  # (B, L, V)
         h = self.token_embedding(probs) + self.position_embedding
-        found = None
+        found = chances = None
         if self.cfg.draft_mass_encoding:
             h = h + self.ladder(probs, spectrum.precursor_mass).to(h.dtype)
         if self.cfg.ion_evidence:
-            found = self.ion_evidence(probs.detach(), spectrum).to(h.dtype)
+            found, chances = self.ion_evidence(probs.detach(), spectrum)
+            found = found.to(h.dtype)
             h = h + self.evidence_projection(found)  # (B, L, D)
+        if chances is not None:
+            chances = chances.to(h.dtype)
+            h = h + self.chance_projection(chances)  # (B, L, D)
         if self.cfg.ion_evidence and self.cfg.suffix_evidence:
             suffix = self.suffix_ion_evidence(probs.detach(), spectrum).to(h.dtype)
             h = h + self.suffix_evidence_projection(suffix)  # (B, L, D)
-        return h, found
+        return h, found, chances
 
     def think(
         self, z: Tensor, draft: Tensor, spectrum: Encoded, step: Tensor
@@ -503,18 +611,27 @@ class PepTRM(nn.Module):
         return self.net(h, memory=spectrum.x, memory_padding=spectrum.padding)
 
     def revise(
-        self, y: Tensor, z: Tensor, draft: Tensor, found: Tensor | None = None
+        self,
+        y: Tensor,
+        z: Tensor,
+        draft: Tensor,
+        found: Tensor | None = None,
+        chances: Tensor | None = None,
     ) -> Tensor:
         """Gated residual revision of the draft from the latent state alone.
 
         With `evidence_logits`, each candidate token's own ion evidence `found`
-        (B, L, V * I * C) adds its learned score to the residue logits.
+        (B, L, V * I * C) adds its learned score to the residue logits; with
+        `chance_evidence`, so do the annotator's `chances` at its ladder ions.
         """
         h = self.net(z + draft)  # (B, L, D) no spectrum x
         candidate = self.heads.residues(h)  # (B, L, V)
         if found is not None and self.cfg.evidence_logits:
             per_token = found.view(*candidate.shape, -1)  # (B, L, V, I * C)
             candidate = candidate + self.evidence_scorer(per_token).squeeze(-1)
+        if chances is not None:
+            per_token = chances.view(*candidate.shape, -1)  # (B, L, V, A * W)
+            candidate = candidate + self.chance_scorer(per_token).squeeze(-1)
         gate = torch.sigmoid(self.heads.gate(h))  # (B, L, 1)
         return (1 - gate) * y + gate * candidate  # (B, L, V)
 
@@ -523,10 +640,10 @@ class PepTRM(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """One improvement step: think n times about the draft, then revise it once."""
         step_vector = self.step_embedding.weight[min(step, MAX_STEPS - 1)]  # (D,)
-        draft, found = self.embed_draft(y, spectrum)  # (B, L, D) fixed until revised
+        draft, found, chances = self.embed_draft(y, spectrum)  # (B, L, D) draft
         for _ in range(self.recursion.n_latent_steps):
             z = self.think(z, draft, spectrum, step_vector)  # (B, L, D)
-        y = self.revise(y, z, draft, found)  # (B, L, V)
+        y = self.revise(y, z, draft, found, chances)  # (B, L, V)
         return y, z
 
     def forward(

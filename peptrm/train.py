@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from peptrm import masses, preprocess, simulate
 from peptrm.config import Config, config_to_dict, load_config
 from peptrm.io import Skipped, Spectrum, read_spectra
-from peptrm.model import ANNOTATED_IONS, PepTRM, count_parameters
-from peptrm.weights import WEIGHTS_NAME, save_model
+from peptrm.model import ANNOTATED_IONS, PepTRM, count_parameters, peak_chances
+from peptrm.weights import WEIGHTS_NAME, load_annotators, save_model
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,18 @@ def annotated_batch_loss(
         batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
     )
     return annotation_loss(logits, targets, batch["intensity"]), logits, targets
+
+
+ANNOTATOR_INPUTS = ("mz", "intensity", "precursor_mass", "charge")  # batch keys
+
+
+def frozen_core(cfg: Config) -> bool:
+    """Whether a run trains only some weights, and so exports them as trained.
+
+    An EMA would move the weights left as loaded by round-off; the learning
+    rate's cosine decay smooths the ones trained instead.
+    """
+    return cfg.training.annotator_only or bool(cfg.training.trainable)
 
 
 def ema_warmup_avg_fn(decay: float, warm_up: bool = True):
@@ -386,6 +398,11 @@ class TrainingStream(IterableDataset):
         batch = preprocess.collate(
             spectra, self.cfg.preprocess.n_peaks, self.cfg.model.max_length
         )
+        if self.cfg.training.chance_annotators:  # each real spectrum's fold
+            folds = self.cfg.training.folds
+            fold = [fold_of(s.peptide, folds) for s in spectra[:n_real]]
+            fold += [-1] * (len(spectra) - n_real)  # simulated
+            batch["fold"] = torch.tensor(fold, dtype=torch.int64)  # (B,)
         return self.add_drafts(batch, rng)
 
     def add_drafts(
@@ -559,6 +576,30 @@ class PepTRMModule(L.LightningModule):
                 )
             self.model.requires_grad_(False)  # the network stays as loaded
             self.model.annotator.requires_grad_(True)
+        if cfg.training.trainable:
+            prefixes = tuple(cfg.training.trainable)
+            self.model.requires_grad_(False)  # the rest stays as loaded
+            chosen = [
+                p for n, p in self.model.named_parameters() if n.startswith(prefixes)
+            ]
+            if not chosen:
+                raise ValueError(
+                    f"training.trainable {list(prefixes)} names no weight of the model"
+                )
+            for parameter in chosen:
+                parameter.requires_grad_(True)
+        # Runs that left a fold out: their annotators read the real spectra of
+        # that fold (kept out of the state dict: they are read, never trained).
+        self.fold_annotators = (
+            [
+                a.requires_grad_(False)
+                for a in load_annotators(cfg.training.chance_annotators)
+            ]
+            if cfg.training.chance_annotators
+            else []
+        )
+        if self.fold_annotators and not cfg.model.chance_evidence:
+            raise ValueError("training.chance_annotators needs model.chance_evidence")
         self.automatic_optimization = False  # one optimiser step per supervision step
         self.weights = supervision_weights(
             cfg.recursion.n_supervision, cfg.training.supervision_decay
@@ -605,11 +646,24 @@ class PepTRMModule(L.LightningModule):
     def exported(self) -> PepTRM:
         """The weights validated and exported: the EMA's, or the live model's.
 
-        The live model's when only the annotator trains: an EMA would move the
-        frozen weights by round-off (the learning rate's cosine decay smooths
-        the annotator instead).
+        The live model's when only some weights train (`frozen_core`).
         """
-        return self.model if self.cfg.training.annotator_only else self.ema.module
+        return self.model if frozen_core(self.cfg) else self.ema.module
+
+    def peak_chances(self, batch: dict[str, Tensor]) -> Tensor:
+        """The chances (B, P, A) training reads: fold k's annotator on fold k.
+
+        Real spectra of fold k (``batch["fold"]``) get the annotator of the run
+        that never learned from them; simulated ones (-1) the model's own.
+        """
+        chances = self.model.annotate_batch(batch)
+        for k, annotator in enumerate(self.fold_annotators):
+            rows = batch["fold"] == k
+            if rows.any():
+                annotator.to(chances.device).eval()
+                sub = {key: batch[key][rows] for key in ANNOTATOR_INPUTS}
+                chances[rows] = peak_chances(annotator, sub)
+        return chances
 
     def annotation_step_loss(
         self, model: PepTRM, batch: dict[str, Tensor]
@@ -628,6 +682,8 @@ class PepTRMModule(L.LightningModule):
             self.log_batch({"annotation": loss}, loss, scheduler)
             return
         y = z = previous = None
+        if self.cfg.model.chance_evidence:  # read once, by the annotators chosen
+            batch["ion_chances"] = self.peak_chances(batch)
         for k in range(self.cfg.recursion.n_supervision):
             spectrum = model.encode_batch(batch)
             if y is None:
@@ -799,7 +855,7 @@ def export_checkpoint(path: str | Path, folder: str | Path) -> Path:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     cfg = load_config(overrides=checkpoint["peptrm_config"])
     model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
-    prefix = "model." if cfg.training.annotator_only else "ema.module."
+    prefix = "model." if frozen_core(cfg) else "ema.module."
     state = {
         k[len(prefix) :]: v
         for k, v in checkpoint["state_dict"].items()
@@ -920,7 +976,7 @@ def train(
         save_model(module.exported, cfg, folder)
         log.info(
             "exported %s weights to %s",
-            "the" if cfg.training.annotator_only else "EMA",
+            "the" if frozen_core(cfg) else "EMA",
             folder,
         )
     return folder

@@ -7,6 +7,7 @@ with the shape they were trained with.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from peptrm import masses
 from peptrm.config import Config, config_to_dict, load_layers, read_yaml
-from peptrm.model import PepTRM
+from peptrm.model import PeakAnnotator, PepTRM
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ LEGACY_OFF = (
     "suffix_evidence",
     "evidence_logits",
     "peak_annotator",
+    "chance_evidence",
 )  # absent from older model.yaml
 
 
@@ -109,19 +111,17 @@ def load_model(
     return model.eval(), cfg
 
 
-def load_cross_fit(folders: Sequence[str | Path], model: PepTRM) -> list[PepTRM]:
-    """Models that each left one fold of the training part out, in fold order.
+def load_annotators(folders: Sequence[str | Path]) -> list[PeakAnnotator]:
+    """The peak annotators of runs that each left one fold out, in fold order.
 
     Each folder is a run of `peptrm train --left-out-fold k` (its `model.yaml`
-    says which of how many folds); together they must leave out every fold once,
-    and differ from `model` in the peak annotator alone (the runs of
-    `training.annotator_only`), since `peptrm calibrate --cross-fit` fits the
-    scorers of `model`'s network on what they say about the spectra they never
-    learned from.
+    says which of how many folds); together they must leave out every fold
+    once. Fold k's annotator never learned from the real spectra of fold k of
+    the training part, so it reads them as it reads spectra it meets when
+    sequencing.
     """
-    by_fold: dict[int, PepTRM] = {}
+    by_fold: dict[int, PeakAnnotator] = {}
     folds = len(folders)
-    network = {k: v for k, v in model.state_dict().items() if not _annotator(k)}
     for folder in folders:
         other, cfg = load_model(folder)
         fold = cfg.training.left_out_fold
@@ -133,18 +133,31 @@ def load_cross_fit(folders: Sequence[str | Path], model: PepTRM) -> list[PepTRM]
             )
         if fold in by_fold:
             raise ValueError(f"{folder}: a second run that left out fold {fold}")
-        state = other.state_dict()
-        differs = [
-            k for k, v in network.items() if k not in state or not v.equal(state[k])
-        ]
-        if differs:
-            raise ValueError(
-                f"{folder}: its network differs from the model's ({differs[0]}, ...): "
-                "cross-fitting reads runs that trained the peak annotator alone"
-            )
-        by_fold[fold] = other
+        if not cfg.model.peak_annotator:
+            raise ValueError(f"{folder}: a run without a peak annotator")
+        by_fold[fold] = other.annotator
     return [by_fold[k] for k in range(folds)]
 
 
-def _annotator(key: str) -> bool:
-    return key.startswith("annotator.")
+def load_cross_fit(folders: Sequence[str | Path], model: PepTRM) -> list[PepTRM]:
+    """`model` with each fold's peak annotator (`load_annotators`), in fold order.
+
+    `peptrm calibrate --cross-fit` fits the scorers of `model`'s network on
+    what these annotators say about the spectra they never learned from. The
+    annotator has its own encoder and trains alone (`training.annotator_only`),
+    so it can be carried onto another network; it must have the same shape.
+    """
+    if not model.cfg.peak_annotator:
+        raise ValueError("--cross-fit needs a model with a peak annotator")
+    runs = []
+    for fold, annotator in enumerate(load_annotators(folders)):
+        run = copy.deepcopy(model)
+        try:
+            run.annotator.load_state_dict(annotator.state_dict())
+        except RuntimeError as error:
+            raise ValueError(
+                f"the run that left out fold {fold}: its peak annotator does not "
+                f"fit the model's ({error})"
+            ) from error
+        runs.append(run.eval())
+    return runs

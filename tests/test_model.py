@@ -178,7 +178,7 @@ def test_ion_evidence_finds_the_true_ladder_from_either_end():
     tokens = torch.as_tensor(masses.encode(peptide, 12))
     probs = torch.nn.functional.one_hot(tokens, V).double().unsqueeze(0)
     shape = (1, 12, V, len(masses.FRAGMENT_IONS), -1)
-    prefix = model.ion_evidence(probs, spectrum).reshape(shape)
+    prefix = model.ion_evidence(probs, spectrum)[0].reshape(shape)
     suffix = model.suffix_ion_evidence(probs, spectrum).reshape(shape)
     b_ion, y_ion = 0, 1  # masses.FRAGMENT_IONS order; channel 0 = narrow kernel
     for i in range(7):  # cleavage after token i: b(i+1) and y(7-i)
@@ -264,3 +264,84 @@ def test_peak_annotator_gives_each_peak_a_chance_per_ion_type():
         }
     )
     assert not torch.allclose(alone[0, 0], chances[0, 0])
+
+
+def _ladder_spectrum(peptide):
+    """Peaks at the b and y ions of `peptide`, and its neutral mass."""
+    b, y = masses.fragment_mz(peptide, 1)
+    mz = torch.tensor([np.concatenate([b, y])], dtype=torch.float32)
+    mass = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
+    return mz, torch.ones_like(mz), mass, len(b)
+
+
+def test_chance_evidence_reads_the_annotators_word_at_each_candidates_ions():
+    """At the true token's b and y ions the annotator's b and y chances of the
+    peaks there, per kernel width; nothing where a token has no peak or where
+    the peak is named another ion type."""
+    from peptrm.model import ANNOTATED_IONS, KERNEL_WIDTHS_DA
+
+    cfg = load_config(overrides={"model": {"dim": 32, "n_heads": 4, "max_length": 12,
+                                           "peak_annotator": True,
+                                           "annotator_layers": 1,
+                                           "chance_evidence": True}})  # fmt: skip
+    model = PepTRM(cfg.model, cfg.recursion, V).eval()
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    mz, intensity, mass, n_b = _ladder_spectrum(peptide)
+    chance = torch.zeros(1, mz.shape[1], len(ANNOTATED_IONS))
+    chance[0, :n_b, 0] = 0.9  # the b peaks are named b ions
+    chance[0, n_b:, 1] = 0.7  # the y peaks y ions
+    order = torch.randperm(mz.shape[1])  # the lookup sorts the peaks itself
+    tokens = torch.as_tensor(masses.encode(peptide, 12))
+    probs = torch.nn.functional.one_hot(tokens, V).double().unsqueeze(0)
+
+    def read(chance):
+        spectrum = model.encode(
+            mz[:, order], intensity[:, order], mass, torch.tensor([2]), chance[:, order]
+        )
+        _, found = model.ion_evidence(probs, spectrum)
+        return found.reshape(1, 12, V, len(ANNOTATED_IONS), len(KERNEL_WIDTHS_DA))
+
+    found = read(chance)
+    for i in range(7):  # cleavage after token i: b(i+1) and y(7-i), both kernels
+        torch.testing.assert_close(found[0, i, tokens[i], 0], torch.tensor([0.9] * 2))
+        torch.testing.assert_close(found[0, i, tokens[i], 1], torch.tensor([0.7] * 2))
+        assert found[0, i, tokens[i], 2:].max() < 0.01  # no doubly charged ions named
+    wrong = masses.TOKEN_INDEX["W"]  # W at position 2 has no ions here
+    assert found[0, 2, wrong].max() < 0.01
+    relabelled = chance.flip(-1)  # the same peaks named y++ and b++
+    assert read(relabelled)[0, :7, :, :2].max() < 0.01
+    with pytest.raises(ValueError, match="ion chances"):
+        model.encode(mz, intensity, mass, torch.tensor([2]))
+
+
+def test_chance_evidence_starts_as_the_model_without_it_and_learns():
+    """Its projection and per-token scorer start at zero (the bundled model
+    fine-tuned with them starts unchanged); gradients reach both."""
+    overrides = {
+        "model": {"dim": 32, "n_heads": 4, "max_length": 12, "peak_annotator": True,
+                  "annotator_layers": 1, "chance_evidence": True},
+        "recursion": {"n_latent_steps": 1, "n_cycles": 1, "n_supervision": 1},
+    }  # fmt: skip
+    cfg = load_config(overrides=overrides)
+    torch.manual_seed(0)
+    reading = PepTRM(cfg.model, cfg.recursion, V)
+    plain_cfg = dataclasses.replace(cfg.model, chance_evidence=False)
+    plain = PepTRM(plain_cfg, cfg.recursion, V)
+    missing, unexpected = plain.load_state_dict(reading.state_dict(), strict=False)
+    assert not missing and unexpected
+    assert all(k.startswith(("chance_projection", "chance_scorer")) for k in unexpected)
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    mz, intensity, mass, _ = _ladder_spectrum(peptide)
+    batch = {"mz": mz, "intensity": intensity, "precursor_mass": mass,
+             "charge": torch.tensor([2])}  # fmt: skip
+    outputs = []
+    for model in (reading, plain):  # the reader runs its own annotator
+        spectrum = model.encode_batch(batch)
+        y0, z0 = model.initial_state(spectrum)
+        outputs.append(model(spectrum, y0, z0)[0])
+    torch.testing.assert_close(outputs[0], outputs[1])
+    tokens = torch.as_tensor(masses.encode(peptide, 12)).unsqueeze(0)
+    loss = torch.nn.functional.cross_entropy(outputs[0].transpose(1, 2), tokens)
+    loss.backward()
+    assert reading.chance_scorer[-1].weight.grad.abs().sum() > 0
+    assert reading.chance_projection.weight.grad.abs().sum() > 0

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -426,3 +427,69 @@ def test_annotator_only_trains_the_annotator_and_leaves_the_network(tmp_path):
     log_file = next((tmp_path / "b").glob("logs/*/metrics.csv"))
     rows = list(csv.DictReader(open(log_file)))
     assert sum(1 for r in rows if r.get("val_real/annotation")) == 2  # batches 2, 4
+
+
+def test_trainable_trains_only_the_weights_it_names(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = load_config(overrides=TINY)
+    first = train(cfg, [DATA / "overfit64.mgf"], [], tmp_path / "a", progress=False)
+    some = {**TINY, "training": {**TINY["training"], "trainable": ["heads.gate"]}}
+    second = train(
+        load_config(overrides=some),
+        [DATA / "overfit64.mgf"],
+        [],
+        tmp_path / "b",
+        progress=False,
+        stop_at_step=4,
+        init_from=first,
+    )
+    start = load_file(first / "model.safetensors")
+    after = load_file(second / "model.safetensors")
+    changed = {k for k, v in start.items() if not torch.equal(after[k], v)}
+    assert changed == {"heads.gate.weight", "heads.gate.bias"}
+    with pytest.raises(ValueError, match="names no weight"):
+        nothing = {**TINY, "training": {**TINY["training"], "trainable": ["nope"]}}
+        PepTRMModule(load_config(overrides=nothing))
+
+
+def test_real_spectra_read_the_chances_of_the_annotator_that_never_saw_them(tmp_path):
+    """With chance_annotators, fold k's real spectra are annotated by the run
+    that left fold k out; simulated spectra by the model's own annotator."""
+    from peptrm.model import PepTRM, peak_chances
+    from peptrm.weights import load_model, save_model
+
+    shape = {**TINY["model"], "peak_annotator": True, "annotator_layers": 1}
+    base = load_config(overrides={**TINY, "model": shape})
+    folders = []
+    for k in range(3):
+        torch.manual_seed(10 + k)
+        run = PepTRM(base.model, base.recursion, len(masses.VOCAB))
+        cross = dataclasses.replace(base.training, left_out_fold=k)
+        folders.append(save_model(run, dataclasses.replace(base, training=cross),
+                                  tmp_path / f"fold{k}").parent)  # fmt: skip
+    reading = {
+        **TINY,
+        "model": {**shape, "chance_evidence": True},
+        "training": {**TINY["training"], "real_fraction_start": 0.5,
+                     "chance_annotators": [str(f) for f in folders]},
+    }  # fmt: skip
+    cfg = load_config(overrides=reading)
+    real = [s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)]
+    stream = TrainingStream(cfg, ["PEPTIDEK", "ELVISLIVESK", "SAMPLERK"], real)
+    batch = stream.make_batch(0)
+    fold = batch["fold"]
+    assert (fold == -1).any() and (fold >= 0).any()  # simulated and real rows
+    module = PepTRMModule(cfg)
+    chances = module.peak_chances(batch)
+    own = peak_chances(module.model.annotator, batch)
+    torch.testing.assert_close(chances[fold == -1], own[fold == -1])
+    inputs = ("mz", "intensity", "precursor_mass", "charge")
+    for k in range(3):
+        rows = fold == k
+        if not rows.any():
+            continue
+        annotator = load_model(folders[k])[0].annotator
+        sub = {key: batch[key][rows] for key in inputs}
+        torch.testing.assert_close(chances[rows], peak_chances(annotator, sub))
+        assert not torch.allclose(chances[rows], own[rows])

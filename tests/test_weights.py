@@ -120,9 +120,16 @@ def test_load_cross_fit_orders_the_runs_by_fold_and_checks_them(tmp_path):
         load_cross_fit([folders[0], folders[1], twice], model)
     other, _ = _annotated_model()
     with torch.no_grad():
-        other.heads.residues.weight.add_(1.0)  # another network
-    with pytest.raises(ValueError, match="network differs"):
-        load_cross_fit(folders, other)
+        other.heads.residues.weight.add_(1.0)  # another network (a fine-tune)
+    carried = load_cross_fit(folders, other)  # keeps it, takes each fold's annotator
+    for k, run in enumerate(carried):
+        assert torch.equal(run.heads.residues.weight, other.heads.residues.weight)
+        assert torch.equal(run.annotator.head.weight, runs[k].annotator.head.weight)
+    assert not torch.equal(other.annotator.head.weight, runs[0].annotator.head.weight)
+    wider = replace(cfg.model, annotator_layers=cfg.model.annotator_layers + 1)
+    different = PepTRM(wider, cfg.recursion, len(masses.VOCAB))
+    with pytest.raises(ValueError, match="fold 0: its peak annotator does not fit"):
+        load_cross_fit(folders, different)
 
 
 def test_a_user_config_cannot_change_the_architecture_of_a_saved_model(tmp_path):
