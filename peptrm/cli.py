@@ -217,7 +217,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN",
         help="with --training-part: the model folders of runs that each left one "
         "fold out (peptrm train --left-out-fold k, the peak annotator alone); each "
-        "spectrum is annotated by the run that never learned from it",
+        "spectrum is annotated by the annotator that never learned from it, carried "
+        "onto the model's network",
     )
     cal.add_argument(
         "-o",
