@@ -266,6 +266,20 @@ def rank1_right(groups, labels) -> np.ndarray:
     )
 
 
+def rank1_exact(groups, labels) -> np.ndarray:
+    """Whether each spectrum's first candidate is its label token for token.
+
+    recall@1 counts a residue right by mass (Casanovo's metric), so E for a
+    deamidated Q passes there; this does not.
+    """
+    return np.array(
+        [
+            bool(o) and rerank.is_exact(o[0], label)
+            for o, label in zip(groups, labels, strict=True)
+        ]
+    )
+
+
 def aupcc(groups, labels) -> float:
     """Area under the precision-coverage curve of the rank-1 peptide scores."""
     scores = np.array([o[0].score if o else np.nan for o in groups])
@@ -345,8 +359,14 @@ def main() -> None:
     print(f"{n} spectra; model + top-{args.k} search {seconds:.1f} s")
     ks = (1, 5, args.k)
     search_recall = recall_at(groups, labels, ks)
-    print(f"\n{'':<30}" + "".join(f"{'recall@' + str(k):>11}" for k in ks))
-    print(f"{'search order':<30}" + "".join(f"{search_recall[k]:>11.4f}" for k in ks))
+    print(
+        f"\n{'':<30}" + "".join(f"{'recall@' + str(k):>11}" for k in ks) + "    exact@1"
+    )
+    print(
+        f"{'search order':<30}"
+        + "".join(f"{search_recall[k]:>11.4f}" for k in ks)
+        + f"{rank1_exact(groups, labels).mean():>11.4f}"
+    )
     counts = anatomy(groups, spectra, history, peaks_all, cfg.decoding)
     charges = [s.charge for s in spectra]
     if args.fit:
@@ -375,7 +395,7 @@ def main() -> None:
         print(
             f"\n{'reranked':<30}"
             + "".join(f"{'recall@' + str(k):>11}" for k in ks)
-            + f"{'AUPCC':>8}{'ECE':>8}{'ms/spectrum':>13}"
+            + f"{'AUPCC':>8}{'ECE':>8}{'ms/spectrum':>13}    exact@1"
         )
     for name, (reranked, spent) in results.items():
         after = recall_at(reranked, labels, ks)
@@ -388,6 +408,7 @@ def main() -> None:
             f"{name:<30}"
             + "".join(f"{after[k]:>11.4f}" for k in ks)
             + f"{aupcc(reranked, labels):>8.4f}{ece:>8.4f}{1000 * spent / n:>13.1f}"
+            + f"{rank1_exact(reranked, labels).mean():>11.4f}"
         )
     if len(results) > 1:
         names = list(results)

@@ -316,3 +316,24 @@ def test_reranking_many_spectra_at_once_equals_one_at_a_time(small_mgf, tmp_path
     # and what it learned: the labelled peptide goes first (it was fitted on these)
     firsts = [options[0].tokens for options in together]
     assert firsts == [masses.parse(label) for label in labels]
+
+
+def test_the_reranker_learns_the_exact_peptide_not_its_isobaric_deamidated_twin():
+    """E weighs what Q+0.984 weighs (D what N+0.984 does): both match the label
+    residue by residue in mass, but only the exact peptide is a positive."""
+    label = "PEPTLDEK"
+    twins = ["PQ+0.984PTLDEK", "PEPTLN+0.984EK"]
+    for twin in twins:
+        assert abs(masses.peptide_mass(twin) - masses.peptide_mass(label)) < 1e-5
+        assert rerank.is_correct(candidate(twin, 0.0), label)
+        assert not rerank.is_exact(candidate(twin, 0.0), label)
+    assert rerank.is_exact(candidate(label, 0.0), "PEPTIDEK")  # I = L
+    options = [
+        candidate(twins[0], 0.0),
+        candidate(label, -1.0),
+        candidate(twins[1], -2.0),
+    ]
+    _, y, group = rerank.training_table(
+        [options], [spectrum_of(label)], [2], [label], 3
+    )
+    assert y.tolist() == [0.0, 1.0, 0.0] and group.tolist() == [0, 0, 0]
