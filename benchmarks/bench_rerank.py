@@ -141,17 +141,26 @@ def fdr_table(groups, labels) -> None:
             for o, label in zip(groups, labels, strict=True)
         ]
     )
+    exact = rank1_exact(groups, labels)
     q = q_values(scores)
-    correct = right[np.isfinite(scores)]
-    ece = expected_calibration_error(scores[np.isfinite(scores)], correct)
-    print(f"\npeptide-score ECE (reranked, calibrated): {ece:.4f}")
-    print(f"{'q-value <=':>10} {'accepted':>9} {'estimated FDR':>14} {'true FDR':>9}")
+    known = np.isfinite(scores)
+    ece = expected_calibration_error(scores[known], right[known])
+    ece_exact = expected_calibration_error(scores[known], exact[known])
+    print(
+        f"\npeptide-score ECE (reranked, calibrated): {ece:.4f} "
+        f"(against the exact peptide: {ece_exact:.4f})"
+    )
+    print(
+        f"{'q-value <=':>10} {'accepted':>9} {'estimated FDR':>14} {'true FDR':>9}"
+        f"{'exact':>7}"
+    )
     for threshold in (0.01, 0.05, 0.10):
         accepted = q <= threshold
         n = int(accepted.sum())
         estimated = float(np.mean(1 - scores[accepted])) if n else float("nan")
         true = float(np.mean(~right[accepted])) if n else float("nan")
-        print(f"{threshold:>10.2f} {n:>9} {estimated:>14.4f} {true:>9.4f}")
+        wrong = float(np.mean(~exact[accepted])) if n else float("nan")
+        print(f"{threshold:>10.2f} {n:>9} {estimated:>14.4f} {true:>9.4f}{wrong:>7.4f}")
 
 
 def fit_on_training_part(model, cfg, table, k, feature_sets):
