@@ -286,6 +286,9 @@ _COLUMNS = (
     ("spectra", "n_spectra"),
     ("peptide recall", "peptide_recall"),
     ("peptide precision", "peptide_precision"),
+    # every residue as labelled (I = L), where peptide recall matches by mass:
+    # E and a deamidated Q, D and a deamidated N weigh the same
+    ("exact recall", "peptide_recall_exact"),
     ("AA precision", "aa_precision"),
     ("AA recall", "aa_recall"),
     ("AUPCC", "aupcc"),

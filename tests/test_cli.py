@@ -186,6 +186,8 @@ def test_train_resume_sequence_evaluate(tmp_path, monkeypatch, capsys):
         "recall",
         "peptide",
         "precision",
+        "exact",
+        "recall",
         "AA",
         "precision",
         "AA",
