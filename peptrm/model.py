@@ -244,8 +244,7 @@ def sort_peaks(
     """Sort each spectrum's peaks (and their chances (B, P, A)) by m/z."""
     mz = torch.where(intensity > 0, mz, torch.full_like(mz, ABSENT_MZ))  # (B, P)
     order = mz.argsort(dim=1)
-    if chance is not None:  # padding peaks get no chance
-        chance = chance * (intensity > 0).unsqueeze(-1)
+    if chance is not None:  # a padding peak's chance is read through a zero kernel
         chance = chance.gather(1, order.unsqueeze(-1).expand_as(chance))
     return SortedPeaks(mz.gather(1, order), intensity.gather(1, order), chance)
 
@@ -270,35 +269,48 @@ def nearest_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> tuple[Tensor, Tensor]:
     return nearest, torch.stack(kernels, dim=-1)  # (B, N), (B, N, W)
 
 
-def lookup_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> Tensor:
-    """Kernel match of every ion m/z (B, N) to its nearest observed peak.
+def lookup_peaks(peaks: SortedPeaks, nearest: Tensor, kernels: Tensor) -> Tensor:
+    """Kernel match of every ion to its nearest observed peak (`nearest_peaks`).
 
     Returns (B, N, C): for each kernel width, exp(-d^2 / 2 sigma^2) of the
     distance d to the nearest peak, and that times the peak's intensity.
     Nothing here is differentiated: the lookup reads the spectrum, it is not
     learned.
     """
-    nearest, kernels = nearest_peaks(peaks, ion_mz)  # (B, N), (B, N, W)
     intensity = peaks.intensity.gather(1, nearest).unsqueeze(-1)  # (B, N, 1)
     channels = torch.stack([kernels, kernels * intensity], dim=-1)  # (B, N, W, 2)
     return channels.flatten(-2)  # (B, N, C): presence, intensity per width
 
 
-def lookup_chances(peaks: SortedPeaks, ion_mz: Tensor) -> Tensor:
-    """The annotator's word on every candidate ladder ion (B, M, A) m/z.
+def lookup_chances(peaks: SortedPeaks, nearest: Tensor, kernels: Tensor) -> Tensor:
+    """The annotator's word on every candidate ladder ion (`nearest_peaks`).
 
-    Ion type a of `ANNOTATED_IONS` at m/z m reads the chance that the peak
-    nearest m is an ion of type a, times each kernel of the distance: (B, M,
+    `nearest` (B, M, A) and `kernels` (B, M, A, W) are the nearest peak to
+    each of M cleavages' `ANNOTATED_IONS`; ion type a reads the chance that
+    its peak is an ion of type a, times each kernel of the distance: (B, M,
     A * W). A noise peak at a b-ion m/z then counts for little, a peak the
     annotator names a b ion for much.
     """
-    batch, n, kinds = ion_mz.shape
-    nearest, kernels = nearest_peaks(peaks, ion_mz.reshape(batch, -1))
+    batch, n, kinds = nearest.shape
     flat = peaks.chance.reshape(batch, -1)  # (B, P * A)
-    kind = torch.arange(kinds, device=ion_mz.device).repeat(n)  # (M * A,)
-    chance = flat.gather(1, nearest * kinds + kind)  # (B, M * A)
-    found = kernels * chance.unsqueeze(-1)  # (B, M * A, W)
+    kind = torch.arange(kinds, device=nearest.device)  # (A,)
+    chance = flat.gather(1, (nearest * kinds + kind).reshape(batch, -1))  # (B, M*A)
+    found = kernels * chance.view(batch, n, kinds, 1)  # (B, M, A, W)
     return found.reshape(batch, n, -1)  # (B, M, A * W)
+
+
+def token_scorer(features: int) -> nn.Sequential:
+    """A small network shared by every token: its `features` -> one logit.
+
+    The last layer starts at zero, so a model fine-tuned with it starts
+    unchanged.
+    """
+    scorer = nn.Sequential(
+        nn.Linear(features, EVIDENCE_HIDDEN), nn.GELU(), nn.Linear(EVIDENCE_HIDDEN, 1)
+    )
+    nn.init.zeros_(scorer[-1].weight)
+    nn.init.zeros_(scorer[-1].bias)
+    return scorer
 
 
 def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
@@ -345,12 +357,13 @@ class PeakAnnotator(nn.Module):
         return self.head(x[:, 1:])  # (B, P, A) without the precursor token
 
 
+ANNOTATOR_INPUTS = ("mz", "intensity", "precursor_mass", "charge")  # batch keys
+
+
 @torch.no_grad()
 def peak_chances(annotator: PeakAnnotator, batch: Mapping[str, Tensor]) -> Tensor:
-    """What `annotator` says of a batch's peaks: chances (B, P, A)."""
-    logits = annotator(
-        batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
-    )
+    """What `annotator` says of a batch's peaks (`ANNOTATOR_INPUTS`): (B, P, A)."""
+    logits = annotator(*(batch[key] for key in ANNOTATOR_INPUTS))
     return torch.sigmoid(logits.float())
 
 
@@ -403,16 +416,8 @@ class PepTRM(nn.Module):
         if cfg.ion_evidence and cfg.suffix_evidence:
             self.suffix_evidence_projection = nn.Linear(features, cfg.dim)
         if cfg.ion_evidence and cfg.evidence_logits:
-            # Shared by every token: its I x C ion features -> one logit. The last
-            # layer starts at zero, so a model fine-tuned with it starts unchanged.
-            per_token = len(ION_TYPES) * EVIDENCE_CHANNELS
-            self.evidence_scorer = nn.Sequential(
-                nn.Linear(per_token, EVIDENCE_HIDDEN),
-                nn.GELU(),
-                nn.Linear(EVIDENCE_HIDDEN, 1),
-            )
-            nn.init.zeros_(self.evidence_scorer[-1].weight)
-            nn.init.zeros_(self.evidence_scorer[-1].bias)
+            # each candidate token's I x C ion features -> one logit
+            self.evidence_scorer = token_scorer(len(ION_TYPES) * EVIDENCE_CHANNELS)
         if cfg.chance_evidence:
             if not (cfg.ion_evidence and cfg.peak_annotator):
                 raise ValueError(
@@ -425,13 +430,7 @@ class PepTRM(nn.Module):
             self.chance_projection = nn.Linear(vocab_size * CHANCE_CHANNELS, cfg.dim)
             nn.init.zeros_(self.chance_projection.weight)
             nn.init.zeros_(self.chance_projection.bias)
-            self.chance_scorer = nn.Sequential(
-                nn.Linear(CHANCE_CHANNELS, EVIDENCE_HIDDEN),
-                nn.GELU(),
-                nn.Linear(EVIDENCE_HIDDEN, 1),
-            )
-            nn.init.zeros_(self.chance_scorer[-1].weight)
-            nn.init.zeros_(self.chance_scorer[-1].bias)
+            self.chance_scorer = token_scorer(CHANCE_CHANNELS)
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         # With T >= 2 the first cycles run without gradients, so no gradient ever
         # reaches the start state: it stays the fixed random state it starts as
@@ -565,15 +564,17 @@ class PepTRM(nn.Module):
         chances, the annotator's at the ladder ions (B, L, V * CHANCE_CHANNELS).
         """
         ion_mz = candidate_ion_mz(b, spectrum.precursor_mass.double()).float()
-        batch, length = b.shape[:2]  # ion_mz (B, L, V, I)
-        found = lookup_peaks(spectrum.peaks, ion_mz.reshape(batch, -1))
+        batch, length, vocab, ions = ion_mz.shape  # (B, L, V, I)
+        peaks = spectrum.peaks
+        nearest, kernels = nearest_peaks(peaks, ion_mz.reshape(batch, -1))
+        found = lookup_peaks(peaks, nearest, kernels)  # (B, L * V * I, C)
         found = found.reshape(batch, length, -1)  # (B, L, V * I * C)
-        if spectrum.peaks.chance is None:
+        if peaks.chance is None:
             return found, None
-        ladder = ion_mz[..., : len(ANNOTATED_IONS)].reshape(
-            batch, -1, len(ANNOTATED_IONS)
-        )
-        chances = lookup_chances(spectrum.peaks, ladder)  # (B, L * V, A * W)
+        ladder = slice(0, len(ANNOTATED_IONS))  # the first ION_TYPES are b, y, ...
+        nearest = nearest.view(batch, -1, ions)[..., ladder]  # (B, L * V, A)
+        kernels = kernels.view(batch, -1, ions, kernels.shape[-1])[..., ladder, :]
+        chances = lookup_chances(peaks, nearest, kernels)  # (B, L * V, A * W)
         return found, chances.reshape(batch, length, -1)  # (B, L, V * A * W)
 
     def embed_draft(

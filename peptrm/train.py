@@ -29,7 +29,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from peptrm import masses, preprocess, simulate
 from peptrm.config import Config, config_to_dict, load_config
 from peptrm.io import Skipped, Spectrum, read_spectra
-from peptrm.model import ANNOTATED_IONS, PepTRM, count_parameters, peak_chances
+from peptrm.model import (
+    ANNOTATED_IONS,
+    ANNOTATOR_INPUTS,
+    PepTRM,
+    count_parameters,
+    peak_chances,
+)
 from peptrm.weights import WEIGHTS_NAME, load_annotators, save_model
 
 log = logging.getLogger(__name__)
@@ -165,13 +171,8 @@ def annotated_batch_loss(
     The targets are `annotation_targets` at `tol_da`; the loss `annotation_loss`.
     """
     targets = annotation_targets(batch["mz"], batch["tokens"], tol_da)
-    logits = model.annotator(
-        batch["mz"], batch["intensity"], batch["precursor_mass"], batch["charge"]
-    )
+    logits = model.annotator(*(batch[key] for key in ANNOTATOR_INPUTS))
     return annotation_loss(logits, targets, batch["intensity"]), logits, targets
-
-
-ANNOTATOR_INPUTS = ("mz", "intensity", "precursor_mass", "charge")  # batch keys
 
 
 def frozen_core(cfg: Config) -> bool:
