@@ -135,13 +135,8 @@ def decode_top(model, cfg, spectra, k, table=None):
 def fdr_table(groups, labels) -> None:
     """Estimated vs true FDR of the rank-1 peptides at q-value thresholds."""
     scores = np.array([o[0].score if o else np.nan for o in groups])
-    right = np.array(
-        [
-            bool(o) and rerank.is_correct(o[0], label)
-            for o, label in zip(groups, labels, strict=True)
-        ]
-    )
-    exact = rank1_exact(groups, labels)
+    right = rank1_right(groups, labels)
+    exact = rank1_right(groups, labels, rerank.is_exact)
     q = q_values(scores)
     known = np.isfinite(scores)
     ece = expected_calibration_error(scores[known], right[known])
@@ -265,25 +260,15 @@ def rerank_all(scorers, reranker, groups, peaks_all, charges):
     return reranked, time.perf_counter() - started
 
 
-def rank1_right(groups, labels) -> np.ndarray:
-    """Whether each spectrum's first candidate is its label."""
-    return np.array(
-        [
-            bool(o) and rerank.is_correct(o[0], label)
-            for o, label in zip(groups, labels, strict=True)
-        ]
-    )
+def rank1_right(groups, labels, right=rerank.is_correct) -> np.ndarray:
+    """Whether each spectrum's first candidate is its label.
 
-
-def rank1_exact(groups, labels) -> np.ndarray:
-    """Whether each spectrum's first candidate is its label token for token.
-
-    recall@1 counts a residue right by mass (Casanovo's metric), so E for a
-    deamidated Q passes there; this does not.
+    `right` is `rerank.is_correct` (residues by mass, Casanovo's recall: E for
+    a deamidated Q passes) or `rerank.is_exact` (token for token).
     """
     return np.array(
         [
-            bool(o) and rerank.is_exact(o[0], label)
+            bool(o) and right(o[0], label)
             for o, label in zip(groups, labels, strict=True)
         ]
     )
@@ -374,7 +359,7 @@ def main() -> None:
     print(
         f"{'search order':<30}"
         + "".join(f"{search_recall[k]:>11.4f}" for k in ks)
-        + f"{rank1_exact(groups, labels).mean():>11.4f}"
+        + f"{rank1_right(groups, labels, rerank.is_exact).mean():>11.4f}"
     )
     counts = anatomy(groups, spectra, history, peaks_all, cfg.decoding)
     charges = [s.charge for s in spectra]
@@ -417,7 +402,7 @@ def main() -> None:
             f"{name:<30}"
             + "".join(f"{after[k]:>11.4f}" for k in ks)
             + f"{aupcc(reranked, labels):>8.4f}{ece:>8.4f}{1000 * spent / n:>13.1f}"
-            + f"{rank1_exact(reranked, labels).mean():>11.4f}"
+            + f"{rank1_right(reranked, labels, rerank.is_exact).mean():>11.4f}"
         )
     if len(results) > 1:
         names = list(results)
