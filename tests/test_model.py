@@ -36,6 +36,15 @@ def _batch(n_peaks=20, batch=3, seed=1):
     )
 
 
+def _ladder_spectrum(peptide):
+    """Peaks (1, N) at the b and y ions of `peptide`, all at intensity 1; its
+    neutral mass (1,); and how many of the peaks are b ions (they come first)."""
+    b, y = masses.fragment_mz(peptide, 1)
+    mz = torch.tensor([np.concatenate([b, y])], dtype=torch.float32)
+    mass = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
+    return mz, torch.ones_like(mz), mass, len(b)
+
+
 def test_shapes(tiny):
     model, cfg = tiny
     spectrum = model.encode(*_batch())
@@ -170,10 +179,7 @@ def test_ion_evidence_finds_the_true_ladder_from_either_end():
     )
     model = PepTRM(cfg.model, cfg.recursion, V).eval()
     peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
-    b, y = masses.fragment_mz(peptide, 1)
-    mz = torch.tensor([np.concatenate([b, y])], dtype=torch.float32)
-    intensity = torch.ones_like(mz)
-    mass = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
+    mz, intensity, mass, _ = _ladder_spectrum(peptide)
     spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
     tokens = torch.as_tensor(masses.encode(peptide, 12))
     probs = torch.nn.functional.one_hot(tokens, V).double().unsqueeze(0)
@@ -223,10 +229,7 @@ def test_evidence_logits_start_as_the_model_without_them_and_learn():
     missing, unexpected = plain.load_state_dict(with_logits.state_dict(), strict=False)
     assert not missing and all(k.startswith("evidence_scorer") for k in unexpected)
     peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
-    b, y = masses.fragment_mz(peptide, 1)
-    mz = torch.tensor([np.concatenate([b, y])], dtype=torch.float32)
-    intensity = torch.ones_like(mz)
-    mass = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
+    mz, intensity, mass, _ = _ladder_spectrum(peptide)
     outputs = []
     for model in (with_logits, plain):
         spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
@@ -264,14 +267,6 @@ def test_peak_annotator_gives_each_peak_a_chance_per_ion_type():
         }
     )
     assert not torch.allclose(alone[0, 0], chances[0, 0])
-
-
-def _ladder_spectrum(peptide):
-    """Peaks at the b and y ions of `peptide`, and its neutral mass."""
-    b, y = masses.fragment_mz(peptide, 1)
-    mz = torch.tensor([np.concatenate([b, y])], dtype=torch.float32)
-    mass = torch.tensor([masses.peptide_mass(peptide)], dtype=torch.float64)
-    return mz, torch.ones_like(mz), mass, len(b)
 
 
 def test_chance_evidence_reads_the_annotators_word_at_each_candidates_ions():

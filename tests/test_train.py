@@ -400,27 +400,37 @@ def test_annotation_targets_label_the_peaks_at_the_labels_ions():
     assert found[3:].sum() == 0  # 50 mDa off, noise, the modification alone, padding
 
 
-def test_annotator_only_trains_the_annotator_and_leaves_the_network(tmp_path):
+def _fine_tune(tmp_path, overrides: dict, stop_at_step: int):
+    """A TINY run (`tmp_path/a`), then `overrides` started from it (`tmp_path/b`).
+
+    Returns the weights of the first run's model and of the fine-tuned one.
+    """
     from safetensors.torch import load_file
 
     cfg = load_config(overrides=TINY)
     first = train(cfg, [DATA / "overfit64.mgf"], [], tmp_path / "a", progress=False)
+    second = train(
+        load_config(overrides=overrides),
+        [DATA / "overfit64.mgf"],
+        [],
+        tmp_path / "b",
+        progress=False,
+        stop_at_step=stop_at_step,
+        init_from=first,
+    )
+    return load_file(first / "model.safetensors"), load_file(
+        second / "model.safetensors"
+    )
+
+
+def test_annotator_only_trains_the_annotator_and_leaves_the_network(tmp_path):
     annotating = {
         **TINY,
         "model": {**TINY["model"], "peak_annotator": True, "annotator_layers": 1},
         "training": {**TINY["training"], "annotator_only": True},
     }
-    second = train(
-        load_config(overrides=annotating),
-        [DATA / "overfit64.mgf"],
-        [],
-        tmp_path / "b",
-        progress=False,
-        stop_at_step=4,  # four batches: one optimiser step each
-        init_from=first,
-    )
-    start = load_file(first / "model.safetensors")
-    after = load_file(second / "model.safetensors")
+    # four batches: one optimiser step each
+    start, after = _fine_tune(tmp_path, annotating, stop_at_step=4)
     assert all(torch.equal(after[k], v) for k, v in start.items())
     added = [k for k in after if k not in start]
     assert added and all(k.startswith("annotator.") for k in added)
@@ -430,22 +440,8 @@ def test_annotator_only_trains_the_annotator_and_leaves_the_network(tmp_path):
 
 
 def test_trainable_trains_only_the_weights_it_names(tmp_path):
-    from safetensors.torch import load_file
-
-    cfg = load_config(overrides=TINY)
-    first = train(cfg, [DATA / "overfit64.mgf"], [], tmp_path / "a", progress=False)
     some = {**TINY, "training": {**TINY["training"], "trainable": ["heads.gate"]}}
-    second = train(
-        load_config(overrides=some),
-        [DATA / "overfit64.mgf"],
-        [],
-        tmp_path / "b",
-        progress=False,
-        stop_at_step=4,
-        init_from=first,
-    )
-    start = load_file(first / "model.safetensors")
-    after = load_file(second / "model.safetensors")
+    start, after = _fine_tune(tmp_path, some, stop_at_step=4)
     changed = {k for k, v in start.items() if not torch.equal(after[k], v)}
     assert changed == {"heads.gate.weight", "heads.gate.bias"}
     with pytest.raises(ValueError, match="names no weight"):
