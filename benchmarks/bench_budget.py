@@ -1,4 +1,7 @@
-"""Search budget against accuracy: the default pipeline at several `max_expansions`.
+"""Search budget against accuracy: the default pipeline at several budgets.
+
+The budget is `decoding.max_expansions` of the exact search and, with
+`--beam-widths`, the `beam_width` of the beam search it falls back to.
 
 Sequences the peptide-disjoint held-out split of the training files (never dev)
 with the bundled model's default decoding (network, learned cleavage search,
@@ -11,13 +14,14 @@ busy machine. `--training-part N` adds every Nth spectrum of the training part
 recall flatters every budget alike; it has ~9x as many spectra as the split).
 
     python benchmarks/bench_budget.py [--budgets 1000 500 300] [-m MODEL]
-        [--training-part 3]
+        [--training-part 3] [--beam-widths 64 32 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 from pathlib import Path
 
 from bench_dev import metrics
@@ -40,6 +44,12 @@ def main() -> None:
         metavar="N",
         help="also every Nth spectrum of the training part (0: not)",
     )
+    parser.add_argument(
+        "--beam-widths",
+        type=int,
+        nargs="+",
+        help="fallback beam widths to try at each budget (default: the model's)",
+    )
     args = parser.parse_args()
     print_provenance(str(args.model))
     model, cfg = load_model_one_process(args.model)
@@ -52,16 +62,22 @@ def main() -> None:
         sets[f"the training part, one spectrum in {args.training_part}"] = part
     for name, spectra in sets.items():
         print(f"\n{name}: {len(spectra)} spectra")
-        table(model, cfg, scorers, spectra, args.budgets)
+        widths = args.beam_widths or [cfg.decoding.beam_width]
+        table(model, cfg, scorers, spectra, args.budgets, widths)
 
 
-def table(model, cfg, scorers, spectra, budgets) -> None:
-    """One row per budget on these spectra."""
+def table(model, cfg, scorers, spectra, budgets, widths) -> None:
+    """One row per budget and beam width on these spectra."""
     truth = [s.peptide for s in spectra]
-    header = ("budget", 7), ("pep recall", 10), ("AA prec", 8), ("model s", 8)
-    print(" ".join(f"{name:>{width}}" for name, width in header), f"{'decode s':>9}")
-    for budget in budgets:
-        decoding = dataclasses.replace(cfg.decoding, max_expansions=budget)
+    header = ("budget", 7), ("beam", 5), ("pep recall", 10), ("AA prec", 8)
+    print(
+        " ".join(f"{name:>{width}}" for name, width in header),
+        f"{'model s':>8} {'decode s':>9}",
+    )
+    for budget, beam in itertools.product(budgets, widths):
+        decoding = dataclasses.replace(
+            cfg.decoding, max_expansions=budget, beam_width=beam
+        )
         run = dataclasses.replace(cfg, decoding=decoding)
         summary = RunSummary()
         found = []
@@ -75,7 +91,8 @@ def table(model, cfg, scorers, spectra, budgets) -> None:
             ]
         match = metrics(found, truth)
         print(
-            f"{budget:>7} {match.peptide_recall:>10.4f} {match.aa_precision:>8.4f} "
+            f"{budget:>7} {beam:>5} {match.peptide_recall:>10.4f} "
+            f"{match.aa_precision:>8.4f} "
             f"{summary.model_seconds:>8.1f} {summary.decode_seconds:>9.1f}",
             flush=True,
         )
