@@ -60,20 +60,23 @@ def main() -> None:
     if args.training_part > 0:
         part = train.training_part(TRAIN_FILES, cfg)[:: args.training_part]
         sets[f"the training part, one spectrum in {args.training_part}"] = part
+    widths = args.beam_widths or [cfg.decoding.beam_width]
     for name, spectra in sets.items():
         print(f"\n{name}: {len(spectra)} spectra")
-        widths = args.beam_widths or [cfg.decoding.beam_width]
         table(model, cfg, scorers, spectra, args.budgets, widths)
 
 
 def table(model, cfg, scorers, spectra, budgets, widths) -> None:
     """One row per budget and beam width on these spectra."""
     truth = [s.peptide for s in spectra]
-    header = ("budget", 7), ("beam", 5), ("pep recall", 10), ("AA prec", 8)
-    print(
-        " ".join(f"{name:>{width}}" for name, width in header),
-        f"{'model s':>8} {'decode s':>9}",
+    header = (
+        ("budget", 7),
+        ("beam", 5),
+        ("pep recall", 10),
+        ("AA prec", 8),
+        ("model s", 8),
     )
+    print(" ".join(f"{name:>{width}}" for name, width in header), f"{'decode s':>9}")
     for budget, beam in itertools.product(budgets, widths):
         decoding = dataclasses.replace(
             cfg.decoding, max_expansions=budget, beam_width=beam
