@@ -172,52 +172,80 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties given their mean rank (as scipy's `rankdata`).
+    """1-based ranks along the last axis, ties given their mean rank (as `rankdata`).
 
-    Written out in NumPy: the reranker ranks two short vectors per candidate,
-    and scipy's general version cost more than all its other features.
+    Rows padded at the end with +inf rank their own entries as they would
+    alone. Written out in NumPy: the reranker ranks two short vectors per
+    candidate, all of a spectrum's candidates at once.
     """
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return ((ends - counts + 1 + ends) / 2.0)[inverse]
+    values = np.asarray(values, np.float64)
+    order = np.argsort(values, axis=-1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=-1)
+    size = values.shape[-1]
+    at = np.broadcast_to(np.arange(size), values.shape)
+    new = np.ones(values.shape, bool)  # the first of each run of ties
+    new[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    last = np.ones(values.shape, bool)  # the last of each run of ties
+    last[..., :-1] = new[..., 1:]
+    first_at = np.maximum.accumulate(np.where(new, at, 0), axis=-1)
+    last_at = np.flip(
+        np.minimum.accumulate(np.flip(np.where(last, at, size), -1), axis=-1), -1
+    )
+    ranks = np.empty(values.shape)
+    np.put_along_axis(ranks, order, (first_at + last_at) / 2.0 + 1.0, axis=-1)
+    return ranks
 
 
 def agreement(
-    predicted_b: np.ndarray,
-    predicted_y: np.ndarray,
-    observed_b: np.ndarray,
-    observed_y: np.ndarray,
-) -> dict[str, float]:
-    """How well a candidate's observed b/y peaks follow its predicted intensities.
+    intensities: Sequence[Intensities],
+    observed: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """How well each candidate's observed b/y peaks follow its predicted intensities.
 
-    `observed_*` are the weights of the peaks matched at each cleavage (the
-    spectrum's scaled square-root intensity; 0: no peak), `predicted_*` the
-    linear intensities of `predict`. Both are compared on the square-root scale
-    the peaks are kept on. All features but `ms2pip_cosine_gap`, which needs
-    the other candidates (the reranker adds it).
+    `intensities`: `predict`'s linear b and y intensities of each of a
+    spectrum's K candidates (None: not predicted); `observed`: the weights of
+    the peaks matched at each of its cleavages, b then y (the spectrum's scaled
+    square-root intensity; 0: no peak). Both are compared on the square-root
+    scale the peaks are kept on. (K,) arrays of all `FEATURES` but
+    `ms2pip_cosine_gap`, which needs the other candidates (the reranker adds
+    it); nan where a candidate was not predicted or has no cleavage.
     """
-    predicted = np.sqrt(np.concatenate([predicted_b, predicted_y]))
-    observed = np.concatenate([observed_b, observed_y]).astype(np.float64)
-    found = observed > 0
-    norm = np.linalg.norm(predicted) * np.linalg.norm(observed)
-    top = np.argsort(-predicted, kind="stable")[:TOP_IONS]
-    linear = predicted**2
-    tallest = predicted.max() if len(predicted) else 0.0
-    missing = predicted[~found]
-    return {
-        "ms2pip_pearson": _pearson(predicted, observed),
-        "ms2pip_spearman": _pearson(_ranks(predicted), _ranks(observed)),
-        "ms2pip_cosine": float(predicted @ observed / norm) if norm > 0 else 0.0,
-        "ms2pip_top_found": float(found[top].mean()) if len(top) else 0.0,
-        "ms2pip_found_share": (
+    out = {name: np.full(len(observed), np.nan) for name in FEATURES[:-1]}
+    usable = [
+        k
+        for k, (found, (b, _)) in enumerate(zip(intensities, observed, strict=True))
+        if found is not None and len(found[0]) == len(b) and len(b)
+    ]
+    if not usable:
+        return out
+    rows = [np.sqrt(np.concatenate(intensities[k])) for k in usable]
+    seen = [np.concatenate(observed[k]).astype(np.float64) for k in usable]
+    width = max(len(row) for row in rows)
+    ranked = [_ranks(_padded(rows, width)), _ranks(_padded(seen, width))]
+    for j, (k, predicted, weights) in enumerate(zip(usable, rows, seen, strict=True)):
+        m = len(predicted)
+        found = weights > 0
+        norm = np.linalg.norm(predicted) * np.linalg.norm(weights)
+        top = np.argsort(-predicted, kind="stable")[:TOP_IONS]
+        linear = predicted**2
+        tallest = predicted.max()
+        missing = predicted[~found]
+        out["ms2pip_pearson"][k] = _pearson(predicted, weights)
+        out["ms2pip_spearman"][k] = _pearson(ranked[0][j, :m], ranked[1][j, :m])
+        out["ms2pip_cosine"][k] = float(predicted @ weights / norm) if norm > 0 else 0.0
+        out["ms2pip_top_found"][k] = float(found[top].mean())
+        out["ms2pip_found_share"][k] = (
             float(linear[found].sum() / linear.sum()) if linear.sum() > 0 else 0.0
-        ),
-        "ms2pip_max_missing": (
+        )
+        out["ms2pip_max_missing"][k] = (
             float(missing.max() / tallest) if len(missing) and tallest > 0 else 0.0
-        ),
-    }
+        )
+    return out
 
 
-def missing() -> dict[str, float]:
-    """The features of a candidate ms2pip could not predict (LightGBM reads nan)."""
-    return dict.fromkeys(FEATURES, float("nan"))
+def _padded(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Rows of different lengths as one (K, width) array, padded with +inf."""
+    out = np.full((len(rows), width), np.inf)
+    for k, row in enumerate(rows):
+        out[k, : len(row)] = row
+    return out

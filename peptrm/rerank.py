@@ -141,24 +141,6 @@ DEFAULT_K = 15  # candidates reranked (benchmarks/bench_rerank.py --fit-train --
 # --------------------------------------------------------------------------------
 
 
-def _longest_run(hit: np.ndarray) -> int:
-    """Longest stretch of consecutive True entries."""
-    best = run = 0
-    for value in hit:
-        run = run + 1 if value else 0
-        best = max(best, run)
-    return best
-
-
-def _missed_cleavages(residues: str) -> int:
-    """Internal K/R not followed by P (trypsin would have cut there)."""
-    return sum(
-        1
-        for i, residue in enumerate(residues[:-1])
-        if residue in "KR" and residues[i + 1] != "P"
-    )
-
-
 def candidate_features(
     candidates: Sequence[Candidate],
     peaks: FragmentEvidence,
@@ -171,43 +153,244 @@ def candidate_features(
     `features` is `FEATURES` or `PREDICTED_FEATURES`; the predicted ones are
     nan where ms2pip cannot predict the candidate. `intensities`: ms2pip's
     predictions for these candidates when already made (`predict_groups`),
-    else one ms2pip call predicts them here.
+    else one ms2pip call predicts them here. The candidates' ladders are read
+    together (`Ladders`), not one candidate at a time.
     """
     search = np.array([c.search_score for c in candidates], np.float64)
-    best = search.max() if len(search) else 0.0
-    total_weight = peaks.weight.sum() if len(peaks.weight) else 0.0
-    rows, observed = [], []
-    for rank, candidate in enumerate(candidates):
-        values, by_weight = _features_of(candidate, peaks, charge, total_weight)
-        values["search_score"] = search[rank]
-        values["search_rank"] = float(rank)
-        following = search[rank + 1] if rank + 1 < len(search) else search[rank]
-        values["margin_next"] = search[rank] - following
-        values["gap_best"] = best - search[rank]
-        rows.append(values)
-        observed.append(by_weight)
-    _add_gaps(rows, GAP_FEATURES)
+    residues = [_residues(c.tokens) for c in candidates]
+    ladders = Ladders.of(candidates, peaks, charge)
+    columns = {
+        **_model_features(candidates),
+        **_fragment_features(ladders, peaks, residues),
+        **_peptide_features(candidates, ladders, residues),
+        "search_score": search,
+        "search_rank": np.arange(len(search), dtype=np.float64),
+        "margin_next": search - np.append(search[1:], search[-1:]),
+        "gap_best": (search.max() if len(search) else 0.0) - search,
+    }
+    for name in GAP_FEATURES:
+        columns[f"{name}_gap"] = _gap(columns[name])
     if _reads_predicted(features):
         if intensities is None:
             intensities = predict_groups([candidates], [charge])[0]
-        rows = _with_predicted(rows, observed, intensities)
-    return np.array(
-        [[row[name] for name in features] for row in rows], np.float64
+        columns.update(predicted.agreement(intensities, ladders.matched_weights()))
+        columns["ms2pip_cosine_gap"] = _gap(columns["ms2pip_cosine"])
+    return np.stack(
+        [np.asarray(columns[name], np.float64) for name in features], axis=1
     ).reshape(-1, len(features))
 
 
-def _add_gaps(rows: list[dict[str, float]], names: Sequence[str]) -> None:
-    """Set each row's `<name>_gap`: the best of the spectrum's rows less its own.
+def _gap(values: np.ndarray) -> np.ndarray:
+    """The best of a spectrum's candidates less each one's value.
 
     The classifier scores one candidate at a time; the gaps say how it compares
     with the others. A nan (ms2pip could not predict it) stays nan, and the
     best is taken over the rest.
     """
-    for name in names:
-        values = np.array([row[name] for row in rows], np.float64)
-        best = np.nanmax(values) if np.isfinite(values).any() else np.nan
-        for row, value in zip(rows, values, strict=True):
-            row[f"{name}_gap"] = float(best - value)
+    best = np.nanmax(values) if np.isfinite(values).any() else np.nan
+    return best - values
+
+
+@dataclasses.dataclass
+class Ladders:
+    """Where one spectrum's K candidates put their fragment ions, padded (K, C).
+
+    Row k holds candidate k's `n[k]` cleavages (after each residue but the last;
+    none between an N-terminal modification and residue 1), `valid` marks them,
+    and `found[ion]` is the index of the nearest peak within tolerance of that
+    `FEATURE_IONS` type at each cleavage (-1: none, and past the row's end).
+    Fragment ions are placed from the precursor less the candidate's isotope.
+    """
+
+    n: np.ndarray  # (K,) cleavages
+    n_term: np.ndarray  # (K,) bool: starts with an N-terminal modification
+    valid: np.ndarray  # (K, C) bool
+    found: dict[str, np.ndarray]  # ion name -> (K, C) peak index or -1
+    weight: np.ndarray  # (P,) the spectrum's peak weights
+    charge: int
+
+    @classmethod
+    def of(
+        cls, candidates: Sequence[Candidate], peaks: FragmentEvidence, charge: int
+    ) -> Ladders:
+        """The ladders of `candidates` against `peaks`, all ion types at once."""
+        k = len(candidates)
+        lengths = np.array([len(c.indices) for c in candidates], np.int64)
+        width = int(lengths.max()) if k else 0
+        indices = np.zeros((k, width), np.int64)  # past a row's end: not read
+        for row, candidate in enumerate(candidates):
+            indices[row, : lengths[row]] = candidate.indices
+        first = indices[:, 0] if width else np.zeros(k, np.int64)
+        n_term = (lengths > 0) & np.isin(first, masses.N_TERMINAL_INDICES)
+        shift = n_term.astype(np.int64)
+        n = np.maximum(lengths - 1 - shift, 0)
+        cleavages = int(n.max()) if k else 0
+        at = np.arange(cleavages)
+        valid = at[None, :] < n[:, None]
+        # residue sums after each residue, row by row as `np.cumsum` of each alone
+        sums = np.cumsum(masses.VOCAB_MASSES[indices], axis=1)
+        prefix = (
+            np.take_along_axis(
+                sums,
+                np.minimum(at[None, :] + shift[:, None], max(width - 1, 0)),
+                axis=1,
+            )
+            if cleavages
+            else np.zeros((k, 0))
+        )
+        isotope = np.array([c.isotope or 0 for c in candidates], np.float64)
+        precursor = (peaks.precursor_mass - isotope * masses.C13_SPACING)[:, None]
+        ion_mz = np.stack(
+            [masses.fragment_ion_mz(ion, prefix, precursor) for ion in _FEATURE_TYPES]
+        )
+        index = np.where(valid, peaks.nearest_within(ion_mz), -1)  # (F, K, C)
+        found = {ion[0]: at for ion, at in zip(_FEATURE_TYPES, index, strict=True)}
+        return cls(n, n_term, valid, found, peaks.weight, charge)
+
+    def hit(self, *names: str) -> np.ndarray:
+        """(K, C) whether any of the named ion types has a peak at each cleavage."""
+        out = np.zeros(self.valid.shape, bool)
+        for name in names:
+            out |= self.found[name] >= 0
+        return out
+
+    def ladder_ions(self) -> tuple[str, ...]:
+        """The ion types of the ladder proper: b, y, and b++, y++ from charge 2."""
+        return ("b", "y", "b++", "y++") if self.charge >= 2 else ("b", "y")
+
+    def peaks_of(self, names: Sequence[str]) -> np.ndarray:
+        """(K, P) whether each peak is matched by any of the named ion types."""
+        k, p = len(self.n), len(self.weight)
+        out = np.zeros((k, p + 1), bool)  # column 0 takes the -1s (no peak)
+        rows = np.broadcast_to(np.arange(k)[:, None], self.valid.shape)
+        for name in names:
+            out[rows, self.found[name] + 1] = True
+        return out[:, 1:]
+
+    def matched_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each candidate's matched b and y peak weights by cleavage (0: no peak)."""
+        padded = np.concatenate([self.weight, [0.0]])  # index -1 reads 0
+        b, y = padded[self.found["b"]], padded[self.found["y"]]
+        return [(b[k, :n], y[k, :n]) for k, n in enumerate(self.n.tolist())]
+
+
+def _model_features(candidates: Sequence[Candidate]) -> dict[str, np.ndarray]:
+    """The network's own view: log-score, mean and lowest token log-prob."""
+    mean, lowest = [], []
+    for candidate in candidates:
+        scores = np.asarray(candidate.aa_scores, np.float64)
+        log_probs = np.log(np.clip(scores, 1e-12, 1))
+        mean.append(float(log_probs.mean()) if len(log_probs) else -30.0)
+        lowest.append(float(log_probs.min()) if len(log_probs) else -30.0)
+    return {
+        "log_score": np.array([c.log_score for c in candidates], np.float64),
+        "mean_log_prob": np.array(mean, np.float64),
+        "min_log_prob": np.array(lowest, np.float64),
+    }
+
+
+def _fragment_features(
+    ladders: Ladders, peaks: FragmentEvidence, residues: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """What each candidate's fragment ions find in the spectrum (see the top).
+
+    The sums over a candidate's peaks are taken one candidate at a time, in
+    the order of the peaks, so each figure is what that candidate alone gives.
+    """
+    n = ladders.n
+    per = np.maximum(n, 1).astype(np.float64)  # a row without cleavages reads 0
+    b, y = ladders.hit("b"), ladders.hit("y")
+    either = b | y
+    doubly = ladders.hit("b++", "y++") if ladders.charge >= 2 else np.zeros_like(b)
+    a = ladders.hit("a")
+    run = _longest_runs(either).astype(np.float64)
+    columns = {
+        "b_share": b.sum(1) / per,
+        "y_share": y.sum(1) / per,
+        "b_or_y_share": either.sum(1) / per,
+        "b_and_y_share": (b & y).sum(1) / per,
+        "doubly_share": doubly.sum(1) / per,
+        "a_share": a.sum(1) / per,
+        "loss_share": ladders.hit("b-H2O", "y-H2O", "b-NH3", "y-NH3").sum(1) / per,
+        "longest_run_share": run / per,
+        "longest_run": run,
+        **_ambiguity(either | doubly | a, ladders),
+    }
+    total_weight = peaks.weight.sum() if len(peaks.weight) else 0.0
+    matched = ladders.peaks_of(FEATURE_IONS)
+    ladder = ladders.peaks_of(ladders.ladder_ions())
+    chance = peaks.ion_chance
+    explained, matched_mean, agreement, held = [], [], [], []
+    for k, (b_weight, y_weight) in enumerate(ladders.matched_weights()):
+        if not n[k]:
+            explained.append(0.0)
+            matched_mean.append(0.0)
+            agreement.append(0.0)
+        else:
+            by_weight = np.concatenate([b_weight, y_weight])
+            on = by_weight[by_weight > 0]
+            share = (
+                peaks.weight[matched[k]].sum() / total_weight if total_weight else 0.0
+            )
+            explained.append(float(share))
+            matched_mean.append(float(on.mean()) if len(on) else 0.0)
+            agreement.append(_intensity_agreement(residues[k], by_weight, n[k]))
+        if chance is not None:
+            held.append(float(chance[ladder[k]].sum()))
+    columns["explained_intensity"] = np.array(explained, np.float64)
+    columns["matched_intensity"] = np.array(matched_mean, np.float64)
+    columns["intensity_agreement"] = np.array(agreement, np.float64)
+    columns.update(_annotated(chance, np.array(held, np.float64), len(n)))
+    return columns
+
+
+def _peptide_features(
+    candidates: Sequence[Candidate], ladders: Ladders, residues: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Precursor and peptide features: ppm error, isotope, charge, length, trypsin."""
+    rows = [
+        (
+            abs(candidate.mass_error_ppm or 0.0),
+            float(candidate.isotope or 0),
+            float(ladders.charge),
+            float(len(letters)),
+            float(bool(letters) and letters[-1] in "KR"),
+            float(_missed_cleavages(letters)),
+            float(n_term),
+        )
+        for candidate, letters, n_term in zip(
+            candidates, residues, ladders.n_term.tolist(), strict=True
+        )
+    ]
+    names = (
+        "abs_ppm", "isotope", "charge", "length", "tryptic", "missed_cleavages",
+        "n_terminal_mod",
+    )  # fmt: skip
+    table = np.array(rows, np.float64).reshape(-1, len(names))
+    return dict(zip(names, table.T, strict=True))
+
+
+def _residues(tokens: Sequence[str]) -> str:
+    """A candidate's residue letters (modifications dropped, N-terminal ones too)."""
+    return "".join(t[0] for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS)
+
+
+def _longest_runs(hit: np.ndarray) -> np.ndarray:
+    """(K,) longest stretch of consecutive True entries of each row of `hit`."""
+    if hit.shape[1] == 0:
+        return np.zeros(len(hit), np.int64)
+    at = np.arange(hit.shape[1])
+    last_miss = np.maximum.accumulate(np.where(hit, -1, at), axis=1)
+    return (at - last_miss).max(axis=1)
+
+
+def _missed_cleavages(residues: str) -> int:
+    """Internal K/R not followed by P (trypsin would have cut there)."""
+    return sum(
+        1
+        for i, residue in enumerate(residues[:-1])
+        if residue in "KR" and residues[i + 1] != "P"
+    )
 
 
 def predict_groups(
@@ -232,121 +415,22 @@ def _reads_predicted(features: Sequence[str]) -> bool:
     return any(name in predicted.FEATURES for name in features)
 
 
-def _with_predicted(
-    rows: list[dict[str, float]],
-    observed: list[np.ndarray],
-    intensities: Sequence[predicted.Intensities],
-) -> list[dict[str, float]]:
-    """Add the agreement with ms2pip's predicted b/y intensities to each row."""
-    agreements = []
-    for by_weight, found in zip(observed, intensities, strict=True):
-        n = len(by_weight) // 2
-        if found is None or len(found[0]) != n or n == 0:
-            agreements.append(predicted.missing())
-            continue
-        agreements.append(predicted.agreement(*found, by_weight[:n], by_weight[n:]))
-    _add_gaps(agreements, ("ms2pip_cosine",))
-    return [{**row, **more} for row, more in zip(rows, agreements, strict=True)]
+def _annotated(
+    chance: np.ndarray | None, held: np.ndarray, k: int
+) -> dict[str, np.ndarray]:
+    """The annotator's ladder-ion chance the candidates' matched peaks hold, and not.
 
-
-def _features_of(
-    candidate: Candidate, peaks: FragmentEvidence, charge: int, total_weight: float
-) -> tuple[dict[str, float], np.ndarray]:
-    """The features of one candidate that do not depend on the others.
-
-    Also the weights of its matched b then y ions, one per cleavage each (0:
-    no peak), which the predicted-intensity features compare.
-    """
-    tokens = candidate.tokens
-    indices = np.asarray(candidate.indices, np.int64)
-    log_probs = np.log(np.clip(np.asarray(candidate.aa_scores, np.float64), 1e-12, 1))
-    residues = "".join(t[0] for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS)
-    n_term = bool(len(indices)) and int(indices[0]) in masses.N_TERMINAL_INDICES
-    isotope = candidate.isotope or 0
-    precursor = peaks.precursor_mass - isotope * masses.C13_SPACING
-    prefix = np.cumsum(masses.VOCAB_MASSES[indices])[:-1] if len(indices) else []
-    prefix = np.asarray(prefix, np.float64)
-    if n_term and len(prefix):
-        prefix = prefix[1:]  # no cleavage between the modification and residue 1
-    n_cleavages = len(prefix)
-    ion_mz = [masses.fragment_ion_mz(ion, prefix, precursor) for ion in _FEATURE_TYPES]
-    index = peaks.nearest_within(np.stack(ion_mz))  # (F, C), one call for all types
-    found = {ion[0]: at for ion, at in zip(_FEATURE_TYPES, index, strict=True)}
-    hit = {name: at >= 0 for name, at in found.items()}
-    if n_cleavages:
-        b, y = hit["b"], hit["y"]
-        doubly = (hit["b++"] | hit["y++"]) if charge >= 2 else np.zeros_like(b)
-        losses = hit["b-H2O"] | hit["y-H2O"] | hit["b-NH3"] | hit["y-NH3"]
-        either = b | y
-        run = _longest_run(either)
-        seen = either | doubly | hit["a"]
-        ambiguity = _ambiguity(seen)
-        shares = [
-            *np.stack([b, y, either, b & y, doubly, hit["a"], losses]).mean(axis=1),
-            run / n_cleavages,
-            float(run),
-        ]
-        matched = np.unique(index[index >= 0])
-        explained = peaks.weight[matched].sum() / total_weight if total_weight else 0.0
-        by_weight = np.concatenate(
-            [
-                np.where(b, peaks.weight[np.maximum(found["b"], 0)], 0.0),
-                np.where(y, peaks.weight[np.maximum(found["y"], 0)], 0.0),
-            ]
-        )
-        matched_mean = by_weight[by_weight > 0].mean() if (by_weight > 0).any() else 0
-        agreement = _intensity_agreement(residues, by_weight, n_cleavages)
-        ladder = [found["b"], found["y"]]
-        if charge >= 2:
-            ladder += [found["b++"], found["y++"]]
-        ladder_peaks = np.unique(np.concatenate(ladder))
-        ladder_peaks = ladder_peaks[ladder_peaks >= 0]
-    else:
-        shares = [0.0] * 9
-        ambiguity = {name: 0.0 for name in AMBIGUITY_FEATURES}
-        explained = matched_mean = agreement = 0.0
-        by_weight = np.zeros(0)
-        ladder_peaks = np.zeros(0, np.int64)
-    annotated = _annotated(peaks.ion_chance, ladder_peaks)
-    names = (
-        "b_share", "y_share", "b_or_y_share", "b_and_y_share", "doubly_share",
-        "a_share", "loss_share", "longest_run_share", "longest_run",
-    )  # fmt: skip
-    values = {
-        "log_score": candidate.log_score,
-        "mean_log_prob": float(log_probs.mean()) if len(log_probs) else -30.0,
-        "min_log_prob": float(log_probs.min()) if len(log_probs) else -30.0,
-        **dict(zip(names, map(float, shares), strict=True)),
-        "explained_intensity": float(explained),
-        "matched_intensity": float(matched_mean),
-        "intensity_agreement": float(agreement),
-        "abs_ppm": abs(candidate.mass_error_ppm or 0.0),
-        "isotope": float(isotope),
-        "charge": float(charge),
-        "length": float(len(residues)),
-        "tryptic": float(bool(residues) and residues[-1] in "KR"),
-        "missed_cleavages": float(_missed_cleavages(residues)),
-        "n_terminal_mod": float(n_term),
-        **ambiguity,
-        **annotated,
-    }
-    return values, by_weight
-
-
-def _annotated(chance: np.ndarray | None, matched: np.ndarray) -> dict[str, float]:
-    """The annotator's ladder-ion chance the candidate's matched peaks hold, and not.
-
-    `chance` (K,): each peak's likeliest ladder-ion chance (None without an
-    annotator: nan); `matched`: the peaks its b, y (and doubly charged) ions
-    match. A right candidate explains the peaks the annotator is sure of; a
-    wrong one leaves some of them over.
+    `chance` (P,): each peak's likeliest ladder-ion chance (None without an
+    annotator: nan); `held` (K,): the chance on the peaks each candidate's b, y
+    (and doubly charged) ions match. A right candidate explains the peaks the
+    annotator is sure of; a wrong one leaves some of them over.
     """
     if chance is None:
-        return {"annotated_explained": np.nan, "annotated_missed": np.nan}
+        unknown = np.full(k, np.nan)
+        return {"annotated_explained": unknown, "annotated_missed": unknown.copy()}
     total = float(chance.sum())
-    held = float(chance[matched].sum())
     return {
-        "annotated_explained": held / total if total > 0 else 0.0,
+        "annotated_explained": held / total if total > 0 else np.zeros(k),
         "annotated_missed": total - held,
     }
 
@@ -359,27 +443,28 @@ AMBIGUITY_FEATURES = (
 )
 
 
-def _ambiguity(seen: np.ndarray) -> dict[str, float]:
-    """How much of the candidate's order no ion supports.
+def _ambiguity(seen: np.ndarray, ladders: Ladders) -> dict[str, np.ndarray]:
+    """How much of each candidate's order no ion supports.
 
-    `seen`: whether each cleavage has a b, y, a or doubly charged ion. Around
-    a stretch of g unseen cleavages, g + 1 residues could be in any order (or be
-    a same-mass combination): the swaps that win most often (LV/VL at the
-    N-terminus, GG/N, GA/Q) sit in such stretches.
+    `seen` (K, C): whether each cleavage has a b, y, a or doubly charged ion.
+    Around a stretch of g unseen cleavages, g + 1 residues could be in any
+    order (or be a same-mass combination): the swaps that win most often
+    (LV/VL at the N-terminus, GG/N, GA/Q) sit in such stretches.
     """
-    n = len(seen)
-    unordered, run = 0, 0
-    for value in [*seen, True]:
-        if value:
-            unordered += run + 1 if run else 0
-            run = 0
-        else:
-            run += 1
+    n = ladders.n
+    unseen = ~seen & ladders.valid
+    starts = unseen.copy()  # the first cleavage of each unseen stretch
+    starts[:, 1:] &= ~unseen[:, :-1]
+    if seen.shape[1]:
+        first = seen[:, 0]
+        last = seen[np.arange(len(n)), np.maximum(n - 1, 0)] & (n > 0)
+    else:
+        first = last = np.zeros(len(n), bool)
     return {
-        "first_cleavage_seen": float(seen[0]),
-        "last_cleavage_seen": float(seen[-1]),
-        "longest_gap": float(_longest_run(~seen)),
-        "unordered_share": unordered / (n + 1),
+        "first_cleavage_seen": first.astype(np.float64),
+        "last_cleavage_seen": last.astype(np.float64),
+        "longest_gap": _longest_runs(unseen).astype(np.float64),
+        "unordered_share": (unseen.sum(1) + starts.sum(1)) / (n + 1),
     }
 
 

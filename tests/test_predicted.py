@@ -13,12 +13,15 @@ needs_ms2pip = pytest.mark.skipif(
 def test_agreement_of_a_hand_worked_ladder():
     # predicted (linear) b1 0.36, b2 0.16, y of cleavage 1 0.64, of cleavage 2 0;
     # sqrt: 0.6 0.4 | 0.8 0. Observed weights: b1 0.3, b2 none | 0.4 0.5.
-    f = predicted.agreement(
-        np.array([0.36, 0.16]),
-        np.array([0.64, 0.0]),
-        np.array([0.3, 0.0]),
-        np.array([0.4, 0.5]),
+    # A second candidate without a prediction, and a third predicted for a
+    # different length, read nan; the first reads as it would alone.
+    predicted_by = (np.array([0.36, 0.16]), np.array([0.64, 0.0]))
+    observed = (np.array([0.3, 0.0]), np.array([0.4, 0.5]))
+    many = predicted.agreement(
+        [predicted_by, None, predicted_by], [observed, observed, (np.ones(3),) * 2]
     )
+    f = {name: values[0] for name, values in many.items()}
+    assert all(np.isnan(values[1:]).all() for values in many.values())
     # cosine: (0.18 + 0.32) / (sqrt(1.16) * sqrt(0.5)) = 0.5 / 0.761577
     assert f["ms2pip_cosine"] == pytest.approx(0.656532, abs=1e-6)
     # Pearson: deviations (.15 -.05 .35 -.45) and (0 -.3 .1 .2): -0.04 / sqrt(.35 * .14)
@@ -80,6 +83,12 @@ def test_ranks_share_ties_and_spearman_reads_them():
     observed = np.array([0.0, 0.5, 0.0, 0.2, 0.0])
     assert predicted._ranks(observed).tolist() == [2.0, 5.0, 2.0, 4.0, 2.0]
     assert predicted._ranks(np.array([3.0, 1.0, 2.0])).tolist() == [3.0, 1.0, 2.0]
+    # rows ranked at once, each padded with +inf, rank their entries as alone
+    rows = predicted._ranks(
+        np.array([[0.0, 0.5, 0.0, 0.2, 0.0], [3, 1, 2, np.inf, np.inf]])
+    )
+    assert rows[0].tolist() == [2.0, 5.0, 2.0, 4.0, 2.0]
+    assert rows[1, :3].tolist() == [3.0, 1.0, 2.0]
     a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 9.0])
     assert predicted._pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1])
     assert math.isnan(predicted._pearson(np.ones(4), b))

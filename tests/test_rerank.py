@@ -114,10 +114,9 @@ def test_y_ions_are_placed_from_the_precursor_less_the_isotope_error():
 
 
 def test_cosine_gap_is_to_the_best_candidate_and_nan_stays_nan():
-    rows = [{"ms2pip_cosine": 0.5}, {"ms2pip_cosine": 0.9}, predicted.missing()]
-    rerank._add_gaps(rows, ("ms2pip_cosine",))
-    gaps = [row["ms2pip_cosine_gap"] for row in rows]
+    gaps = rerank._gap(np.array([0.5, 0.9, np.nan]))
     assert gaps[0] == pytest.approx(0.4) and gaps[1] == 0 and math.isnan(gaps[2])
+    assert np.isnan(rerank._gap(np.array([np.nan, np.nan]))).all()
 
 
 def test_fitted_reranker_puts_the_supported_peptide_first_and_keeps_the_tail(tmp_path):
