@@ -139,6 +139,22 @@ def nearest_peaks(padded_mz: np.ndarray, ion_mz: np.ndarray, tol_da: float):
 
 
 @numba.njit(cache=True, nogil=True)
+def window_maxima(grid: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """max(grid[lo[w] : hi[w] + 1]) of each window w (hi >= lo), compiled.
+
+    The search asks for a few thousand windows of up to ~200 cells per
+    spectrum: scanning each is cheaper than building a table of window maxima.
+    """
+    out = np.empty(len(lo))
+    for w in range(len(lo)):
+        best = grid[lo[w]]
+        for c in range(lo[w] + 1, hi[w] + 1):
+            best = max(best, grid[c])
+        out[w] = best
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def exact_scores(
     prefix_mass, padded_mz, padded_weight, padded_state, log_odds, ions,
     precursor_mass, tol_da, scale, bias,
@@ -463,27 +479,15 @@ class FragmentEvidence:
         """Upper bound of `score` over each window [lo_da, hi_da] of cleavage mass.
 
         Windows may differ in width; parts reaching below 0 or above the
-        precursor mass are clipped off (no cleavage lies there). Two lookups in
-        a sparse table of window maxima over the grid answer each window.
+        precursor mass are clipped off (no cleavage lies there). Each window's
+        bound is the largest of the grid's cells it touches (`window_maxima`).
         """
         n_cells = int(np.ceil(self.precursor_mass / GRID_DA)) + 2
         grid = self.grid(n_cells)
         top = n_cells - 1
         lo = np.clip(np.floor(np.asarray(lo_da) / GRID_DA), 0, top).astype(np.intp)
         hi = np.clip(np.floor(np.asarray(hi_da) / GRID_DA), 0, top).astype(np.intp)
-        hi = np.maximum(hi, lo)
-        width = hi - lo + 1
-        levels = [grid]  # levels[j][c] = max(grid[c : c + 2^j])
-        while (1 << len(levels)) <= width.max(initial=1):
-            span = 1 << (len(levels) - 1)
-            previous = levels[-1]
-            following = previous.copy()
-            np.maximum(previous[:-span], previous[span:], out=following[:-span])
-            levels.append(following)
-        table = np.stack(levels)  # (J, G)
-        level = np.frexp(width)[1] - 1  # the largest 2^j <= width
-        end = hi - (1 << level) + 1
-        return np.maximum(table[level, lo], table[level, end])
+        return window_maxima(grid, lo.reshape(-1), np.maximum(hi, lo).reshape(-1))
 
 
 def from_batch(
