@@ -320,6 +320,7 @@ def _fragment_features(
     matched = ladders.peaks_of(FEATURE_IONS)
     ladder = ladders.peaks_of(ladders.ladder_ions())
     chance = peaks.ion_chance
+    expected_b, expected_y = simulate.ladder_intensities_by_cleavage(residues)
     explained, matched_mean, agreement, held = [], [], [], []
     for k, (b_weight, y_weight) in enumerate(ladders.matched_weights()):
         if not n[k]:
@@ -334,7 +335,11 @@ def _fragment_features(
             )
             explained.append(float(share))
             matched_mean.append(float(on.mean()) if len(on) else 0.0)
-            agreement.append(_intensity_agreement(residues[k], by_weight, n[k]))
+            agreement.append(
+                _intensity_agreement(
+                    residues[k], expected_b[k], expected_y[k], by_weight, n[k]
+                )
+            )
         if chance is not None:
             held.append(float(chance[ladder[k]].sum()))
     columns["explained_intensity"] = np.array(explained, np.float64)
@@ -468,12 +473,17 @@ def _ambiguity(seen: np.ndarray, ladders: Ladders) -> dict[str, np.ndarray]:
     }
 
 
-def _intensity_agreement(residues: str, observed: np.ndarray, n: int) -> float:
-    """Cosine of observed b/y weights with the built-in HCD intensity model."""
+def _intensity_agreement(
+    residues: str, b: np.ndarray, y: np.ndarray, observed: np.ndarray, n: int
+) -> float:
+    """Cosine of observed b/y weights with the built-in HCD intensity model.
+
+    `b`, `y`: the model's row for these residues, by cleavage (padded; see
+    `simulate.ladder_intensities_by_cleavage`).
+    """
     if len(residues) < 2 or len(residues) - 1 != n:
         return 0.0
-    b, y = simulate.ladder_intensities(residues)  # y ordered y1.., ours by cleavage
-    expected = np.sqrt(np.concatenate([b, y[::-1]]))  # sqrt: as the peaks are scaled
+    expected = np.sqrt(np.concatenate([b[:n], y[:n]]))  # sqrt: as the peaks are scaled
     norm = np.linalg.norm(expected) * np.linalg.norm(observed)
     return float(expected @ observed / norm) if norm > 0 else 0.0
 

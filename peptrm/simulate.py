@@ -178,21 +178,40 @@ def ladder_intensities(residues: str) -> tuple[np.ndarray, np.ndarray]:
     and y1 are strong: the real train spectra show them in almost every spectrum,
     so short fragments are otherwise not penalised.
     """
-    n = len(residues)
-    left = np.frombuffer(residues[:-1].encode(), dtype=np.uint8)
-    right = np.frombuffer(residues[1:].encode(), dtype=np.uint8)
-    site = np.ones(n - 1)
+    b, y = ladder_intensities_by_cleavage([residues])
+    return b[0], y[0][::-1]  # y by cleavage -> y1, y2, ...
+
+
+def ladder_intensities_by_cleavage(
+    peptides: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """`ladder_intensities` of several peptides at once, both by cleavage, (K, C).
+
+    Row k's first len(peptides[k]) - 1 entries are the b and y intensities of
+    its cleavages from the N-terminus (b_i and its complement y_(n-i)); the
+    rest of the row is 0.
+    """
+    n = np.array([len(residues) for residues in peptides], np.int64)
+    width = max(int(n.max()) if len(n) else 0, 1)
+    codes = np.frombuffer(
+        b"".join(residues.encode().ljust(width, b"\0") for residues in peptides),
+        np.uint8,
+    ).reshape(len(peptides), width)
+    left, right = codes[:, :-1], codes[:, 1:]
+    site = np.ones(left.shape)
     site[right == ord("P")] *= PROLINE_N_TERM
     site[left == ord("P")] *= PROLINE_C_TERM
     for residue, factor in ASPARTATE.items():
         site[left == ord(residue)] *= factor
-    k = np.arange(1, n)  # b-ion length at each site; the y ion has n - k residues
-    b = B_BASE * site * (1 - np.exp(-(n - k) / LENGTH_SCALE))
-    b[0] *= B1
-    b[1:2] *= B2
-    y = (Y_BASE * site * (1 - np.exp(-k / LENGTH_SCALE)))[::-1]  # site k: y_(n-k)
-    y[0] *= Y1
-    return b, y
+    k = np.arange(1, width)  # b-ion length at each site; the y ion has n - k residues
+    b = B_BASE * site * (1 - np.exp(-(n[:, None] - k) / LENGTH_SCALE))
+    b[:, :1] *= B1
+    b[:, 1:2] *= B2
+    y = Y_BASE * site * (1 - np.exp(-k / LENGTH_SCALE))
+    last = n >= 2  # y1 pairs with the last cleavage
+    y[last, n[last] - 2] *= Y1
+    inside = k[None, :] < n[:, None]
+    return np.where(inside, b, 0.0), np.where(inside, y, 0.0)
 
 
 def _rank_dropout(

@@ -236,6 +236,29 @@ def test_proline_and_y_ion_effects(cfg):
     assert stats["y_share"] > 0.6  # y ions dominate HCD spectra of tryptic peptides
 
 
+def test_ladder_intensities_of_several_peptides_by_cleavage():
+    from peptrm.simulate import ladder_intensities, ladder_intensities_by_cleavage
+
+    # by hand, PEK: cleavage 1 (P|E) is Px (x 0.35), cleavage 2 (E|K) is E-x
+    # (x 1.05); b = 0.4 x site x (1 - exp(-(3 - k) / 3)), b1 x 0.01, b2 x 2.5;
+    # y by cleavage = 1.0 x site x (1 - exp(-k / 3)), y1 (K, cleavage 2) x 2
+    b, y = ladder_intensities("PEK")
+    assert b == pytest.approx(
+        [0.4 * 0.35 * 0.486583 * 0.01, 0.4 * 1.05 * 0.283469 * 2.5], rel=1e-5
+    )
+    assert y == pytest.approx([1.05 * 0.486583 * 2.0, 0.35 * 0.283469], rel=1e-5)
+    # rows of any length read as each peptide alone, y by cleavage, 0 past the end
+    peptides = ["PEK", "LESLIEKPEPTIDEK", "AP", "EGIPPDQQR"]
+    many_b, many_y = ladder_intensities_by_cleavage(peptides)
+    assert many_b.shape == many_y.shape == (4, 14)
+    for row, peptide in enumerate(peptides):
+        b, y = ladder_intensities(peptide)
+        n = len(peptide) - 1
+        assert np.array_equal(many_b[row, :n], b)
+        assert np.array_equal(many_y[row, :n], y[::-1])
+        assert not many_b[row, n:].any() and not many_y[row, n:].any()
+
+
 def test_fragment_statistics_of_hand_made_spectrum():
     b, y = masses.fragment_mz("PEPTIDE", 1)
     assert b[1] == pytest.approx(227.10263, abs=1e-5)
