@@ -157,7 +157,7 @@ def candidate_features(
     together (`Ladders`), not one candidate at a time.
     """
     search = np.array([c.search_score for c in candidates], np.float64)
-    residues = [_residues(c.tokens) for c in candidates]
+    residues = [masses.strip_modifications(c.tokens) for c in candidates]
     ladders = Ladders.of(candidates, peaks, charge)
     columns = {
         **_model_features(candidates),
@@ -373,11 +373,6 @@ def _peptide_features(
     )  # fmt: skip
     table = np.array(rows, np.float64).reshape(-1, len(names))
     return dict(zip(names, table.T, strict=True))
-
-
-def _residues(tokens: Sequence[str]) -> str:
-    """A candidate's residue letters (modifications dropped, N-terminal ones too)."""
-    return "".join(t[0] for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS)
 
 
 def _longest_runs(hit: np.ndarray) -> np.ndarray:

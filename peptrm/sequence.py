@@ -679,8 +679,14 @@ def predictions(
     # scores batch k in the decoding workers, so neither waits for the other;
     # feedback rounds run the network after the search, so they stay in turn.
     finisher = None
+    threads = torch.get_num_threads()  # restored when the run ends
     if pool is None:
         model = model.to(device).eval()
+        wanted = workers.network_threads(
+            cfg.decoding.network_threads, cfg.decoding.workers
+        )
+        if device == "cpu" and wanted:
+            torch.set_num_threads(wanted)
         if cfg.decoding.refine_rounds == 0:
             finisher = ThreadPoolExecutor(1, thread_name_prefix="peptrm-search")
     pending: list[Spectrum | Skipped] = []
@@ -769,6 +775,7 @@ def predictions(
         for executor in (pool, finisher):
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
+        torch.set_num_threads(threads)
     bar.close()
 
 

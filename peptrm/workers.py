@@ -57,6 +57,21 @@ def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> li
         return [function(item) for item in items]
 
 
+def network_threads(threads: int, workers: int) -> int:
+    """Torch threads for the network on a CPU beside `workers` decoding processes.
+
+    `threads` as configured, or for 0 a quarter of the usable cores (at least
+    one): the decoding processes keep the cores busy, and a thread pool wider
+    than what they leave over spins waiting for its own threads. Searching in
+    this process (one worker), the network keeps torch's own choice.
+    """
+    if threads > 0:
+        return threads
+    if resolve_workers(workers) == 1 or not FORKSERVER:
+        return 0  # torch's own
+    return max(1, resolve_workers(0) // 4)
+
+
 POOL_PAYS_AT = 4  # tasks (chunks of 32 spectra) worth starting the workers for
 
 
@@ -87,7 +102,36 @@ def start_forkserver() -> None:
     if not FORKSERVER:
         return
     _context()
-    multiprocessing.forkserver.ensure_running()
+    _ensure_forkserver()
+
+
+# Each decoding worker computes on one thread (there is one per core): these
+# reach the forkserver, and so every worker, and not the caller.
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def _ensure_forkserver() -> None:
+    """Start the forkserver (when not running) with `ONE_THREAD` in its environment.
+
+    torch and the BLAS in a worker would otherwise each run a pool of threads,
+    one per core, beside the other workers, and their threads spin waiting for
+    each other on the CPU the searches need (measured with the network's
+    threads: `decoding.network_threads` in the shipped defaults).
+    """
+    saved = {name: os.environ.get(name) for name in ONE_THREAD}
+    os.environ.update(ONE_THREAD)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def _context():
@@ -106,6 +150,8 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     if _POOL is None or _POOL[0] != workers:
         if _POOL is not None:
             _POOL[1].shutdown()
+        _context()
+        _ensure_forkserver()
         level = logging.getLogger("peptrm").getEffectiveLevel()
         _POOL = (
             workers,

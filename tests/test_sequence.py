@@ -478,6 +478,29 @@ def test_the_network_reading_ahead_of_the_search_changes_no_row(
     assert summary.unconstrained == in_turn.unconstrained
 
 
+def test_the_network_runs_on_its_threads_and_the_callers_come_back(
+    tiny, small_mgf, monkeypatch
+):
+    # beside decoding workers the network takes `network_threads`; searching in
+    # this process (one worker) it keeps torch's own; the caller's count returns
+    model, cfg = tiny
+    seen = []
+    network_pass = sequence.network_pass
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return network_pass(*args, **kwargs)
+
+    monkeypatch.setattr(sequence, "network_pass", recording)
+    before = torch.get_num_threads()
+    beside = _with_decoding(cfg, workers=2, network_threads=before + 1)
+    assert _run(model, beside, [small_mgf]) and set(seen) == {before + 1}
+    assert torch.get_num_threads() == before
+    seen.clear()
+    assert _run(model, _with_decoding(cfg, workers=1), [small_mgf])
+    assert set(seen) == {before}
+
+
 def test_a_model_with_a_peak_annotator_searches_with_its_chances():
     from peptrm.evidence import CHANCE_EDGES
 

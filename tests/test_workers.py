@@ -1,3 +1,4 @@
+import functools
 import os
 
 from peptrm import workers
@@ -37,3 +38,20 @@ def test_without_a_forkserver_everything_runs_here(monkeypatch):
     assert workers.parallel_map(workers._ready, list(range(8)), 2) == [os.getpid()] * 8
     workers.start_forkserver()  # does nothing
     assert workers._POOL is None
+
+
+def test_workers_compute_on_one_thread_and_the_caller_keeps_its_own():
+    """The workers' environment asks torch and the BLAS for one thread each."""
+    before = {name: os.environ.get(name) for name in workers.ONE_THREAD}
+    read = functools.partial(os.getenv, "OMP_NUM_THREADS")  # os.getenv(name, item)
+    assert set(workers.parallel_map(read, ["unset"] * 8, 2)) == {"1"}
+    assert {name: os.environ.get(name) for name in workers.ONE_THREAD} == before
+
+
+def test_the_network_gets_a_quarter_of_the_cores_beside_the_workers(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert workers.network_threads(0, 0) == 4  # beside 16 decoding workers
+    assert workers.network_threads(3, 0) == 3  # as configured
+    assert workers.network_threads(0, 1) == 0  # searching here: torch's own
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert workers.network_threads(0, 0) == 1
