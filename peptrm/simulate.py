@@ -163,11 +163,6 @@ def sample_charge(length: int, rng: np.random.Generator, cfg: SimulationConfig) 
 # ---------------------------------------------------------------------------
 # Spectra
 # ---------------------------------------------------------------------------
-def _residues(tokens: Sequence[str]) -> str:
-    """One letter per residue (N-terminal modification dropped)."""
-    return "".join(t[0] for t in tokens if t not in masses.N_TERMINAL_MODIFICATIONS)
-
-
 def ladder_intensities(residues: str) -> tuple[np.ndarray, np.ndarray]:
     """Compute the expected b and y 1+ intensities (no random spread), by ion number.
 
@@ -315,7 +310,7 @@ def simulate_spectrum(
     """
     difficulty = float(np.clip(difficulty, 0.0, 1.0))
     tokens = list(tokens)
-    residues = _residues(tokens)
+    residues = masses.strip_modifications(tokens)
     neutral_mass = masses.peptide_mass(tokens)
     b_mz, _ = masses.fragment_mz(tokens, charge=1)
     dropout = CLEAN_DROPOUT + (cfg.dropout - CLEAN_DROPOUT) * difficulty
@@ -463,14 +458,16 @@ def simulate_batch(
         spectra = []
         for i in range(n):
             tokens = random_peptide(peptides, rng, cfg)
-            charge = sample_charge(len(_residues(tokens)), rng, cfg)
+            charge = sample_charge(len(masses.strip_modifications(tokens)), rng, cfg)
             ref = SpectrumRef("synthetic", i, masses.format_peptide(tokens))
             spectra.append(simulate_spectrum(tokens, charge, rng, cfg, difficulty, ref))
         return spectra
     drawn = []
     for _ in range(n):
         tokens = random_peptide(peptides, rng, cfg)
-        drawn.append((tokens, sample_charge(len(_residues(tokens)), rng, cfg)))
+        drawn.append(
+            (tokens, sample_charge(len(masses.strip_modifications(tokens)), rng, cfg))
+        )
     return [
         simulate_spectrum(
             tokens,
@@ -505,7 +502,7 @@ def predicted_ladders(
         if intensities is None:
             continue
         b, y = intensities  # by cleavage: y[k] is the y ion of cleavage k
-        b_ref, y_ref = ladder_intensities(_residues(tokens))
+        b_ref, y_ref = ladder_intensities(masses.strip_modifications(tokens))
         top = max(b.max(), y.max())
         if top <= 0:
             continue
@@ -736,7 +733,7 @@ def fragment_statistics(spectra: Iterable[Spectrum], tol_da: float) -> dict[str,
             tokens = masses.parse(spectrum.peptide or "")
         except masses.UnknownResidueError:
             continue
-        residues = _residues(tokens)
+        residues = masses.strip_modifications(tokens)
         n = len(residues)
         if n < 3 or spectrum.mz.size == 0:
             continue
