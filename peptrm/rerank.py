@@ -159,9 +159,10 @@ def candidate_features(
     search = np.array([c.search_score for c in candidates], np.float64)
     residues = [masses.strip_modifications(c.tokens) for c in candidates]
     ladders = Ladders.of(candidates, peaks, charge)
+    weights = ladders.matched_weights()
     columns = {
         **_model_features(candidates),
-        **_fragment_features(ladders, peaks, residues),
+        **_fragment_features(ladders, weights, peaks, residues),
         **_peptide_features(candidates, ladders, residues),
         "search_score": search,
         "search_rank": np.arange(len(search), dtype=np.float64),
@@ -173,7 +174,7 @@ def candidate_features(
     if _reads_predicted(features):
         if intensities is None:
             intensities = predict_groups([candidates], [charge])[0]
-        columns.update(predicted.agreement(intensities, ladders.matched_weights()))
+        columns.update(predicted.agreement(intensities, weights))
         columns["ms2pip_cosine_gap"] = _gap(columns["ms2pip_cosine"])
     return np.stack(
         [np.asarray(columns[name], np.float64) for name in features], axis=1
@@ -290,12 +291,16 @@ def _model_features(candidates: Sequence[Candidate]) -> dict[str, np.ndarray]:
 
 
 def _fragment_features(
-    ladders: Ladders, peaks: FragmentEvidence, residues: Sequence[str]
+    ladders: Ladders,
+    weights: Sequence[tuple[np.ndarray, np.ndarray]],
+    peaks: FragmentEvidence,
+    residues: Sequence[str],
 ) -> dict[str, np.ndarray]:
     """What each candidate's fragment ions find in the spectrum (see the top).
 
-    The sums over a candidate's peaks are taken one candidate at a time, in
-    the order of the peaks, so each figure is what that candidate alone gives.
+    `weights`: `ladders.matched_weights()`. The sums over a candidate's peaks
+    are taken one candidate at a time, in the order of the peaks, so each
+    figure is what that candidate alone gives.
     """
     n = ladders.n
     per = np.maximum(n, 1).astype(np.float64)  # a row without cleavages reads 0
@@ -322,7 +327,7 @@ def _fragment_features(
     chance = peaks.ion_chance
     expected_b, expected_y = simulate.ladder_intensities_by_cleavage(residues)
     explained, matched_mean, agreement, held = [], [], [], []
-    for k, (b_weight, y_weight) in enumerate(ladders.matched_weights()):
+    for k, (b_weight, y_weight) in enumerate(weights):
         if not n[k]:
             explained.append(0.0)
             matched_mean.append(0.0)
@@ -433,14 +438,6 @@ def _annotated(
         "annotated_explained": held / total if total > 0 else np.zeros(k),
         "annotated_missed": total - held,
     }
-
-
-AMBIGUITY_FEATURES = (
-    "first_cleavage_seen",
-    "last_cleavage_seen",
-    "longest_gap",
-    "unordered_share",
-)
 
 
 def _ambiguity(seen: np.ndarray, ladders: Ladders) -> dict[str, np.ndarray]:

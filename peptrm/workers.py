@@ -102,7 +102,6 @@ def start_forkserver() -> None:
     if not FORKSERVER:
         return
     _context()
-    _ensure_forkserver()
 
 
 # Each decoding worker computes on one thread (there is one per core): these
@@ -114,14 +113,16 @@ ONE_THREAD = {
 }
 
 
-def _ensure_forkserver() -> None:
-    """Start the forkserver (when not running) with `ONE_THREAD` in its environment.
+def _context():
+    """The forkserver context, its server running with `ONE_THREAD` and the preload.
 
-    torch and the BLAS in a worker would otherwise each run a pool of threads,
-    one per core, beside the other workers, and their threads spin waiting for
-    each other on the CPU the searches need (measured with the network's
-    threads: `decoding.network_threads` in the shipped defaults).
+    The preload is set before the server starts (when not running yet). torch
+    and the BLAS in a worker would otherwise each run a pool of threads, one per
+    core, beside the other workers: on 2 cores their waiting threads (libgomp)
+    took 2.2 CPU-s of the dev run before, ~0.04 s after (one profile each).
     """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
     saved = {name: os.environ.get(name) for name in ONE_THREAD}
     os.environ.update(ONE_THREAD)
     try:
@@ -132,12 +133,6 @@ def _ensure_forkserver() -> None:
                 del os.environ[name]
             else:
                 os.environ[name] = value
-
-
-def _context():
-    """The forkserver context, told what to preload (before the server starts)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_PRELOAD)
     return context
 
 
@@ -150,8 +145,6 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     if _POOL is None or _POOL[0] != workers:
         if _POOL is not None:
             _POOL[1].shutdown()
-        _context()
-        _ensure_forkserver()
         level = logging.getLogger("peptrm").getEffectiveLevel()
         _POOL = (
             workers,
