@@ -60,6 +60,7 @@ class ModelConfig:
     peak_annotator: bool  # a second encoder names each peak's ion type (b, y, b++, y++)
     annotator_layers: int  # Transformer layers of that encoder
     chance_evidence: bool  # the core also reads the annotator's chances at the ions
+    argmax_prefix: bool  # ion lookups walk the draft's likeliest tokens, not its mean
 
 
 @dataclass(frozen=True)

@@ -530,29 +530,45 @@ class PepTRM(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """What the peaks say about every candidate token at every position.
 
-        The draft's expected residue masses give each position's prefix mass;
+        The draft's residue masses (`draft_masses`) give each position's prefix mass;
         for each candidate token the ions of the cleavage after it (`ION_TYPES`)
         are looked up in the spectrum. Returns (B, L, V * I * C), and with
         `chance_evidence` the annotator's chances at its ladder ions (B, L,
         V * CHANCE_CHANNELS). Each refinement step re-reads the spectrum where
         its current draft puts the ions.
         """
-        expected = probs.double() @ self.token_masses  # (B, L) expected token mass
-        prefix_before = torch.cumsum(expected, dim=1) - expected  # (B, L) exclusive
+        token = self.draft_masses(probs)  # (B, L) each position's residue mass
+        prefix_before = torch.cumsum(token, dim=1) - token  # (B, L) exclusive
         b = prefix_before.unsqueeze(-1) + self.token_masses  # (B, L, V) v ends b
         return self._lookup(b, spectrum)
+
+    def draft_masses(self, probs: Tensor) -> Tensor:
+        """The residue mass (B, L) the lookups give each draft position (float64).
+
+        By default the expected mass under the soft draft; with `argmax_prefix`
+        the mass of its likeliest token. A position 85 % sure of its token,
+        the rest spread over the vocabulary, has an expected mass a Da or more
+        off, wider than either kernel, so every prefix after an unsure position
+        misses its ions; the argmax prefix is exact wherever the draft's
+        likeliest tokens are right. A blank position's likeliest token is STOP
+        (index 0, the first of equal logits), so the blank first draft looks
+        every position up as the first cleavage.
+        """
+        if self.cfg.argmax_prefix:
+            return self.token_masses[probs.argmax(dim=-1)]  # (B, L)
+        return probs.double() @ self.token_masses  # (B, L)
 
     @torch.no_grad()
     def suffix_ion_evidence(self, probs: Tensor, spectrum: Encoded) -> Tensor:
         """`ion_evidence` anchored at the C-terminus: the cleavage before each token.
 
-        The draft's expected masses after position i (STOP weighs nothing) give
+        The draft's residue masses after position i (STOP weighs nothing) give
         the y fragment that starts with a candidate v at i: v + everything after
         it. A draft sure of its length and end resolves its last residues this
         way while the prefix walk is still at the first ones.
         """
-        expected = probs.double() @ self.token_masses  # (B, L)
-        suffix_after = expected.flip(1).cumsum(1).flip(1) - expected  # (B, L)
+        token = self.draft_masses(probs)  # (B, L)
+        suffix_after = token.flip(1).cumsum(1).flip(1) - token  # (B, L)
         residues = spectrum.precursor_mass.double().unsqueeze(1) - masses.H2O
         b = (residues - suffix_after).unsqueeze(-1) - self.token_masses  # (B, L, V)
         return self._lookup(b, spectrum)[0]  # (B, L, V * I * C)

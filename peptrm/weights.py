@@ -36,6 +36,7 @@ LEGACY_OFF = (
     "evidence_logits",
     "peak_annotator",
     "chance_evidence",
+    "argmax_prefix",
 )  # absent from older model.yaml
 
 

@@ -7,7 +7,7 @@ import torch
 
 from peptrm import masses
 from peptrm.config import load_config
-from peptrm.model import PepTRM, SinusoidalEncoding, attend
+from peptrm.model import KERNEL_WIDTHS_DA, PepTRM, SinusoidalEncoding, attend
 
 V = len(masses.VOCAB)
 
@@ -195,6 +195,45 @@ def test_ion_evidence_finds_the_true_ladder_from_either_end():
         assert suffix[0, i, tokens[i], y_ion, 0] > 0.99
     wrong = masses.TOKEN_INDEX["W"]  # W at position 2 has no ions here
     assert prefix[0, 2, wrong, b_ion, 0] < 0.01 and suffix[0, 2, wrong, y_ion, 0] < 0.01
+
+
+@pytest.mark.parametrize("argmax_prefix", [False, True])
+def test_argmax_prefix_finds_the_ladder_of_a_draft_that_is_not_one_hot(argmax_prefix):
+    """A draft of the true peptide as sure as a given one (p = 0.85 per token).
+
+    Its expected residue masses are off by a Da or more (the 15 % left is
+    spread over the vocabulary), so from the second position on the expected
+    walk's lookups miss every ion; the argmax walk's are exact.
+    """
+    cfg = load_config(
+        overrides={
+            "model": {
+                "dim": 32,
+                "n_heads": 4,
+                "max_length": 12,
+                "argmax_prefix": argmax_prefix,
+            }
+        }
+    )
+    model = PepTRM(cfg.model, cfg.recursion, V).eval()
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    mz, intensity, mass, _ = _ladder_spectrum(peptide)
+    spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
+    tokens = torch.as_tensor(masses.encode(peptide, 12))
+    probs = model.draft_logits(tokens.unsqueeze(0)).softmax(-1)  # (1, L, V)
+    assert probs.max(-1).values.max() < 0.86
+    expected_mass = (probs[0, 0].double() @ model.token_masses).item()
+    wide = max(KERNEL_WIDTHS_DA)  # Da
+    assert abs(expected_mass - masses.VOCAB_MASSES[tokens[0]]) > 3 * wide
+    shape = (12, V, len(masses.FRAGMENT_IONS), -1)
+    found = model.ion_evidence(probs, spectrum)[0][0].reshape(shape)
+    b_ion, y_ion = 0, 1  # masses.FRAGMENT_IONS order; channel 0 = narrow kernel
+    true_ions = torch.stack([found[i, tokens[i], (b_ion, y_ion), 0] for i in range(7)])
+    assert torch.all(true_ions[0] > 0.99)  # nothing before the first position
+    if argmax_prefix:
+        assert torch.all(true_ions > 0.99)
+    else:
+        assert torch.all(true_ions[1:] < 0.01)
 
 
 def test_draft_logits_put_a_confident_draft_only_where_given(tiny):
