@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_dev import all_steps, load, metrics, scores
+from bench_dev import load, metrics, scores
 from common import DEV, TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import decoding, evidence, masses, preprocess, train
@@ -73,12 +73,11 @@ def score_model(
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
         batch = annotate(model, batch)
         mass = batch["precursor_mass"]
-        with torch.no_grad():
-            if given:
-                draft = given_draft(model, spectra[start : start + 256], given)
-                _, _, history = refine(model, batch, n_sup, 1.1, draft)
-            else:
-                history, _, _ = all_steps(model, batch, n_sup, 1.0)
+        draft = (
+            given_draft(model, spectra[start : start + 256], given) if given else None
+        )
+        with torch.no_grad():  # every step, none halts
+            _, _, history = refine(model, batch, n_sup, 1.1, draft)
         for name, (settings, cleavage) in decoders.items():
             peaks = evidence.from_batch(batch, settings.fragment_tol_da, cleavage)
             for k, log_probs in enumerate(history):

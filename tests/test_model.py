@@ -165,23 +165,21 @@ def test_draft_ladder_is_the_b_and_y_series_of_a_confident_draft(tiny):
     )  # b2 and y5 after position 2
 
 
-def test_ion_evidence_finds_the_true_ladder_from_either_end():
-    """With the draft on the true peptide, every true token sees its b and y ions."""
-    cfg = load_config(
-        overrides={
-            "model": {
-                "dim": 32,
-                "n_heads": 4,
-                "max_length": 12,
-                "suffix_evidence": True,
-            }
-        }
-    )
+def _model_on_a_ladder(**model_settings):
+    """A small untrained model (L = 12) with `model_settings`, the encoded ladder
+    spectrum of PEPTLDEK (`_ladder_spectrum`) and its tokens (L,)."""
+    shape = {"dim": 32, "n_heads": 4, "max_length": 12}
+    cfg = load_config(overrides={"model": {**shape, **model_settings}})
     model = PepTRM(cfg.model, cfg.recursion, V).eval()
     peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
     mz, intensity, mass, _ = _ladder_spectrum(peptide)
     spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
-    tokens = torch.as_tensor(masses.encode(peptide, 12))
+    return model, spectrum, torch.as_tensor(masses.encode(peptide, 12))
+
+
+def test_ion_evidence_finds_the_true_ladder_from_either_end():
+    """With the draft on the true peptide, every true token sees its b and y ions."""
+    model, spectrum, tokens = _model_on_a_ladder(suffix_evidence=True)
     probs = torch.nn.functional.one_hot(tokens, V).double().unsqueeze(0)
     shape = (1, 12, V, len(masses.FRAGMENT_IONS), -1)
     prefix = model.ion_evidence(probs, spectrum)[0].reshape(shape)
@@ -205,21 +203,7 @@ def test_argmax_prefix_finds_the_ladder_of_a_draft_that_is_not_one_hot(argmax_pr
     spread over the vocabulary), so from the second position on the expected
     walk's lookups miss every ion; the argmax walk's are exact.
     """
-    cfg = load_config(
-        overrides={
-            "model": {
-                "dim": 32,
-                "n_heads": 4,
-                "max_length": 12,
-                "argmax_prefix": argmax_prefix,
-            }
-        }
-    )
-    model = PepTRM(cfg.model, cfg.recursion, V).eval()
-    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
-    mz, intensity, mass, _ = _ladder_spectrum(peptide)
-    spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
-    tokens = torch.as_tensor(masses.encode(peptide, 12))
+    model, spectrum, tokens = _model_on_a_ladder(argmax_prefix=argmax_prefix)
     probs = model.draft_logits(tokens.unsqueeze(0)).softmax(-1)  # (1, L, V)
     assert probs.max(-1).values.max() < 0.86
     expected_mass = (probs[0, 0].double() @ model.token_masses).item()
