@@ -221,6 +221,16 @@ def _parser() -> argparse.ArgumentParser:
         "onto the model's network",
     )
     cal.add_argument(
+        "--cross-fit-networks",
+        nargs="+",
+        metavar="RUN",
+        default=[],
+        help="with --cross-fit: the model folders of runs of the model's own recipe "
+        "that each left one fold out (peptrm train --left-out-fold k); each "
+        "spectrum is then read by the whole network that never learned from it, "
+        "as a user's spectra are",
+    )
+    cal.add_argument(
         "-o",
         "--output",
         help="folder for calibration.yaml, rerank.txt/.yaml (and rerank_ms2pip.txt/"
@@ -483,7 +493,13 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"--ms2pip needs ms2pip {predicted.VERSION}: {predicted.INSTALL}"
         )
     model, cfg = load_model(args.model, args.config)
-    cross_fit = load_cross_fit(args.cross_fit, model) if args.cross_fit else []
+    if args.cross_fit_networks and not args.cross_fit:
+        raise ValueError("--cross-fit-networks goes with --cross-fit")
+    cross_fit = (
+        load_cross_fit(args.cross_fit, model, args.cross_fit_networks)
+        if args.cross_fit
+        else []
+    )
     if cross_fit and not args.training_part:
         raise ValueError("--cross-fit goes with --training-part")
     if args.held_out and args.training_part:
@@ -509,7 +525,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         fitted_on=f"{len(spectra)} spectra of {names}"
         + (" (held-out split)" if args.held_out else "")
         + (" (training part)" if args.training_part else "")
-        + (f", cross-fitted in {len(cross_fit)} folds" if cross_fit else ""),
+        + (f", cross-fitted in {len(cross_fit)} folds" if cross_fit else "")
+        + (" (whole networks)" if args.cross_fit_networks else ""),
         platt_spectra=platt_spectra,
         platt_fitted_on=f"{len(platt_spectra)} spectra of {names} (held-out split)",
         cross_fit=cross_fit,

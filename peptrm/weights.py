@@ -112,16 +112,15 @@ def load_model(
     return model.eval(), cfg
 
 
-def load_annotators(folders: Sequence[str | Path]) -> list[PeakAnnotator]:
-    """The peak annotators of runs that each left one fold out, in fold order.
+def _by_fold(
+    folders: Sequence[str | Path],
+) -> list[tuple[str | Path, PepTRM, Config]]:
+    """The saved runs that each left one fold out, loaded and put in fold order.
 
     Each folder is a run of `peptrm train --left-out-fold k` (its `model.yaml`
-    says which of how many folds); together they must leave out every fold
-    once. Fold k's annotator never learned from the real spectra of fold k of
-    the training part, so it reads them as it reads spectra it meets when
-    sequencing.
+    says which of how many folds); together they must leave out every fold once.
     """
-    by_fold: dict[int, PeakAnnotator] = {}
+    by_fold: dict[int, tuple[str | Path, PepTRM, Config]] = {}
     folds = len(folders)
     for folder in folders:
         other, cfg = load_model(folder)
@@ -134,25 +133,65 @@ def load_annotators(folders: Sequence[str | Path]) -> list[PeakAnnotator]:
             )
         if fold in by_fold:
             raise ValueError(f"{folder}: a second run that left out fold {fold}")
-        if not cfg.model.peak_annotator:
-            raise ValueError(f"{folder}: a run without a peak annotator")
-        by_fold[fold] = other.annotator
+        by_fold[fold] = folder, other, cfg
     return [by_fold[k] for k in range(folds)]
 
 
-def load_cross_fit(folders: Sequence[str | Path], model: PepTRM) -> list[PepTRM]:
+def load_annotators(folders: Sequence[str | Path]) -> list[PeakAnnotator]:
+    """The peak annotators of runs that each left one fold out, in fold order.
+
+    Fold k's annotator (`_by_fold`) never learned from the real spectra of fold k
+    of the training part, so it reads them as it reads spectra it meets when
+    sequencing.
+    """
+    annotators = []
+    for folder, other, cfg in _by_fold(folders):
+        if not cfg.model.peak_annotator:
+            raise ValueError(f"{folder}: a run without a peak annotator")
+        annotators.append(other.annotator)
+    return annotators
+
+
+def load_cross_fit(
+    folders: Sequence[str | Path],
+    model: PepTRM,
+    networks: Sequence[str | Path] = (),
+) -> list[PepTRM]:
     """`model` with each fold's peak annotator (`load_annotators`), in fold order.
 
     `peptrm calibrate --cross-fit` fits the scorers of `model`'s network on
     what these annotators say about the spectra they never learned from. The
     annotator has its own encoder and trains alone (`training.annotator_only`),
     so it can be carried onto another network; it must have the same shape.
+
+    `networks` (`--cross-fit-networks`): runs of `model`'s own recipe that each
+    left one fold out too. Fold k is then read by that run's whole network
+    (with fold k's annotator), not by `model`'s, which learned from fold k and
+    is surer of those spectra than of any it meets when sequencing.
     """
     if not model.cfg.peak_annotator:
         raise ValueError("--cross-fit needs a model with a peak annotator")
+    annotators = load_annotators(folders)
+    readers = [model] * len(annotators)
+    if networks:
+        if len(networks) != len(annotators):
+            raise ValueError(
+                f"--cross-fit-networks takes one run per fold: {len(networks)} "
+                f"runs for {len(annotators)} folds"
+            )
+        readers = []
+        for folder, network, cfg in _by_fold(networks):
+            if (cfg.model, cfg.recursion) != (model.cfg, model.recursion):
+                raise ValueError(
+                    f"{folder}: not the model's architecture (model and recursion "
+                    "settings differ)"
+                )
+            readers.append(network)
     runs = []
-    for fold, annotator in enumerate(load_annotators(folders)):
-        run = copy.deepcopy(model)
+    for fold, (annotator, reader) in enumerate(
+        zip(annotators, readers, strict=True)
+    ):
+        run = copy.deepcopy(reader)
         try:
             run.annotator.load_state_dict(annotator.state_dict())
         except RuntimeError as error:

@@ -332,6 +332,14 @@ def test_calibrate_never_replaces_the_bundled_calibration(tmp_path, capsys):
     assert (BUNDLED / "calibration.yaml").read_bytes() == before
 
 
+def test_calibrate_cross_fit_networks_needs_the_fold_annotators(tmp_path, capsys):
+    argv = ["calibrate", str(DATA / "small.mgf"), "-o", str(tmp_path)]
+    assert cli.main([*argv, "--training-part", "--cross-fit-networks", "a", "b"]) == 1
+    (line,) = _error_lines(capsys.readouterr().err, "calibrate")
+    assert "--cross-fit-networks goes with --cross-fit" in line
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_calibrate_with_ms2pip_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     from peptrm import predicted
 

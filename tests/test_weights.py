@@ -1,3 +1,4 @@
+import copy
 from dataclasses import replace
 
 import pytest
@@ -130,6 +131,29 @@ def test_load_cross_fit_orders_the_runs_by_fold_and_checks_them(tmp_path):
     different = PepTRM(wider, cfg.recursion, len(masses.VOCAB))
     with pytest.raises(ValueError, match="fold 0: its peak annotator does not fit"):
         load_cross_fit(folders, different)
+
+
+def test_load_cross_fit_reads_each_fold_with_the_network_that_left_it_out(tmp_path):
+    model, cfg = _annotated_model()
+    annotators = [_fold_run(model, cfg, tmp_path / f"a{k}", k, seed=k) for k in range(3)]
+    networks = []
+    for k in (1, 2, 0):  # fine-tunes of the model, each without one fold, any order
+        network = copy.deepcopy(model)
+        with torch.no_grad():
+            network.heads.residues.weight.add_(float(k + 1))
+        networks.append(_fold_run(network, cfg, tmp_path / f"n{k}", k, seed=10 + k))
+    runs = load_cross_fit(annotators, model, networks)
+    plain = load_cross_fit(annotators, model)
+    for k, run in enumerate(runs):  # fold k: network k's weights, annotator k's
+        shifted = model.heads.residues.weight + float(k + 1)
+        assert torch.equal(run.heads.residues.weight, shifted)
+        assert torch.equal(run.annotator.head.weight, plain[k].annotator.head.weight)
+    with pytest.raises(ValueError, match="one run per fold: 2 runs for 3 folds"):
+        load_cross_fit(annotators, model, networks[:2])
+    other_cfg = replace(cfg, recursion=replace(cfg.recursion, n_supervision=3))
+    stranger = _fold_run(model, other_cfg, tmp_path / "stranger", 0)
+    with pytest.raises(ValueError, match="not the model's architecture"):
+        load_cross_fit(annotators, model, [stranger, networks[0], networks[1]])
 
 
 def test_a_user_config_cannot_change_the_architecture_of_a_saved_model(tmp_path):
