@@ -188,9 +188,7 @@ def load_cross_fit(
                 )
             readers.append(network)
     runs = []
-    for fold, (annotator, reader) in enumerate(
-        zip(annotators, readers, strict=True)
-    ):
+    for fold, (annotator, reader) in enumerate(zip(annotators, readers, strict=True)):
         run = copy.deepcopy(reader)
         try:
             run.annotator.load_state_dict(annotator.state_dict())

@@ -135,7 +135,9 @@ def test_load_cross_fit_orders_the_runs_by_fold_and_checks_them(tmp_path):
 
 def test_load_cross_fit_reads_each_fold_with_the_network_that_left_it_out(tmp_path):
     model, cfg = _annotated_model()
-    annotators = [_fold_run(model, cfg, tmp_path / f"a{k}", k, seed=k) for k in range(3)]
+    annotators = [
+        _fold_run(model, cfg, tmp_path / f"a{k}", k, seed=k) for k in range(3)
+    ]
     networks = []
     for k in (1, 2, 0):  # fine-tunes of the model, each without one fold, any order
         network = copy.deepcopy(model)
