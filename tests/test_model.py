@@ -363,3 +363,23 @@ def test_chance_evidence_starts_as_the_model_without_it_and_learns():
     loss.backward()
     assert reading.chance_scorer[-1].weight.grad.abs().sum() > 0
     assert reading.chance_projection.weight.grad.abs().sum() > 0
+
+
+def test_nearest_peaks_kernels_are_the_gaussian_near_a_peak_and_zero_far_from_one():
+    from peptrm.model import KERNEL_FLOOR, nearest_peaks, sort_peaks
+
+    peaks = sort_peaks(
+        torch.tensor([[300.0, 100.0, 500.0, 0.0]]),
+        torch.tensor([[0.5, 1.0, 0.25, 0.0]]),  # the last is padding
+    )
+    ions = torch.tensor([[100.015625, 299.75, 500.0, 400.0, 1e5]])  # exact in float32
+    nearest, kernels = nearest_peaks(peaks, ions)
+    assert nearest[0, :3].tolist() == [0, 1, 2]  # sorted: 100, 300, 500
+    distance = torch.tensor([0.015625, 0.25, 0.0])
+    for w, sigma in enumerate(KERNEL_WIDTHS_DA):
+        expected = torch.exp(-0.5 * (distance / sigma) ** 2)
+        assert torch.allclose(kernels[0, :3, w], expected, rtol=1e-5, atol=0)
+        assert kernels[0, 3:, w].tolist() == [0.0, 0.0]  # 100 Da and more away
+    # 100 Da from a peak the Gaussian is far below exp(KERNEL_FLOOR), so 0 is
+    # what it gives, the floor only spares exp its slow path there
+    assert math.exp(-0.5 * (100 / max(KERNEL_WIDTHS_DA)) ** 2) < math.exp(KERNEL_FLOOR)
