@@ -290,19 +290,21 @@ def test_calibrate_fits_on_labelled_spectra_and_reports_before_and_after():
 
 
 def test_calibrate_fits_the_rerankers_probability_map_on_other_spectra(small_mgf):
-    # the reranker learns from the demo spectra; its map to a probability is
-    # refitted on the ten small.mgf ones, where the rank-1 scores then average
-    # to the share of those spectra right at rank 1 (a logistic fit's promise)
+    # the reranker learns from the first half of the demo spectra; its map to a
+    # probability is refitted on the other half and the ten small.mgf ones, where
+    # the rank-1 scores then average to the share of those spectra right at rank 1
+    # (a logistic fit's promise)
     model, cfg = load_model()
     prepare = preprocess.pipeline(cfg.preprocess)
     demo = Path(sequence.__file__).parent / "resources" / "demo.mgf"
     spectra = [prepare(s) for s in read_spectra(demo) if isinstance(s, Spectrum)]
-    other = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    small = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    spectra, other = spectra[:20], spectra[20:] + small
     scorers, report = sequence.calibrate(
-        model, spectra, cfg, platt_spectra=other, platt_fitted_on="small"
+        model, spectra, cfg, platt_spectra=other, platt_fitted_on="other"
     )
-    assert report["platt_spectra"] == 10
-    assert scorers.reranker.fitted_on.endswith("Platt map: small")
+    assert report["platt_spectra"] == 30
+    assert scorers.reranker.fitted_on.endswith("Platt map: other")
     found, _, _ = sequence.decode_batch(
         model, other, cfg, "cpu", 1, sequence.RunSummary(), scorers
     )
