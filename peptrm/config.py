@@ -159,7 +159,7 @@ class DecodingConfig:
     evidence_weight: float  # of each cleavage's fragment evidence vs log-probs
     fragment_tol_da: float  # fragment m/z tolerance of the evidence (Da)
     workers: int  # processes that decode (0 = one per CPU core)
-    network_threads: int = 0  # torch threads beside the workers (0: cores / 4, >= 1)
+    network_threads: int = 0  # torch threads beside the workers (0: cores / 4, >= 2)
     precision: str = "float32"  # the network's arithmetic at inference (PRECISIONS)
     supervision_steps: int = 0  # steps run at inference (0: the model's N_sup)
 

@@ -54,4 +54,5 @@ def test_the_network_gets_a_quarter_of_the_cores_beside_the_workers(monkeypatch)
     assert workers.network_threads(3, 0) == 3  # as configured
     assert workers.network_threads(0, 1) == 0  # searching here: torch's own
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert workers.network_threads(0, 0) == 1
+    assert workers.network_threads(0, 0) == 2  # at least MIN_NETWORK_THREADS
+    assert workers.network_threads(1, 0) == 1  # unless configured
