@@ -492,16 +492,16 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--ms2pip needs ms2pip {predicted.VERSION}: {predicted.INSTALL}"
         )
-    model, cfg = load_model(args.model, args.config)
     if args.cross_fit_networks and not args.cross_fit:
         raise ValueError("--cross-fit-networks goes with --cross-fit")
+    if args.cross_fit and not args.training_part:
+        raise ValueError("--cross-fit goes with --training-part")
+    model, cfg = load_model(args.model, args.config)
     cross_fit = (
         load_cross_fit(args.cross_fit, model, args.cross_fit_networks)
         if args.cross_fit
         else []
     )
-    if cross_fit and not args.training_part:
-        raise ValueError("--cross-fit goes with --training-part")
     if args.held_out and args.training_part:
         raise ValueError("give --held-out or --training-part, not both")
     if args.held_out:
