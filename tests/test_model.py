@@ -372,14 +372,18 @@ def test_nearest_peaks_kernels_are_the_gaussian_near_a_peak_and_zero_far_from_on
         torch.tensor([[300.0, 100.0, 500.0, 0.0]]),
         torch.tensor([[0.5, 1.0, 0.25, 0.0]]),  # the last is padding
     )
-    ions = torch.tensor([[100.015625, 299.75, 500.0, 400.0, 1e5]])  # exact in float32
+    ions = torch.tensor([[100.015625, 299.75, 500.0, 400.0, 1e5, 504.0]])  # exact
     nearest, kernels = nearest_peaks(peaks, ions)
     assert nearest[0, :3].tolist() == [0, 1, 2]  # sorted: 100, 300, 500
     distance = torch.tensor([0.015625, 0.25, 0.0])
     for w, sigma in enumerate(KERNEL_WIDTHS_DA):
         expected = torch.exp(-0.5 * (distance / sigma) ** 2)
         assert torch.allclose(kernels[0, :3, w], expected, rtol=1e-5, atol=0)
-        assert kernels[0, 3:, w].tolist() == [0.0, 0.0]  # 100 Da and more away
+        assert kernels[0, 3:, w].tolist() == [0.0, 0.0, 0.0]  # 4 Da and more away
+    # 4 Da from a peak the wide kernel's exponent is -89, past the floor: exp
+    # would give a float32 subnormal there (its slow path), the floor gives 0
+    wide = -0.5 * (4.0 / max(KERNEL_WIDTHS_DA)) ** 2
+    assert wide < KERNEL_FLOOR and torch.exp(torch.tensor(wide)).item() > 0
     # 100 Da from a peak the Gaussian is far below exp(KERNEL_FLOOR), so 0 is
     # what it gives, the floor only spares exp its slow path there
     assert math.exp(-0.5 * (100 / max(KERNEL_WIDTHS_DA)) ** 2) < math.exp(KERNEL_FLOOR)
