@@ -54,7 +54,24 @@ def fragment_ion_mz(ion: tuple, b_mass, precursor_mass):
     """
     _, side, charge, offset = ion
     neutral = b_mass if side == "b" else precursor_mass - b_mass
+    return charged_mz(neutral, charge, offset)
+
+
+def charged_mz(neutral, charge, offset=0.0):
+    """m/z of a fragment of `neutral` residue mass at `charge`, shifted by `offset`.
+
+    Arrays of charges and offsets (`ion_table`) give many ion types at once.
+    """
     return (neutral + charge * PROTON) / charge + offset
+
+
+def ion_table(ions: Sequence[tuple] = FRAGMENT_IONS) -> tuple[list, list, list]:
+    """Each ion type's (is a y ion, charge, offset) as three lists, in order."""
+    return (
+        [side == "y" for _, side, _, _ in ions],
+        [float(charge) for _, _, charge, _ in ions],
+        [offset for _, _, _, offset in ions],
+    )
 
 
 # The 20 residues; I and L share a composition, so they share a mass.

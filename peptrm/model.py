@@ -79,13 +79,19 @@ class Block(nn.Module):
         padding: Tensor | None = None,
         memory: Tensor | None = None,
         memory_padding: Tensor | None = None,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Update `h` (B, S, D); attend to `memory` (B, M, D) when given."""
+        """Update `h` (B, S, D); attend to `memory` (B, M, D) when given.
+
+        `memory_kv` is this block's keys and values of `memory` (`project_memory`),
+        computed once where the same memory is read many times.
+        """
         a = self.norm_self(h)
         h = h + attend(self.self_attention, a, a, padding)
         if memory is not None:
+            query = self.norm_cross(h)
             h = h + attend(
-                self.cross_attention, self.norm_cross(h), memory, memory_padding
+                self.cross_attention, query, memory, memory_padding, memory_kv
             )
         return h + self.mlp(self.norm_mlp(h))  # (B, S, D)
 
@@ -95,23 +101,35 @@ def attend(
     query: Tensor,
     memory: Tensor,
     padding: Tensor | None,
+    kv: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """`attention`(query, memory, memory) with its own weights, through SDPA.
 
     The same sums as `nn.MultiheadAttention`, but its inference fast path with a
     padding mask (a masked softmax and batched matmuls) is ~5x slower on a CPU
     than `scaled_dot_product_attention`, where the encoder spent a third of its
-    time. `padding` (B, M) is True at padded memory positions.
+    time. `padding` (B, M) is True at padded memory positions. `kv` is
+    `project_memory(attention, memory)` when the caller already has it.
     """
     (b, s, d), m, heads = query.shape, memory.shape[1], attention.num_heads
     w, bias = attention.in_proj_weight, attention.in_proj_bias
     q = nn.functional.linear(query, w[:d], bias[:d])
-    k, v = nn.functional.linear(memory, w[d:], bias[d:]).chunk(2, dim=-1)
-    q, k, v = (t.view(b, -1, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    q = q.view(b, s, heads, d // heads).transpose(1, 2)  # (B, H, S, D/H)
+    k, v = project_memory(attention, memory) if kv is None else kv
     mask = None if padding is None else ~padding.view(b, 1, 1, m)  # True: attend
     dropout = attention.dropout if attention.training else 0.0
     out = nn.functional.scaled_dot_product_attention(q, k, v, mask, dropout)
     return attention.out_proj(out.transpose(1, 2).reshape(b, s, d))  # (B, S, D)
+
+
+def project_memory(
+    attention: nn.MultiheadAttention, memory: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The keys and values (B, H, M, D/H) that `attention` reads from `memory`."""
+    (b, m, d), heads = memory.shape, attention.num_heads
+    w, bias = attention.in_proj_weight[d:], attention.in_proj_bias[d:]
+    k, v = nn.functional.linear(memory, w, bias).chunk(2, dim=-1)  # (B, M, D) each
+    return tuple(t.view(b, m, heads, d // heads).transpose(1, 2) for t in (k, v))
 
 
 # --------------------------------------------------------------------------
@@ -189,11 +207,17 @@ class TinyNetwork(nn.Module):
         h: Tensor,
         memory: Tensor | None = None,
         memory_padding: Tensor | None = None,
+        memory_kv: list[tuple[Tensor, Tensor]] | None = None,
     ) -> Tensor:
-        """Map h (B, L, D) to (B, L, D)."""
-        for block in self.blocks:
-            h = block(h, memory=memory, memory_padding=memory_padding)
+        """Map h (B, L, D) to (B, L, D); `memory_kv` holds each block's `remember`."""
+        for i, block in enumerate(self.blocks):
+            kv = None if memory_kv is None else memory_kv[i]
+            h = block(h, memory=memory, memory_padding=memory_padding, memory_kv=kv)
         return self.norm(h)
+
+    def remember(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each block's cross-attention keys and values of `memory` (B, M, D)."""
+        return [project_memory(block.cross_attention, memory) for block in self.blocks]
 
 
 # --------------------------------------------------------------------------
@@ -228,6 +252,7 @@ KERNEL_WIDTHS_DA = (0.02, 0.3)
 EVIDENCE_CHANNELS = 2 * len(KERNEL_WIDTHS_DA)  # presence and intensity per width
 ABSENT_MZ = 1e6  # m/z given to padding peaks so a spectrum's peaks stay sorted
 KERNEL_FLOOR = -80.0  # kernel exponents below this give 0 (exp(-80) ~ 2e-35)
+ROW_MULTIPLE = 32  # distinct lookup rows are padded to a multiple of this
 EVIDENCE_HIDDEN = 32  # width of the per-token evidence scorer (`evidence_logits`)
 
 
@@ -237,6 +262,23 @@ class SortedPeaks(NamedTuple):
     mz: Tensor  # (B, P) ascending; padding at ABSENT_MZ
     intensity: Tensor  # (B, P) 0 for padding
     chance: Tensor | None = None  # (B, P, A) the annotator's ion-type chances
+
+
+class Lookup(NamedTuple):
+    """Ion evidence of a batch's distinct cleavage rows (`PepTRM._lookup`).
+
+    R rows, each one position's V candidate cleavages; `row` says which row
+    each of the B x L draft positions reads.
+    """
+
+    found: Tensor  # (R, V * I * C) kernel channels at every ion type
+    chances: Tensor | None  # (R, V * CHANCE_CHANNELS) the annotator's, if any
+    row: Tensor  # (B, L) index into the R rows
+
+    def expand(self) -> tuple[Tensor, Tensor | None]:
+        """`found` (B, L, V * I * C) and `chances` (B, L, ...) per position."""
+        chances = None if self.chances is None else self.chances[self.row]
+        return self.found[self.row], chances
 
 
 def sort_peaks(
@@ -263,14 +305,12 @@ def nearest_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> tuple[Tensor, Tensor]:
     nearest = torch.where(use_left, left, right)  # (B, N)
     distance = (peaks.mz.gather(1, nearest) - ion_mz).abs()  # (B, N)
     present = peaks.intensity.gather(1, nearest) > 0  # (B, N)
-    kernels = []
-    for sigma in KERNEL_WIDTHS_DA:
-        exponent = -0.5 * (distance / sigma) ** 2  # (B, N)
-        # Most ions are far from any peak, and exp of a very negative float32
-        # takes a slow path (~30x slower); past the floor the kernel is 0.
-        kept = present & (exponent > KERNEL_FLOOR)
-        kernels.append(torch.exp(exponent.clamp(min=KERNEL_FLOOR)) * kept)
-    return nearest, torch.stack(kernels, dim=-1)  # (B, N), (B, N, W)
+    sigma = torch.tensor(KERNEL_WIDTHS_DA, dtype=distance.dtype, device=distance.device)
+    exponent = -0.5 * (distance.unsqueeze(-1) / sigma) ** 2  # (B, N, W)
+    # Most ions are far from any peak, and exp of a very negative float32 takes
+    # a slow path (~30x slower); past the floor the kernel is 0.
+    kept = present.unsqueeze(-1) & (exponent > KERNEL_FLOOR)  # (B, N, W)
+    return nearest, torch.exp(exponent.clamp(min=KERNEL_FLOOR)) * kept
 
 
 def lookup_peaks(peaks: SortedPeaks, nearest: Tensor, kernels: Tensor) -> Tensor:
@@ -323,9 +363,12 @@ def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
     `b` is each cleavage's b-fragment residue mass (neutral); the y fragment is
     precursor_mass - b. Returns (B, L, V, I).
     """
-    precursor = precursor_mass.view(-1, 1, 1)  # (B, 1, 1)
-    ions = [masses.fragment_ion_mz(ion, b, precursor) for ion in ION_TYPES]
-    return torch.stack(ions, dim=-1)  # (B, L, V, I)
+    is_y, charge, offset = masses.ion_table(ION_TYPES)  # I each
+    b = b.unsqueeze(-1)  # (B, L, V, 1)
+    is_y = torch.tensor(is_y, device=b.device)  # (I,)
+    neutral = torch.where(is_y, precursor_mass.view(-1, 1, 1, 1) - b, b)
+    charge, offset = (b.new_tensor(column) for column in (charge, offset))  # (I,)
+    return masses.charged_mz(neutral, charge, offset)  # (B, L, V, I)
 
 
 # --------------------------------------------------------------------------
@@ -383,6 +426,8 @@ class Encoded(NamedTuple):
     peaks: SortedPeaks | None = (
         None  # for the ion-evidence lookup, when the model uses it
     )
+    # The core blocks' cross-attention keys and values of x (`PepTRM.remember`).
+    memory_kv: list[tuple[Tensor, Tensor]] | None = None
 
 
 class PepTRM(nn.Module):
@@ -489,6 +534,16 @@ class PepTRM(nn.Module):
             chance,
         )
 
+    def remember(self, spectrum: Encoded) -> Encoded:
+        """`spectrum` carrying the keys and values every think step reads from x.
+
+        Every think call of every step attends to the same x; projecting it once
+        per batch, not 2 x n x T x N_sup times, gives the same sums (~a third of
+        the core's matrix products at inference). Training re-encodes x each
+        supervision step, so it has nothing to keep.
+        """
+        return spectrum._replace(memory_kv=self.net.remember(spectrum.x))
+
     def annotate_batch(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Each peak's chance (B, P, A) of being each `ANNOTATED_IONS` type."""
         return peak_chances(self.annotator, batch)
@@ -541,6 +596,11 @@ class PepTRM(nn.Module):
         V * CHANCE_CHANNELS). Each refinement step re-reads the spectrum where
         its current draft puts the ions.
         """
+        return self.prefix_lookup(probs, spectrum).expand()
+
+    @torch.no_grad()
+    def prefix_lookup(self, probs: Tensor, spectrum: Encoded) -> Lookup:
+        """`ion_evidence` as distinct rows (`Lookup`), before expanding."""
         token = self.draft_masses(probs)  # (B, L) each position's residue mass
         prefix_before = torch.cumsum(token, dim=1) - token  # (B, L) exclusive
         b = prefix_before.unsqueeze(-1) + self.token_masses  # (B, L, V) v ends b
@@ -571,88 +631,104 @@ class PepTRM(nn.Module):
         it. A draft sure of its length and end resolves its last residues this
         way while the prefix walk is still at the first ones.
         """
+        return self.suffix_lookup(probs, spectrum).expand()[0]  # (B, L, V * I * C)
+
+    @torch.no_grad()
+    def suffix_lookup(self, probs: Tensor, spectrum: Encoded) -> Lookup:
+        """`suffix_ion_evidence` as distinct rows (`Lookup`), before expanding."""
         token = self.draft_masses(probs)  # (B, L)
         suffix_after = token.flip(1).cumsum(1).flip(1) - token  # (B, L)
         residues = spectrum.precursor_mass.double().unsqueeze(1) - masses.H2O
         b = (residues - suffix_after).unsqueeze(-1) - self.token_masses  # (B, L, V)
-        return self._lookup(b, spectrum)[0]  # (B, L, V * I * C)
+        return self._lookup(b, spectrum)
 
-    def _lookup(self, b: Tensor, spectrum: Encoded) -> tuple[Tensor, Tensor | None]:
+    def _lookup(self, b: Tensor, spectrum: Encoded) -> Lookup:
         """Peaks at every ion type of cleavages with b fragments `b` (B, L, V).
 
-        Returns their kernel channels (B, L, V * I * C) and, when the peaks carry
-        chances, the annotator's at the ladder ions (B, L, V * CHANCE_CHANNELS).
+        A position whose candidates weigh what the position before it gave reads
+        the same ions: every position past the draft's last residue (STOP
+        weighs nothing), the whole blank first draft. Only the distinct rows are
+        looked up (about half the positions of a batch of tryptic drafts).
         """
-        ion_mz = candidate_ion_mz(b, spectrum.precursor_mass.double()).float()
-        batch, length, vocab, ions = ion_mz.shape  # (B, L, V, I)
-        peaks = spectrum.peaks
-        nearest, kernels = nearest_peaks(peaks, ion_mz.reshape(batch, -1))
-        found = lookup_peaks(peaks, nearest, kernels)  # (B, L * V * I, C)
-        found = found.reshape(batch, length, -1)  # (B, L, V * I * C)
+        repeats = (b[:, 1:] == b[:, :-1]).all(dim=-1)  # (B, L-1)
+        new = torch.cat([torch.ones_like(repeats[:, :1]), ~repeats], dim=1)  # (B, L)
+        row = new.flatten().cumsum(0).view(new.shape) - 1  # (B, L) latest new row
+        picked = new.nonzero()  # (R, 2) spectrum and position of each distinct row
+        # Elementwise kernels round a tensor's last few elements apart from the
+        # rest (a scalar tail), so R is padded with copies of the first row to a
+        # multiple of ROW_MULTIPLE: a spectrum then reads the same evidence
+        # whatever batch it sits in.
+        padding = picked[:1].expand((-len(picked)) % ROW_MULTIPLE, 2)
+        owner, position = torch.cat([picked, padding]).unbind(1)  # (R,) each
+        b = b[owner, position]  # (R, V)
+        peaks = SortedPeaks(*(t if t is None else t[owner] for t in spectrum.peaks))
+        precursor = spectrum.precursor_mass.double()[owner]  # (R,)
+        ion_mz = candidate_ion_mz(b.unsqueeze(1), precursor).float()  # (R, 1, V, I)
+        rows, ions = len(b), ion_mz.shape[-1]
+        nearest, kernels = nearest_peaks(peaks, ion_mz.view(rows, -1))
+        found = lookup_peaks(peaks, nearest, kernels).view(rows, -1)  # (R, V * I * C)
         if peaks.chance is None:
-            return found, None
+            return Lookup(found, None, row)
         ladder = slice(0, len(ANNOTATED_IONS))  # the first ION_TYPES are b, y, ...
-        nearest = nearest.view(batch, -1, ions)[..., ladder]  # (B, L * V, A)
-        kernels = kernels.view(batch, -1, ions, kernels.shape[-1])[..., ladder, :]
-        chances = lookup_chances(peaks, nearest, kernels)  # (B, L * V, A * W)
-        return found, chances.reshape(batch, length, -1)  # (B, L, V * A * W)
+        nearest = nearest.view(rows, -1, ions)[..., ladder]  # (R, V, A)
+        kernels = kernels.view(rows, -1, ions, kernels.shape[-1])[..., ladder, :]
+        chances = lookup_chances(peaks, nearest, kernels)  # (R, V, A * W)
+        return Lookup(found, chances.view(rows, -1), row)  # (R, V * A * W)
 
-    def embed_draft(
-        self, y: Tensor, spectrum: Encoded
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Soft embedding of the draft (B, L, D), and the ion evidence it read.
+    def embed_draft(self, y: Tensor, spectrum: Encoded) -> tuple[Tensor, Tensor | None]:
+        """Soft embedding of the draft (B, L, D), and what its evidence adds per token.
 
         The embedding is probabilities x token embeddings, plus what the draft
-        says about the spectrum; the evidence (B, L, V * I * C) is None without
-        `ion_evidence`, the annotator's chances at the candidates' ladder ions
-        (B, L, V * CHANCE_CHANNELS) None without `chance_evidence`.
+        says about the spectrum. The second tensor (B, L, V) is each candidate
+        token's learned score of its own evidence (`evidence_logits`, and the
+        annotator's chances with `chance_evidence`) for `revise`, None when the
+        model has neither. Projections and scores run on a lookup's distinct
+        rows, then spread to the positions that read them.
         """
         probs = y.softmax(dim=-1)  # (B, L, V)
         h = self.token_embedding(probs) + self.position_embedding
-        found = chances = None
+        per_token = []  # (R, V) scores of distinct rows, with their row index
         if self.cfg.draft_mass_encoding:
             h = h + self.ladder(probs, spectrum.precursor_mass).to(h.dtype)
         if self.cfg.ion_evidence:
-            found, chances = self.ion_evidence(probs.detach(), spectrum)
+            found, chances, row = self.prefix_lookup(probs.detach(), spectrum)
             found = found.to(h.dtype)
-            h = h + self.evidence_projection(found)  # (B, L, D)
-        if chances is not None:
-            chances = chances.to(h.dtype)
-            h = h + self.chance_projection(chances)  # (B, L, D)
+            h = h + self.evidence_projection(found)[row]  # (B, L, D)
+            if self.cfg.evidence_logits:
+                per_row = found.view(len(found), self.vocab_size, -1)  # (R, V, I*C)
+                per_token.append(self.evidence_scorer(per_row).squeeze(-1)[row])
+            if chances is not None:
+                chances = chances.to(h.dtype)
+                h = h + self.chance_projection(chances)[row]  # (B, L, D)
+                per_row = chances.view(len(chances), self.vocab_size, -1)
+                per_token.append(self.chance_scorer(per_row).squeeze(-1)[row])
         if self.cfg.ion_evidence and self.cfg.suffix_evidence:
-            suffix = self.suffix_ion_evidence(probs.detach(), spectrum).to(h.dtype)
-            h = h + self.suffix_evidence_projection(suffix)  # (B, L, D)
-        return h, found, chances
+            suffix = self.suffix_lookup(probs.detach(), spectrum)
+            projected = self.suffix_evidence_projection(suffix.found.to(h.dtype))
+            h = h + projected[suffix.row]  # (B, L, D)
+        return h, sum(per_token) if per_token else None
 
     def think(
         self, z: Tensor, draft: Tensor, spectrum: Encoded, step: Tensor
     ) -> Tensor:
         """One latent update: z <- net(z + embed(y) + step, spectrum x)."""
         h = z + draft + step  # (B, L, D)
-        return self.net(h, memory=spectrum.x, memory_padding=spectrum.padding)
+        return self.net(h, spectrum.x, spectrum.padding, spectrum.memory_kv)
 
     def revise(
-        self,
-        y: Tensor,
-        z: Tensor,
-        draft: Tensor,
-        found: Tensor | None = None,
-        chances: Tensor | None = None,
+        self, y: Tensor, z: Tensor, draft: Tensor, per_token: Tensor | None = None
     ) -> Tensor:
         """Gated residual revision of the draft from the latent state alone.
 
-        With `evidence_logits`, each candidate token's own ion evidence `found`
-        (B, L, V * I * C) adds its learned score to the residue logits; with
-        `chance_evidence`, so do the annotator's `chances` at its ladder ions.
+        `per_token` (B, L, V), from `embed_draft`, is each candidate token's
+        learned score of its own ion evidence (`evidence_logits`) and of the
+        annotator's chances at its ladder ions (`chance_evidence`), added to the
+        residue logits.
         """
         h = self.net(z + draft)  # (B, L, D) no spectrum x
         candidate = self.heads.residues(h)  # (B, L, V)
-        if found is not None and self.cfg.evidence_logits:
-            per_token = found.view(*candidate.shape, -1)  # (B, L, V, I * C)
-            candidate = candidate + self.evidence_scorer(per_token).squeeze(-1)
-        if chances is not None:
-            per_token = chances.view(*candidate.shape, -1)  # (B, L, V, A * W)
-            candidate = candidate + self.chance_scorer(per_token).squeeze(-1)
+        if per_token is not None:
+            candidate = candidate + per_token
         gate = torch.sigmoid(self.heads.gate(h))  # (B, L, 1)
         return (1 - gate) * y + gate * candidate  # (B, L, V)
 
@@ -661,10 +737,10 @@ class PepTRM(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """One improvement step: think n times about the draft, then revise it once."""
         step_vector = self.step_embedding.weight[min(step, MAX_STEPS - 1)]  # (D,)
-        draft, found, chances = self.embed_draft(y, spectrum)  # (B, L, D) draft
+        draft, per_token = self.embed_draft(y, spectrum)  # (B, L, D), (B, L, V)
         for _ in range(self.recursion.n_latent_steps):
             z = self.think(z, draft, spectrum, step_vector)  # (B, L, D)
-        y = self.revise(y, z, draft, found, chances)  # (B, L, V)
+        y = self.revise(y, z, draft, per_token)  # (B, L, V)
         return y, z
 
     def forward(

@@ -218,7 +218,7 @@ def _refine(
     draft: Tensor | None,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """`refine` in the caller's precision."""
-    spectrum = model.encode_batch(batch)
+    spectrum = model.remember(model.encode_batch(batch))
     y, z = model.initial_state(spectrum)
     if draft is not None:
         y = draft

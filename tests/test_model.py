@@ -387,3 +387,99 @@ def test_nearest_peaks_kernels_are_the_gaussian_near_a_peak_and_zero_far_from_on
     # 100 Da from a peak the Gaussian is far below exp(KERNEL_FLOOR), so 0 is
     # what it gives, the floor only spares exp its slow path there
     assert math.exp(-0.5 * (100 / max(KERNEL_WIDTHS_DA)) ** 2) < math.exp(KERNEL_FLOOR)
+
+
+def _chance_model_and_batch(seed=3):
+    """A small untrained model with ion and chance evidence (argmax walk), a
+    batch of 3 random spectra with chances, and drafts of 8, 3 and 0 residues."""
+    from peptrm.model import ANNOTATED_IONS
+
+    cfg = load_config(overrides={"model": {"dim": 32, "n_heads": 4, "max_length": 12,
+                                           "peak_annotator": True,
+                                           "annotator_layers": 1,
+                                           "chance_evidence": True,
+                                           "argmax_prefix": True}})  # fmt: skip
+    torch.manual_seed(seed)
+    model = PepTRM(cfg.model, cfg.recursion, V).eval()
+    mz, intensity, mass, charge = _batch(n_peaks=40)
+    chance = torch.rand(3, 40, len(ANNOTATED_IONS))
+    spectrum = model.encode(mz, intensity, mass.double(), charge, chance)
+    drafts = ["PEPTLDEK", "GAK"]
+    tokens = torch.as_tensor(np.stack([masses.encode(p, 12) for p in drafts]))
+    tokens = torch.cat([tokens, torch.zeros_like(tokens[:1])])  # the blank draft
+    probs = torch.nn.functional.one_hot(tokens, V).double()
+    return model, spectrum, probs
+
+
+def test_lookup_reads_each_distinct_position_once_and_every_position_its_ions():
+    """Past a draft's last residue (STOP weighs nothing) every position reads
+    the cleavage after it, so only distinct rows are looked up: 9 + 4 + 1 for
+    drafts of 8, 3 and 0 residues, padded to a multiple of ROW_MULTIPLE. Spread
+    back, they are what looking up every position of the batch gives."""
+    from peptrm.model import (
+        ROW_MULTIPLE,
+        candidate_ion_mz,
+        lookup_chances,
+        lookup_peaks,
+        nearest_peaks,
+    )
+
+    model, spectrum, probs = _chance_model_and_batch()
+    lookup = model.prefix_lookup(probs, spectrum)
+    assert len(lookup.found) == ROW_MULTIPLE  # 14 distinct rows, padded
+    assert lookup.row[0].tolist() == list(range(9)) + [8] * 3
+    assert lookup.row[1].tolist() == [9, 10, 11, 12] + [12] * 8
+    assert lookup.row[2].tolist() == [13] * 12
+    found, chances = lookup.expand()
+    # every position, the long way
+    token = model.token_masses[probs.argmax(-1)]
+    b = (torch.cumsum(token, 1) - token).unsqueeze(-1) + model.token_masses
+    ion_mz = candidate_ion_mz(b, spectrum.precursor_mass).float()  # (B, L, V, I)
+    nearest, kernels = nearest_peaks(spectrum.peaks, ion_mz.reshape(3, -1))
+    expected = lookup_peaks(spectrum.peaks, nearest, kernels).reshape(3, 12, -1)
+    torch.testing.assert_close(found, expected, rtol=1e-6, atol=1e-7)
+    ions, kinds = ion_mz.shape[-1], chances.shape[-1] // V // kernels.shape[-1]
+    ladder = (slice(None), slice(None), slice(0, kinds))
+    nearest = nearest.view(3, -1, ions)[ladder]
+    kernels = kernels.view(3, -1, ions, kernels.shape[-1])[ladder]
+    expected = lookup_chances(spectrum.peaks, nearest, kernels).reshape(3, 12, -1)
+    torch.testing.assert_close(chances, expected, rtol=1e-6, atol=1e-7)
+    assert expected[0].abs().sum() > 0  # random chances: something is read
+
+
+def test_a_spectrum_reads_the_same_evidence_and_drafts_in_any_batch():
+    """Spectrum 0 alone and beside two others: bit for bit the same evidence
+    and the same two improvement steps (sequencing 1 or N devices, any batch
+    size, must write the same rows)."""
+    model, spectrum, probs = _chance_model_and_batch()
+    alone = spectrum._replace(
+        x=spectrum.x[:1],
+        padding=spectrum.padding[:1],
+        precursor_mass=spectrum.precursor_mass[:1],
+        peaks=type(spectrum.peaks)(*(t[:1] for t in spectrum.peaks)),
+    )
+    together = model.ion_evidence(probs, spectrum)
+    single = model.ion_evidence(probs[:1], alone)
+    assert torch.equal(together[0][:1], single[0])
+    assert torch.equal(together[1][:1], single[1])
+    with torch.no_grad():
+        y, z = model.initial_state(spectrum)
+        y_alone, z_alone = model.initial_state(alone)
+        for step in range(2):
+            y, z, _ = model(spectrum, y, z, step)
+            y_alone, z_alone, _ = model(alone, y_alone, z_alone, step)
+    torch.testing.assert_close(y[:1], y_alone, rtol=0, atol=1e-5)
+
+
+def test_remembered_keys_and_values_change_nothing(tiny):
+    """`remember` projects x once for every think call: the same numbers."""
+    model, _ = tiny
+    spectrum = model.encode(*_batch())
+    remembered = model.remember(spectrum)
+    assert len(remembered.memory_kv) == len(model.net.blocks)
+    with torch.no_grad():
+        y, z = model.initial_state(spectrum)
+        out = model(spectrum, y, z, 0)
+        out_remembered = model(remembered, y, z, 0)
+    for a, b in zip(out, out_remembered, strict=True):
+        assert torch.equal(a, b)
