@@ -300,16 +300,16 @@ def nearest_peaks(peaks: SortedPeaks, ion_mz: Tensor) -> tuple[Tensor, Tensor]:
     """
     right = torch.searchsorted(peaks.mz, ion_mz).clamp(max=peaks.mz.shape[1] - 1)
     left = (right - 1).clamp(min=0)  # (B, N)
-    left_mz, right_mz = peaks.mz.gather(1, left), peaks.mz.gather(1, right)
-    use_left = (ion_mz - left_mz).abs() < (right_mz - ion_mz).abs()
-    nearest = torch.where(use_left, left, right)  # (B, N)
-    distance = (peaks.mz.gather(1, nearest) - ion_mz).abs()  # (B, N)
-    present = peaks.intensity.gather(1, nearest) > 0  # (B, N)
+    to_left = (ion_mz - peaks.mz.gather(1, left)).abs()  # (B, N)
+    to_right = (peaks.mz.gather(1, right) - ion_mz).abs()  # (B, N)
+    nearest = torch.where(to_left < to_right, left, right)  # (B, N)
+    distance = torch.minimum(to_left, to_right)  # (B, N) to the nearest
     sigma = torch.tensor(KERNEL_WIDTHS_DA, dtype=distance.dtype, device=distance.device)
     exponent = -0.5 * (distance.unsqueeze(-1) / sigma) ** 2  # (B, N, W)
     # Most ions are far from any peak, and exp of a very negative float32 takes
-    # a slow path (~30x slower); past the floor the kernel is 0.
-    kept = present.unsqueeze(-1) & (exponent > KERNEL_FLOOR)  # (B, N, W)
+    # a slow path (~30x slower); past the floor the kernel is 0. Padding peaks
+    # sit at ABSENT_MZ, so far past the floor that their kernels are 0 too.
+    kept = exponent > KERNEL_FLOOR  # (B, N, W)
     return nearest, torch.exp(exponent.clamp(min=KERNEL_FLOOR)) * kept
 
 
