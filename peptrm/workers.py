@@ -57,10 +57,11 @@ def parallel_map(function: Callable[[T], R], items: list[T], workers: int) -> li
         return [function(item) for item in items]
 
 
-# On 2 cores, the 8-step network bundled now spends ~2.4x the CPU of the search
+# On 2 cores, the 8-step network bundled now spent ~2.4x the CPU of the search
 # and scoring beside it: dev, whole process, 2 threads against 1 took 0.77x the
 # wall-clock (43.4 / 56.6 s and 43.7 / 56.1 s, in turn), peptide recall 0.353
-# against 0.354.
+# against 0.354. Once the network did half the work (~1.1x the search's CPU),
+# 1 thread still took 1.13x the wall-clock of 2.
 MIN_NETWORK_THREADS = 2
 
 
