@@ -263,6 +263,10 @@ class SortedPeaks(NamedTuple):
     intensity: Tensor  # (B, P) 0 for padding
     chance: Tensor | None = None  # (B, P, A) the annotator's ion-type chances
 
+    def select(self, index: Tensor) -> SortedPeaks:
+        """The peaks of the spectra at `index` (R,): (R, P) each."""
+        return SortedPeaks(*(t if t is None else t[index] for t in self))
+
 
 class Lookup(NamedTuple):
     """Ion evidence of a batch's distinct cleavage rows (`PepTRM._lookup`).
@@ -428,6 +432,20 @@ class Encoded(NamedTuple):
     )
     # The core blocks' cross-attention keys and values of x (`PepTRM.remember`).
     memory_kv: list[tuple[Tensor, Tensor]] | None = None
+
+    def select(self, index: Tensor) -> Encoded:
+        """The spectra at `index` (R,) of the batch, everything they carry with them."""
+        peaks = None if self.peaks is None else self.peaks.select(index)
+        memory_kv = None
+        if self.memory_kv is not None:
+            memory_kv = [(k[index], v[index]) for k, v in self.memory_kv]
+        return Encoded(
+            self.x[index],
+            self.padding[index],
+            self.precursor_mass[index],
+            peaks,
+            memory_kv,
+        )
 
 
 class PepTRM(nn.Module):
@@ -661,7 +679,7 @@ class PepTRM(nn.Module):
         padding = picked[:1].expand((-len(picked)) % ROW_MULTIPLE, 2)
         owner, position = torch.cat([picked, padding]).unbind(1)  # (R,) each
         b = b[owner, position]  # (R, V)
-        peaks = SortedPeaks(*(t if t is None else t[owner] for t in spectrum.peaks))
+        peaks = spectrum.peaks.select(owner)
         precursor = spectrum.precursor_mass.double()[owner]  # (R,)
         ion_mz = candidate_ion_mz(b.unsqueeze(1), precursor).float()  # (R, 1, V, I)
         rows, ions = len(b), ion_mz.shape[-1]

@@ -225,14 +225,17 @@ def _refine(
     active = torch.ones(len(spectrum.x), dtype=torch.bool, device=spectrum.x.device)
     steps = torch.zeros(len(spectrum.x), dtype=torch.long, device=spectrum.x.device)
     history = []
+    running = spectrum  # the spectra still refining; halted ones are not computed
     for k in range(n_steps):
-        new_y, new_z, halt = model(spectrum, y, z, supervision_step=k)
-        keep = active.view(-1, 1, 1)
-        y = torch.where(keep, new_y, y)  # (B, L, V) halted spectra keep their draft
-        z = torch.where(keep, new_z, z)  # (B, L, D)
+        index = active.nonzero().squeeze(1)  # (A,)
+        if len(index) < len(running.x):
+            running = spectrum.select(index)
+        new_y, new_z, halt = model(running, y[index], z[index], supervision_step=k)
+        y = y.index_copy(0, index, new_y)  # (B, L, V) halted spectra keep their draft
+        z = z.index_copy(0, index, new_z)  # (B, L, D)
         steps += active.long()
         history.append(y.log_softmax(dim=-1))
-        active &= torch.sigmoid(halt) < halt_threshold
+        active[index] = torch.sigmoid(halt) < halt_threshold
         if not active.any():
             break
     return y.log_softmax(dim=-1), steps, history

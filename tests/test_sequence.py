@@ -135,6 +135,35 @@ def test_refine_returns_one_history_entry_per_step_run(tiny, small_mgf):
     assert torch.equal(halted, one_step)  # a halted spectrum keeps its draft
 
 
+def test_halted_spectra_are_not_computed_again(small_mgf, monkeypatch):
+    """Spectra 0 and 3 halt after the first step: the next steps run on the
+    other 8 alone, which end as they do when nothing halts (bit for bit), and
+    the halted two keep their first draft."""
+    from peptrm.model import PepTRM
+
+    model, cfg = load_model()
+    batch = _batch(cfg, small_mgf)
+    halting = batch["precursor_mass"][[0, 3]]
+    sizes = []
+    forward = PepTRM.forward
+
+    def halt_two(self, spectrum, y, z, supervision_step=0):
+        sizes.append(len(spectrum.x))
+        y, z, halt = forward(self, spectrum, y, z, supervision_step)
+        chosen = torch.isin(spectrum.precursor_mass, halting)
+        return y, z, torch.where(chosen, 20.0, -20.0)
+
+    monkeypatch.setattr(PepTRM, "forward", halt_two)
+    sequence.annotate(model, batch)
+    log_probs, steps, history = sequence.refine(model, batch, 3, halt_threshold=0.9)
+    assert sizes == [10, 8, 8]
+    assert steps.tolist() == [1, 3, 3, 1, 3, 3, 3, 3, 3, 3]
+    everything, _, _ = sequence.refine(model, batch, 3, halt_threshold=1.0)
+    rest = [i for i in range(10) if i not in (0, 3)]
+    assert torch.equal(log_probs[rest], everything[rest])
+    assert torch.equal(log_probs[[0, 3]], history[0][[0, 3]])
+
+
 def test_a_bfloat16_network_reads_the_demo_as_the_float32_one_does(small_mgf):
     model, cfg = load_model()
     batch = _batch(cfg, small_mgf)
