@@ -637,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sequence":  # its workers' imports overlap ours from here
         from peptrm import workers
 
+        workers.network_threads_sleep()  # before torch loads
         workers.start_forkserver()
     log.info(_versions())
     handlers = {

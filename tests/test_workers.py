@@ -56,3 +56,12 @@ def test_the_network_gets_a_quarter_of_the_cores_beside_the_workers(monkeypatch)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert workers.network_threads(0, 0) == 2  # at least MIN_NETWORK_THREADS
     assert workers.network_threads(1, 0) == 1  # unless configured
+
+
+def test_the_network_threads_sleep_unless_the_user_said_otherwise(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    workers.network_threads_sleep()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    workers.network_threads_sleep()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
