@@ -705,7 +705,7 @@ class PepTRM(nn.Module):
         """
         probs = y.softmax(dim=-1)  # (B, L, V)
         h = self.token_embedding(probs) + self.position_embedding
-        per_token = []  # (R, V) scores of distinct rows, with their row index
+        per_token = []  # (B, L, V) each token's learned score, spread from its rows
         if self.cfg.draft_mass_encoding:
             h = h + self.ladder(probs, spectrum.precursor_mass).to(h.dtype)
         if self.cfg.ion_evidence:

@@ -100,6 +100,12 @@ def pool_pays(tasks: int) -> bool:
 WORKER_PRELOAD = ["peptrm.sequence", "ms2pip.core"]  # an ImportError is skipped
 
 
+# On 2 cores, with the network on 2 threads beside 2 decoding processes, PASSIVE
+# took 0.87x the wall-clock of the default (dev, whole process, 2 pairs in turn,
+# with a training run on one core), the same rows.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def network_threads_sleep() -> None:
     """Let the network's OpenMP threads sleep between parallel regions.
 
@@ -109,12 +115,6 @@ def network_threads_sleep() -> None:
     stands.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-
-
-# On 2 cores, with the network on 2 threads beside 2 decoding processes, PASSIVE
-# took 0.87x the wall-clock of the default (dev, whole process, 2 pairs in turn,
-# with a training run on one core), the same rows.
-OMP_WAIT_POLICY = "PASSIVE"
 
 
 def start_forkserver() -> None:
