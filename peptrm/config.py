@@ -77,6 +77,7 @@ class TrainingConfig:
     """Optimisation, losses, curricula and logging of `peptrm train`."""
 
     seed: int  # seeds Python, NumPy and torch; the same seed reproduces a run
+    stream: int  # batch stream: 0 the seed's own; k > 0 new batches, the same split
     batch_size: int  # spectra per optimiser step
     max_steps: int  # optimiser steps in the whole run
     learning_rate: float  # peak AdamW learning rate

@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from peptrm import masses, preprocess, simulate
-from peptrm.config import Config, config_to_dict, load_config
+from peptrm.config import Config, TrainingConfig, config_to_dict, load_config
 from peptrm.io import Skipped, Spectrum, read_spectra
 from peptrm.model import (
     ANNOTATED_IONS,
@@ -306,8 +306,19 @@ def training_part(paths: Sequence[str | Path], cfg: Config) -> list[Spectrum]:
     return train
 
 
+def batch_words(t: TrainingConfig, batch_index: int) -> list[int]:
+    """The seed words of batch `batch_index`: (seed, b), or (seed, b, stream).
+
+    Stream 0 keeps the words every run before `training.stream` used, so their
+    batches are unchanged; another stream's last word is never 0, so no batch of
+    it is a batch of stream 0.
+    """
+    words = [t.seed, batch_index]
+    return words + [t.stream] if t.stream else words
+
+
 class TrainingStream(IterableDataset):
-    """Endless batches mixing simulated and real spectra; batch b is f(seed, b).
+    """Endless batches mixing simulated and real spectra; batch b is f(seed, b, stream).
 
     Worker w of W makes batches start+w, start+w+W, ...; the DataLoader takes
     them round-robin, so the order is the same for any number of workers.
@@ -372,7 +383,7 @@ class TrainingStream(IterableDataset):
         taken, which sets the curricula: every rank is at the same point of them.
         """
         log.debug("making batch %d", batch_index)
-        rng = np.random.default_rng([self.cfg.training.seed, batch_index])
+        rng = np.random.default_rng(batch_words(self.cfg.training, batch_index))
         size = self.cfg.training.batch_size
         real_share, difficulty = self.schedule(
             batch_index if position is None else position

@@ -174,6 +174,26 @@ def test_stream_batches_depend_only_on_seed_and_index():
     assert not torch.equal(a["mz"], c["mz"])
 
 
+def test_another_stream_draws_new_batches_reproducibly():
+    """A fine-tune on stream 1 replays none of stream 0's batches, and its own again."""
+    cfg = load_config(overrides=TINY)
+    other = load_config(
+        overrides={**TINY, "training": {**TINY["training"], "stream": 1}}
+    )
+    real = [s for s in read_spectra(DATA / "overfit64.mgf") if isinstance(s, Spectrum)]
+    peptides = ["PEPTIDEK", "LVNELTEFAK", "AEFVEVTK", "YLYEIAR"]
+    prepare = preprocess.pipeline(cfg.preprocess)
+    real = [prepare(s) for s in real]
+    first = [TrainingStream(cfg, peptides, real).make_batch(b)["mz"] for b in range(8)]
+    new = TrainingStream(other, peptides, real).make_batch(5)
+    again = TrainingStream(other, peptides, real, start_batch=2).make_batch(5)
+    for key in new:
+        torch.testing.assert_close(new[key], again[key])
+    assert not any(
+        m.shape == new["mz"].shape and torch.equal(m, new["mz"]) for m in first
+    )
+
+
 def _losses(run: Path) -> dict[int, float]:
     """Training loss by data position (train/batch), over every log of a run."""
     losses = {}
