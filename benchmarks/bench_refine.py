@@ -22,8 +22,16 @@ position K sit on true ions; a network that reads them extends the right run.
 Its rows also count the given tokens, so compare them across models, not with
 the blank start's.
 
+`--fold-runs R0 R1 R2` reads out-of-fold instead: the training part (1,710
+spectra, 9 times the held-out split), each spectrum by the run of MODEL_DIR's
+recipe that left its fold out (`peptrm train --left-out-fold k`), with that
+fold's annotator, as `peptrm calibrate --cross-fit-networks` reads them. The
+held-out split has chosen many snapshots and flatters the one chosen; this set
+has chosen none.
+
     python benchmarks/bench_refine.py MODEL_DIR [MODEL_DIR ...]
         [--rounds 2] [--scorers peptrm/resources] [--dev] [--steps N] [--given K]
+        [--fold-runs R0 R1 R2]
 """
 
 from __future__ import annotations
@@ -38,8 +46,23 @@ from bench_dev import load, metrics, scores
 from common import DEV, TRAIN_FILES, load_model_one_process, print_provenance
 
 from peptrm import decoding, evidence, masses, preprocess, train
-from peptrm.sequence import FEEDBACK_STEPS, annotate, candidates_as_draft, refine
-from peptrm.weights import BUNDLED
+from peptrm.sequence import (
+    FEEDBACK_STEPS,
+    annotate,
+    candidates_as_draft,
+    in_folds,
+    refine,
+)
+from peptrm.weights import BUNDLED, load_cross_fit
+
+ANNOTATOR_FOLDS = [
+    Path(__file__).resolve().parents[1]
+    / "checkpoints"
+    / "annotator"
+    / "cross_fit"
+    / f"fold{k}"
+    for k in range(3)
+]  # the peak annotators the bundled scorers are cross-fitted with
 
 
 def score_model(
@@ -49,21 +72,47 @@ def score_model(
     dev: bool,
     steps: int | None = None,
     given: int = 0,
+    fold_runs: list[Path] | None = None,
 ) -> dict[str, list[tuple[float, float]]]:
-    """(peptide recall, AA precision) per step and per round, for each decoder."""
+    """(peptide recall, AA precision) per step and per round, for each decoder.
+
+    `fold_runs` (one run of `folder`'s recipe per fold, each without that fold):
+    out-of-fold instead, every training-part spectrum read by the run that left
+    its fold out, with that fold's annotator, as `peptrm calibrate` reads them.
+    """
     model, cfg = load_model_one_process(folder)
-    spectra = (
-        load(sorted(DEV.glob("*.mgf")), cfg)
-        if dev
-        else train.held_out_split(TRAIN_FILES, cfg)
+    models = [model]
+    if fold_runs:
+        spectra = train.training_part(TRAIN_FILES, cfg)
+        models = load_cross_fit(ANNOTATOR_FOLDS, model, fold_runs)
+    elif dev:
+        spectra = load(sorted(DEV.glob("*.mgf")), cfg)
+    else:
+        spectra = train.held_out_split(TRAIN_FILES, cfg)
+    table = evidence.load_table(scorers)
+    n_sup = steps or cfg.recursion.n_supervision
+    read = in_folds(
+        models,
+        spectra,
+        lambda run, part: read_spectra(run, cfg, part, table, rounds, n_sup, given),
     )
     truth = [s.peptide for s in spectra]
-    table = evidence.load_table(scorers)
+    out = {}
+    for key in read[0]:
+        out[key] = []
+        for index in range(len(read[0][key])):
+            match = metrics([r[key][index] for r in read], truth)
+            out[key].append((match.peptide_recall, match.aa_precision))
+    out["spectra"] = len(spectra)
+    return out
+
+
+def read_spectra(model, cfg, spectra, table, rounds: int, n_sup: int, given: int):
+    """Per spectrum, {"<decoder> step|round": best peptide after each index}."""
     decoders = {
         "default": (cfg.decoding, table),
         "alone": (dataclasses.replace(cfg.decoding, evidence_weight=0.0), None),
     }
-    n_sup = steps or cfg.recursion.n_supervision
     found = {
         f"{name} {kind}": [[] for _ in range(n)]
         for name in decoders
@@ -90,14 +139,10 @@ def score_model(
                 draft = candidates_as_draft(model, best, cfg.model.max_length)
                 log_probs, _, _ = refine(model, batch, FEEDBACK_STEPS, 1.0, draft)
                 best = decoding.decode(log_probs, mass, settings, 1, peaks)
-    out = {}
-    for key, by_index in found.items():
-        out[key] = []
-        for peptides in by_index:
-            match = metrics(peptides, truth)
-            out[key].append((match.peptide_recall, match.aa_precision))
-    out["spectra"] = len(spectra)
-    return out
+    return [
+        {key: [peptides[i] for peptides in rows] for key, rows in found.items()}
+        for i in range(len(spectra))
+    ]
 
 
 def given_draft(model, spectra, given: int) -> torch.Tensor:
@@ -119,13 +164,31 @@ def main() -> None:
     parser.add_argument("--dev", action="store_true", help="dev, once per model")
     parser.add_argument("--steps", type=int, help="supervision steps (model's N_sup)")
     parser.add_argument("--given", type=int, default=0, help="start from K true tokens")
+    parser.add_argument(
+        "--fold-runs",
+        nargs="+",
+        type=Path,
+        help="out-of-fold on the training part: one run of the recipe per fold",
+    )
     args = parser.parse_args()
     print_provenance(" ".join(str(m) for m in args.models))
     for folder in args.models:
         result = score_model(
-            folder, args.scorers, args.rounds, args.dev, args.steps, args.given
+            folder,
+            args.scorers,
+            args.rounds,
+            args.dev,
+            args.steps,
+            args.given,
+            args.fold_runs,
         )
-        split = "dev" if args.dev else "held-out split of the training files"
+        split = (
+            "training part, out-of-fold"
+            if args.fold_runs
+            else "dev"
+            if args.dev
+            else "held-out split of the training files"
+        )
         print(f"\n{folder}: {split}, {result.pop('spectra')} spectra")
         print(f"{'':<16} {'index':>5} {'pep recall':>10} {'AA precision':>12}")
         for key, rows in result.items():

@@ -963,14 +963,14 @@ def calibrate(
     if learn_cleavage:
         peaks = None
         if cfg.model.peak_annotator:
-            peaks = _in_folds(
+            peaks = in_folds(
                 readers, spectra, lambda m, s: _annotated_peaks(m, s, cfg, device)
             )
         table = evidence.fit_table(
             spectra, cfg.decoding.fragment_tol_da, fitted_on=fitted_on, peaks=peaks
         )
     k = max(rerank_k, 1)
-    searched = _in_folds(
+    searched = in_folds(
         readers,
         spectra,
         lambda m, s: list(
@@ -1021,7 +1021,7 @@ def calibrate(
     }
 
 
-def _in_folds(
+def in_folds(
     models: Sequence[PepTRM],
     spectra: Sequence[Spectrum],
     work: Callable[[PepTRM, list[Spectrum]], list[T]],
