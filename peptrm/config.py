@@ -154,6 +154,7 @@ class DecodingConfig:
     top_k: int  # candidates written per spectrum
     refine_rounds: int  # rounds of feeding the constrained peptide back as the draft
     halt_threshold: float  # stop refining once the halting probability passes this
+    halt_unchanged: int  # also stop once the likeliest tokens held N steps (0 = off)
     batch_size: int  # spectra per inference batch
     max_expansions: int  # prefixes the exact search may extend per spectrum
     beam_width: int  # prefixes per position of the beam search run past the budget
@@ -291,6 +292,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "decoding.top_k": (1, None),
     "decoding.refine_rounds": (0, None),
     "decoding.halt_threshold": (0, 1),
+    "decoding.halt_unchanged": (0, None),
     "decoding.batch_size": (1, None),
     "decoding.max_expansions": (1, None),
     "decoding.beam_width": (0, None),

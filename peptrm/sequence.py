@@ -195,8 +195,14 @@ def refine(
     halt_threshold: float,
     draft: Tensor | None = None,
     precision: str = "float32",
+    halt_unchanged: int = 0,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Run up to `n_steps` supervision steps, freezing spectra once they halt.
+
+    A spectrum halts when its halting probability passes `halt_threshold`, or,
+    with `halt_unchanged` N > 0 (`decoding.halt_unchanged`), once its draft's
+    likeliest tokens have not changed for N steps in a row (the first step's
+    draft is not compared with the blank one).
 
     Returns the final per-position log-probabilities (B, L, V), the steps each
     spectrum used (B,), and the log-probabilities after every step (for the
@@ -206,7 +212,9 @@ def refine(
     """
     device = next(model.parameters()).device.type
     with torch.autocast(device, torch.bfloat16, enabled=precision == "bfloat16"):
-        y, steps, history = _refine(model, batch, n_steps, halt_threshold, draft)
+        y, steps, history = _refine(
+            model, batch, n_steps, halt_threshold, draft, halt_unchanged
+        )
     return y.float(), steps, [step.float() for step in history]
 
 
@@ -216,6 +224,7 @@ def _refine(
     n_steps: int,
     halt_threshold: float,
     draft: Tensor | None,
+    halt_unchanged: int,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """`refine` in the caller's precision."""
     spectrum = model.remember(model.encode_batch(batch))
@@ -224,6 +233,7 @@ def _refine(
         y = draft
     active = torch.ones(len(spectrum.x), dtype=torch.bool, device=spectrum.x.device)
     steps = torch.zeros(len(spectrum.x), dtype=torch.long, device=spectrum.x.device)
+    held = torch.zeros_like(steps)  # steps in a row the likeliest tokens held
     history = []
     running = spectrum  # the spectra still refining; halted ones are not computed
     for k in range(n_steps):
@@ -231,11 +241,16 @@ def _refine(
         if len(index) < len(running.x):
             running = spectrum.select(index)
         new_y, new_z, halt = model(running, y[index], z[index], supervision_step=k)
+        if halt_unchanged and k > 0:
+            same = (new_y.argmax(-1) == y[index].argmax(-1)).all(-1)  # (A,)
+            held[index] = torch.where(same, held[index] + 1, 0)
         y = y.index_copy(0, index, new_y)  # (B, L, V) halted spectra keep their draft
         z = z.index_copy(0, index, new_z)  # (B, L, D)
         steps += active.long()
         history.append(y.log_softmax(dim=-1))
         active[index] = torch.sigmoid(halt) < halt_threshold
+        if halt_unchanged:
+            active[index] &= held[index] < halt_unchanged
         if not active.any():
             break
     return y.log_softmax(dim=-1), steps, history
@@ -365,6 +380,7 @@ def network_pass(
         cfg.inference_steps,
         cfg.decoding.halt_threshold,
         precision=cfg.decoding.precision,
+        halt_unchanged=cfg.decoding.halt_unchanged,
     )
     summary.model_seconds += time.perf_counter() - started
     return NetworkPass(batch, log_probs, steps)

@@ -164,6 +164,33 @@ def test_halted_spectra_are_not_computed_again(small_mgf, monkeypatch):
     assert torch.equal(log_probs[[0, 3]], history[0][[0, 3]])
 
 
+def test_a_spectrum_halts_once_its_likeliest_tokens_held_for_n_steps(small_mgf):
+    """`halt_unchanged` 2: each spectrum ends at the first step whose likeliest
+    tokens equal those of the two steps before, with that step's draft, as read
+    from a run where none halts; the rest run every step."""
+    model, cfg = load_model()
+    batch = sequence.annotate(model, _batch(cfg, small_mgf))
+    n = cfg.recursion.n_supervision
+    everything, _, history = sequence.refine(model, batch, n, halt_threshold=1.1)
+    tokens = [h.argmax(-1) for h in history]
+    expected = []
+    for i in range(10):
+        held, stop = 0, n - 1
+        for k in range(1, n):
+            held = held + 1 if torch.equal(tokens[k][i], tokens[k - 1][i]) else 0
+            if held == 2:
+                stop = k
+                break
+        expected.append(stop)
+    log_probs, steps, _ = sequence.refine(
+        model, batch, n, halt_threshold=1.1, halt_unchanged=2
+    )
+    assert steps.tolist() == [k + 1 for k in expected]
+    assert 0 < sum(k < n - 1 for k in expected) < 10  # some halt early, not all
+    for i, k in enumerate(expected):
+        torch.testing.assert_close(log_probs[i], history[k][i])
+
+
 def test_a_bfloat16_network_reads_the_demo_as_the_float32_one_does(small_mgf):
     model, cfg = load_model()
     batch = _batch(cfg, small_mgf)
