@@ -171,7 +171,7 @@ def test_a_spectrum_halts_once_its_likeliest_tokens_held_for_n_steps(small_mgf):
     model, cfg = load_model()
     batch = sequence.annotate(model, _batch(cfg, small_mgf))
     n = cfg.recursion.n_supervision
-    everything, _, history = sequence.refine(model, batch, n, halt_threshold=1.1)
+    _, _, history = sequence.refine(model, batch, n, halt_threshold=1.1)
     tokens = [h.argmax(-1) for h in history]
     expected = []
     for i in range(10):
