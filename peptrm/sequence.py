@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCORING_CHUNK = search.CHUNK  # spectra scored (calibrated, reranked) per worker task
+BATCH_MULTIPLE = 8  # the network reads batches padded to a multiple of this
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
 MAX_SKIP_MESSAGES = 50  # skipped spectra named one by one in the log; the rest counted
 
@@ -373,17 +374,26 @@ def network_pass(
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
-    annotate(model, batch)
+    # A matrix product over a few rows rounds apart from one over many (on a
+    # CPU, 2 spectra read otherwise than 3 or more), so the network reads the
+    # batch padded with copies of its first spectrum to a multiple of
+    # BATCH_MULTIPLE: a spectrum then reads the same whatever batch it sits in.
+    n = len(spectra)
+    rows = torch.arange(n, device=device)
+    rows = torch.cat([rows, rows[:1].expand((-n) % BATCH_MULTIPLE)])
+    padded = annotate(model, {key: value[rows] for key, value in batch.items()})
     log_probs, steps, _ = refine(
         model,
-        batch,
+        padded,
         cfg.inference_steps,
         cfg.decoding.halt_threshold,
         precision=cfg.decoding.precision,
         halt_unchanged=cfg.decoding.halt_unchanged,
     )
+    if "ion_chances" in padded:
+        batch["ion_chances"] = padded["ion_chances"][:n]
     summary.model_seconds += time.perf_counter() - started
-    return NetworkPass(batch, log_probs, steps)
+    return NetworkPass(batch, log_probs[:n], steps[:n])
 
 
 def search_and_score(

@@ -191,6 +191,25 @@ def test_a_spectrum_halts_once_its_likeliest_tokens_held_for_n_steps(small_mgf):
         torch.testing.assert_close(log_probs[i], history[k][i])
 
 
+def test_a_spectrum_reads_the_same_whatever_batch_it_sits_in():
+    """A spectrum's network pass is the same, to the bit, alone, in the whole
+    demo, or in another order (what `--devices N` and cross-fitting need): a
+    batch of 1 or 2 rounds otherwise unless padded (`BATCH_MULTIPLE`)."""
+    model, cfg = load_model()
+    spectra = _demo_spectra(cfg)
+    summary = sequence.RunSummary()
+    whole = sequence.network_pass(model, spectra, cfg, "cpu", summary)
+    backwards = sequence.network_pass(model, spectra[::-1], cfg, "cpu", summary)
+    assert torch.equal(backwards.log_probs.flip(0), whole.log_probs)
+    assert torch.equal(
+        backwards.batch["ion_chances"].flip(0), whole.batch["ion_chances"]
+    )
+    for i in (0, 17, 12):
+        alone = sequence.network_pass(model, spectra[i : i + 1], cfg, "cpu", summary)
+        assert torch.equal(alone.log_probs[0], whole.log_probs[i])
+        assert torch.equal(alone.steps[0], whole.steps[i])
+
+
 def test_a_bfloat16_network_reads_the_demo_as_the_float32_one_does(small_mgf):
     model, cfg = load_model()
     batch = _batch(cfg, small_mgf)
