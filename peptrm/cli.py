@@ -536,9 +536,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     if reranker is not None:
         log.info(
             "reranker: rank-1 recall %.3f in search order, %.3f reranked "
-            "(out-of-fold), recall@%d %.3f",
+            "(out-of-fold; AA precision %.3f), recall@%d %.3f",
             report["search_rank1_recall"],
             report["reranked_rank1_recall_out_of_fold"],
+            report["reranked_aa_precision_out_of_fold"],
             reranker.k,
             report[f"recall_at_{reranker.k}"],
         )

@@ -758,7 +758,7 @@ def fit(
     x, y, group = training_table(groups, peaks, charges, labels, k, features)
     if y.min() == y.max():
         raise ValueError("the reranker needs both right and wrong candidates")
-    reranker, recall = _fit_table(x, y, group, seed)
+    reranker, first = _fit_table(x, y, group, seed)
     reranker = dataclasses.replace(reranker, k=k, fitted_on=fitted_on)
     n = len(groups)
     spectra = np.unique(group)
@@ -767,29 +767,55 @@ def fit(
         "candidates": len(y),
         f"recall_at_{k}": float(sum(y[group == g].max() for g in spectra) / n),
         "search_rank1_recall": float(sum(y[group == g][0] for g in spectra) / n),
-        "reranked_rank1_recall_out_of_fold": recall / n,
+        "reranked_rank1_recall_out_of_fold": float(y[first].sum()) / n,
+        "reranked_aa_precision_out_of_fold": _aa_precision(
+            groups, labels, k, group, first
+        ),
     }
     if features == PREDICTED_FEATURES:
-        plain, plain_recall = _fit_table(x[:, : len(FEATURES)], y, group, seed)
+        plain, plain_first = _fit_table(x[:, : len(FEATURES)], y, group, seed)
         reranker.fallback = dataclasses.replace(plain, k=k, fitted_on=fitted_on)
-        report["reranked_rank1_recall_out_of_fold_without_ms2pip"] = plain_recall / n
+        report["reranked_rank1_recall_out_of_fold_without_ms2pip"] = (
+            float(y[plain_first].sum()) / n
+        )
     return reranker, report
+
+
+def _aa_precision(
+    groups: Sequence[Sequence[Candidate]],
+    labels: Sequence[str],
+    k: int,
+    group: np.ndarray,
+    first: np.ndarray,
+) -> float:
+    """AA precision of the candidates at rows `first` of `training_table`.
+
+    Row r of the table is candidate r - (the group's first row) of the group's
+    kept candidates (constrained, with tokens, among the first `k`), in order.
+    """
+    starts = {g: int(np.flatnonzero(group == g)[0]) for g in np.unique(group)}
+    chosen = []
+    for row in first.tolist():
+        g = int(group[row])
+        kept = [c for c in groups[g][:k] if c.constrained and c.tokens]
+        chosen.append((kept[row - starts[g]].tokens, labels[g]))
+    match = metrics.aa_match_batch(*zip(*chosen, strict=True)) if chosen else None
+    return match.aa_precision if match is not None else float("nan")
 
 
 def _fit_table(
     x: np.ndarray, y: np.ndarray, group: np.ndarray, seed: int
-) -> tuple[Reranker, float]:
-    """A reranker on the features `x` holds, and how many spectra it gets right.
+) -> tuple[Reranker, np.ndarray]:
+    """A reranker on the features `x` holds, and the row it ranks first, per spectrum.
 
-    The count is out-of-fold rank-1 hits; `k` and `fitted_on` are the caller's.
+    The rows are chosen out-of-fold; `k` and `fitted_on` are the caller's.
     """
     raw = out_of_fold(x, y, group, folds=5, seed=seed)
     first = _first_candidates(raw, group)
     a, b = _first_platt(raw, y, first)
     booster = _train_booster(x, y, seed)
-    right = y[first].sum()
     features = PREDICTED_FEATURES if x.shape[1] == len(PREDICTED_FEATURES) else FEATURES
-    return Reranker(booster, 0, (float(a), float(b)), "", features), float(right)
+    return Reranker(booster, 0, (float(a), float(b)), "", features), first
 
 
 def _first_candidates(raw: np.ndarray, group: np.ndarray) -> np.ndarray:

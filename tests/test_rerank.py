@@ -135,6 +135,9 @@ def test_fitted_reranker_puts_the_supported_peptide_first_and_keeps_the_tail(tmp
     fitted, report = rerank.fit(groups, peaks, [2] * 60, labels, k=3, fitted_on="t")
     assert report["search_rank1_recall"] == 0  # the truth was never first
     assert report["reranked_rank1_recall_out_of_fold"] > 0.9
+    # the chosen candidates' residues: the truths' all match, a decoy's a few
+    aa = report["reranked_aa_precision_out_of_fold"]
+    assert report["reranked_rank1_recall_out_of_fold"] <= aa <= 1.0
     fitted.save(tmp_path)
     loaded = rerank.load_reranker(tmp_path)
     assert loaded.k == 3 and loaded.fitted_on == "t"
