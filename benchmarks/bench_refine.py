@@ -8,6 +8,9 @@ shipped model), this prints decoded peptide recall and AA precision:
   * after every feedback round (`decoding.refine_rounds`): the search's best
     peptide goes back into the recursion as the draft, `FEEDBACK_STEPS` more
     steps run, and the search runs again;
+  * after the steps `peptrm sequence` runs: each spectrum stops where the
+    model's halting (`decoding.halt_threshold`, `decoding.halt_unchanged`)
+    stops it ("halted");
 
 each twice: with the default decoder (the model's search objective plus the
 learned cleavage log-odds of `--scorers`, top-1 search) and with the network
@@ -116,7 +119,7 @@ def read_spectra(model, cfg, spectra, table, rounds: int, n_sup: int, given: int
     found = {
         f"{name} {kind}": [[] for _ in range(n)]
         for name in decoders
-        for kind, n in (("step", n_sup), ("round", rounds + 1))
+        for kind, n in (("step", n_sup), ("round", rounds + 1), ("halted", 1))
     }
     for start in range(0, len(spectra), 256):
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
@@ -127,8 +130,14 @@ def read_spectra(model, cfg, spectra, table, rounds: int, n_sup: int, given: int
         )
         with torch.no_grad():  # every step, none halts
             _, _, history = refine(model, batch, n_sup, 1.1, draft)
+            halted, _, _ = refine(  # as `peptrm sequence` stops each spectrum
+                model, batch, n_sup, cfg.decoding.halt_threshold, draft,
+                halt_unchanged=cfg.decoding.halt_unchanged,
+            )  # fmt: skip
         for name, (settings, cleavage) in decoders.items():
             peaks = evidence.from_batch(batch, settings.fragment_tol_da, cleavage)
+            best = decoding.decode(halted, mass, settings, 1, peaks)
+            found[f"{name} halted"][0] += scores(best)[0]
             for k, log_probs in enumerate(history):
                 best = decoding.decode(log_probs, mass, settings, 1, peaks)
                 found[f"{name} step"][k] += scores(best)[0]
