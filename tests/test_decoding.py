@@ -1,11 +1,16 @@
 import dataclasses
 import itertools
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import peptrm
 from peptrm import decoding, masses, search, workers
 from peptrm.config import load_config
 from peptrm.evidence import FragmentEvidence, read_steps
@@ -448,3 +453,33 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
         for a, b in zip(top_20, unlimited, strict=True)
     ]
     assert sum(differ) >= len(differ) // 2  # the budget ran out: the beam answered
+
+
+def _cache_folder_in_a_fresh_process(tmp_path, **env) -> str:
+    """Where numba caches the compiled search, as a new process sets it up."""
+    code = "from peptrm import search; print(search._best_first._cache._cache_path)"
+    environ = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    environ.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_the_compiled_search_caches_outside_the_installed_package(tmp_path):
+    """Not beside the source, where `pip uninstall` would leave it behind (and
+    shadow a later editable install); a NUMBA_CACHE_DIR the user set stands."""
+    package = Path(peptrm.__file__).parent
+    cache = Path(
+        _cache_folder_in_a_fresh_process(tmp_path, XDG_CACHE_HOME=str(tmp_path))
+    )
+    assert cache.is_relative_to(tmp_path / "peptrm" / "numba")
+    assert not cache.is_relative_to(package)
+    own = tmp_path / "mine"
+    chosen = _cache_folder_in_a_fresh_process(tmp_path, NUMBA_CACHE_DIR=str(own))
+    assert Path(chosen).is_relative_to(own)
