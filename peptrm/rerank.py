@@ -687,9 +687,7 @@ def training_table(
     it residue by residue in mass.
     """
     x, y, group = [], [], []
-    kept = [
-        [c for c in options[:k] if c.constrained and c.tokens] for options in groups
-    ]
+    kept = [_rankable(options, k) for options in groups]
     intensities: list = [None] * len(kept)
     if _reads_predicted(features):
         intensities = predict_groups(kept, charges)
@@ -781,6 +779,15 @@ def fit(
     return reranker, report
 
 
+def _rankable(options: Sequence[Candidate], k: int) -> list[Candidate]:
+    """The candidates of one spectrum that the reranker ranks, in order.
+
+    Constrained ones with tokens among the first `k`: one row each in
+    `training_table`.
+    """
+    return [c for c in options[:k] if c.constrained and c.tokens]
+
+
 def _aa_precision(
     groups: Sequence[Sequence[Candidate]],
     labels: Sequence[str],
@@ -791,14 +798,14 @@ def _aa_precision(
     """AA precision of the candidates at rows `first` of `training_table`.
 
     Row r of the table is candidate r - (the group's first row) of the group's
-    kept candidates (constrained, with tokens, among the first `k`), in order.
+    `_rankable` candidates.
     """
-    starts = {g: int(np.flatnonzero(group == g)[0]) for g in np.unique(group)}
+    spectra, start = np.unique(group, return_index=True)
+    starts = dict(zip(spectra.tolist(), start.tolist(), strict=True))
     chosen = []
     for row in first.tolist():
         g = int(group[row])
-        kept = [c for c in groups[g][:k] if c.constrained and c.tokens]
-        chosen.append((kept[row - starts[g]].tokens, labels[g]))
+        chosen.append((_rankable(groups[g], k)[row - starts[g]].tokens, labels[g]))
     match = metrics.aa_match_batch(*zip(*chosen, strict=True)) if chosen else None
     return match.aa_precision if match is not None else float("nan")
 
