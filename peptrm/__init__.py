@@ -25,6 +25,8 @@ def _numba_cache_outside_the_package() -> None:
         os.path.expanduser("~"), ".cache"
     )
     folder = os.path.join(base, "peptrm", "numba")
+    if not os.path.isabs(folder):  # no home to expand "~" to: leave it to numba
+        return
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError:
