@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCORING_CHUNK = search.CHUNK  # spectra scored (calibrated, reranked) per worker task
-BATCH_MULTIPLE = 8  # the network reads batches padded to a multiple of this
+BATCH_MULTIPLE = 8  # the networks read batches padded to a multiple of this
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
 MAX_SKIP_MESSAGES = 50  # skipped spectra named one by one in the log; the rest counted
 
@@ -184,8 +184,23 @@ def annotate(model: PepTRM, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     gives the search's cleavage table the annotator's states.
     """
     if model.cfg.peak_annotator:
-        batch["ion_chances"] = model.annotate_batch(batch)
+        n = len(batch["mz"])
+        padded = {key: batch[key][padded_rows(n, batch["mz"].device)] for key in batch}
+        batch["ion_chances"] = model.annotate_batch(padded)[:n]
     return batch
+
+
+def padded_rows(n: int, device: torch.device | str) -> Tensor:
+    """Rows 0..n-1 of a batch, then copies of row 0 up to a multiple of BATCH_MULTIPLE.
+
+    A matrix product over a few rows rounds apart from one over many (on a CPU,
+    2 spectra read otherwise than 3 or more, and the argmax walk carries that
+    into another draft), so the networks read each batch padded this way: a
+    spectrum then reads the same whatever batch it sits in (a last batch, a
+    `--devices` shard, a feedback round, a fold of `calibrate`).
+    """
+    rows = torch.arange(n, device=device)
+    return torch.cat([rows, rows[:1].expand((-n) % BATCH_MULTIPLE)])
 
 
 @torch.no_grad()
@@ -212,11 +227,15 @@ def refine(
     (`decoding.precision`); the log-probabilities come back in float32.
     """
     device = next(model.parameters()).device.type
+    n = len(batch["mz"])
+    rows = padded_rows(n, batch["mz"].device)  # the same sums in any batch
+    batch = {key: value[rows] for key, value in batch.items()}
+    draft = None if draft is None else draft[rows]
     with torch.autocast(device, torch.bfloat16, enabled=precision == "bfloat16"):
         y, steps, history = _refine(
             model, batch, n_steps, halt_threshold, draft, halt_unchanged
         )
-    return y.float(), steps, [step.float() for step in history]
+    return y[:n].float(), steps[:n], [step[:n].float() for step in history]
 
 
 def _refine(
@@ -374,26 +393,17 @@ def network_pass(
     batch = preprocess.collate(spectra, cfg.preprocess.n_peaks)
     batch = {k: v.to(device) for k, v in batch.items()}
     started = time.perf_counter()
-    # A matrix product over a few rows rounds apart from one over many (on a
-    # CPU, 2 spectra read otherwise than 3 or more), so the network reads the
-    # batch padded with copies of its first spectrum to a multiple of
-    # BATCH_MULTIPLE: a spectrum then reads the same whatever batch it sits in.
-    n = len(spectra)
-    rows = torch.arange(n, device=device)
-    rows = torch.cat([rows, rows[:1].expand((-n) % BATCH_MULTIPLE)])
-    padded = annotate(model, {key: value[rows] for key, value in batch.items()})
+    annotate(model, batch)
     log_probs, steps, _ = refine(
         model,
-        padded,
+        batch,
         cfg.inference_steps,
         cfg.decoding.halt_threshold,
         precision=cfg.decoding.precision,
         halt_unchanged=cfg.decoding.halt_unchanged,
     )
-    if "ion_chances" in padded:
-        batch["ion_chances"] = padded["ion_chances"][:n]
     summary.model_seconds += time.perf_counter() - started
-    return NetworkPass(batch, log_probs[:n], steps[:n])
+    return NetworkPass(batch, log_probs, steps)
 
 
 def search_and_score(

@@ -156,7 +156,7 @@ def test_halted_spectra_are_not_computed_again(small_mgf, monkeypatch):
     monkeypatch.setattr(PepTRM, "forward", halt_two)
     sequence.annotate(model, batch)
     log_probs, steps, history = sequence.refine(model, batch, 3, halt_threshold=0.9)
-    assert sizes == [10, 8, 8]
+    assert sizes == [16, 8, 8]  # 10 padded to 16 with copies of 0, which halt too
     assert steps.tolist() == [1, 3, 3, 1, 3, 3, 3, 3, 3, 3]
     everything, _, _ = sequence.refine(model, batch, 3, halt_threshold=1.0)
     rest = [i for i in range(10) if i not in (0, 3)]
@@ -194,7 +194,7 @@ def test_a_spectrum_halts_once_its_likeliest_tokens_held_for_n_steps(small_mgf):
 def test_a_spectrum_reads_the_same_whatever_batch_it_sits_in():
     """A spectrum's network pass is the same, to the bit, alone, in the whole
     demo, or in another order (what `--devices N` and cross-fitting need): a
-    batch of 1 or 2 rounds otherwise unless padded (`BATCH_MULTIPLE`)."""
+    batch of 1 or 2 rounds otherwise unless padded (`padded_rows`)."""
     model, cfg = load_model()
     spectra = _demo_spectra(cfg)
     summary = sequence.RunSummary()
@@ -208,6 +208,16 @@ def test_a_spectrum_reads_the_same_whatever_batch_it_sits_in():
         alone = sequence.network_pass(model, spectra[i : i + 1], cfg, "cpu", summary)
         assert torch.equal(alone.log_probs[0], whole.log_probs[i])
         assert torch.equal(alone.steps[0], whole.steps[i])
+    # the padding is `refine`'s and `annotate`'s own, so every caller has it:
+    # two spectra fed back from the search read what they read in the batch
+    batch = sequence.annotate(
+        model, preprocess.collate(spectra, cfg.preprocess.n_peaks)
+    )
+    draft = model.draft_logits(whole.log_probs.argmax(-1))
+    fed, _, _ = sequence.refine(model, batch, 2, 1.0, draft)
+    pair = {key: value[[12, 17]] for key, value in batch.items()}
+    fed_pair, _, _ = sequence.refine(model, pair, 2, 1.0, draft[[12, 17]])
+    assert torch.equal(fed_pair, fed[[12, 17]])
 
 
 def test_a_bfloat16_network_reads_the_demo_as_the_float32_one_does(small_mgf):
