@@ -4,7 +4,8 @@ Sequences the dev files batch by batch in this process (`sequence.predict_batch`
 decoding in this process, torch on one thread), after a short warm-up that
 loads the compiled search and ms2pip, and prints milliseconds per spectrum:
 the whole batch loop, the network, the search and scoring, and inside the
-scoring the reranker's candidate features. No start-up, no worker processes,
+scoring the reranker's candidate features (its own and ms2pip's, without
+ms2pip's predictions). No start-up, no worker processes,
 no writing: the work each spectrum costs, to compare commits side by side
 (run one after the other, in turn, a few times: this machine's speed drifts).
 With `--profile N` it also prints cProfile's N most expensive functions.
@@ -47,15 +48,19 @@ def main() -> None:
     warm = sequence.RunSummary()
     sequence.predict_batch(model, spectra[:8], cfg, "cpu", 1, warm, scorers)
     features = [0.0]
-    timed = rerank.candidate_features
 
-    def timing(*args, **kwargs):
-        started = time.perf_counter()
-        out = timed(*args, **kwargs)
-        features[0] += time.perf_counter() - started
-        return out
+    def timing(timed):
+        def timed_call(*args, **kwargs):
+            started = time.perf_counter()
+            out = timed(*args, **kwargs)
+            features[0] += time.perf_counter() - started
+            return out
 
-    rerank.candidate_features = timing  # the reranker looks it up here
+        return timed_call
+
+    # the reranker looks them up here: its plain features and ms2pip's
+    rerank.candidate_features = timing(rerank.candidate_features)
+    rerank.predicted_features = timing(rerank.predicted_features)
     summary = sequence.RunSummary()
     profile = cProfile.Profile() if args.profile else None
     size = cfg.decoding.batch_size

@@ -546,8 +546,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     if "reranked_rank1_recall_out_of_fold_without_ms2pip" in report:
         log.info(
             "reranker without ms2pip's features (the fallback): %.3f reranked "
-            "(out-of-fold)",
+            "(out-of-fold); ms2pip reads its best %d (recall@%d %.3f)",
             report["reranked_rank1_recall_out_of_fold_without_ms2pip"],
+            reranker.shortlist,
+            reranker.shortlist,
+            report[f"recall_at_shortlist_{reranker.shortlist}"],
         )
     if "platt_spectra" in report:
         log.info(

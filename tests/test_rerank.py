@@ -261,6 +261,7 @@ def test_an_ms2pip_reranker_ships_with_a_plain_fallback(tmp_path, monkeypatch, c
     assert "ms2pip" not in (tmp_path / rerank.SETTINGS_NAME).read_text()
     loaded = rerank.load_reranker(tmp_path)
     assert loaded.features == rerank.PREDICTED_FEATURES and loaded.k == 2
+    assert loaded.shortlist == rerank.SHORTLIST
     assert loaded.fallback.features == rerank.FEATURES
     # the fallback is the plain fit of the same candidates: the same scores
     plain = rerank.fit(groups, peaks, [2] * 40, labels, k=2)[0]
@@ -318,6 +319,73 @@ def test_reranking_many_spectra_at_once_equals_one_at_a_time(small_mgf, tmp_path
     # and what it learned: the labelled peptide goes first (it was fitted on these)
     firsts = [options[0].tokens for options in together]
     assert firsts == [masses.parse(label) for label in labels]
+
+
+@needs_ms2pip
+def test_the_ms2pip_reranker_reads_the_plain_rerankers_shortlist(
+    small_mgf, monkeypatch
+):
+    # ms2pip predicts only the plain reranker's best 2 of each spectrum's 4;
+    # they go first, ordered by the ms2pip reranker, and the other 2 follow
+    # with the plain one's probabilities. Fitting builds the rows it learns
+    # from as sequencing reads them.
+    rng = np.random.default_rng(3)
+    jobs, labels = [], []
+    for spectrum, tokens, peaks in real_cases(small_mgf):  # charges 2-4
+        decoys = [masses.format_peptide(shuffled(tokens, rng)) for _ in range(3)]
+        order = [*decoys, masses.format_peptide(tokens)]
+        order = order[len(jobs) % 4 :] + order[: len(jobs) % 4]  # truth anywhere
+        options = [candidate(p, -float(k)) for k, p in enumerate(order)]
+        jobs.append((options, peaks, spectrum.charge))
+        labels.append(masses.format_peptide(tokens))
+    groups, peaks, charges = ([job[i] for job in jobs] * 4 for i in range(3))
+    fitted, report = rerank.fit(
+        groups, peaks, charges, labels * 4, k=4,
+        features=rerank.PREDICTED_FEATURES, shortlist=2,
+    )  # fmt: skip
+    assert fitted.shortlist == 2 and 0 < report["recall_at_shortlist_2"] <= 1
+    asked = []
+    real = predicted.predict_by_charge
+
+    def counted(peptides, charges):
+        asked.append(len(peptides))
+        return real(peptides, charges)
+
+    monkeypatch.setattr(predicted, "predict_by_charge", counted)
+    copy = lambda options: [dataclasses.replace(c) for c in options]  # noqa: E731
+    ranked = fitted.rerank_many([(copy(o), p, z) for o, p, z in jobs])
+    assert asked == [2 * len(jobs)]  # one call, 2 candidates a spectrum
+    plain = fitted.fallback.probabilities_many(jobs)
+    for (options, _, _), out, first in zip(jobs, ranked, plain, strict=True):
+        best = np.argsort(-first, kind="stable")
+        assert {tuple(c.tokens) for c in out[:2]} == {
+            tuple(options[i].tokens) for i in best[:2]
+        }
+        assert [c.tokens for c in out[2:]] == [options[i].tokens for i in best[2:]]
+        assert [c.score for c in out[2:]] == pytest.approx(first[best[2:]])
+    # the rows it was fitted on are the ones it reads, built the same way
+    x, _, group = rerank.training_table(groups, peaks, charges, labels * 4, 4)
+    raw = fitted.fallback.booster.predict(x, raw_score=True)
+    rows = rerank.shortlisted(raw, group, 2)
+    table = rerank.with_predicted(x, group, rows, groups, peaks, charges, 4)
+    a, b = fitted.platt
+    raw_read = fitted.booster.predict(table, raw_score=True)
+    expected = 1 / (1 + np.exp(-(a * raw_read + b)))
+    read = fitted.probabilities_many(jobs)
+    got = [
+        p[rerank._shortlist(r, 2)]
+        for p, r in zip(read, raw.reshape(-1, 4)[: len(jobs)], strict=True)
+    ]
+    assert np.concatenate(got) == pytest.approx(expected[: 2 * len(jobs)])
+    # a shortlist as long as the head reads what a reranker without one does
+    everyone = [
+        rerank.fit(
+            groups, peaks, charges, labels * 4, k=4,
+            features=rerank.PREDICTED_FEATURES, shortlist=m,
+        )[0].probabilities_many(jobs)
+        for m in (0, 4)
+    ]  # fmt: skip
+    assert np.concatenate(everyone[0]) == pytest.approx(np.concatenate(everyone[1]))
 
 
 def test_the_reranker_learns_the_exact_peptide_not_its_isobaric_deamidated_twin():
