@@ -393,6 +393,38 @@ def test_a_beam_wide_enough_for_every_prefix_gives_the_exact_top_list(cfg):
     assert same_composition >= batch // 2  # the lists hold reorderings to keep
 
 
+def test_a_beam_step_keeps_what_sorting_every_child_keeps():
+    """The beam sorts only its best children first and the rest when it must;
+    it keeps what one stable sort of all of them keeps: the `width` best
+    masses, `per_mass` prefixes of each, each able to fit, ties in index
+    order. Many children share a mass and a score here, and some are dead ends."""
+    rng = np.random.default_rng(21)
+    short_sums = search.SHORT_SUMS
+    for trial in range(40):
+        n, width, per_mass = int(rng.integers(1, 3000)), int(rng.integers(1, 40)), 4
+        masses_da = rng.choice(rng.uniform(300, 900, size=n // 3 + 1), size=n)
+        f = np.round(rng.normal(0, 2, size=n), 1)  # ties
+        f[rng.random(n) < 0.1] = -np.inf  # cannot fit
+        need = rng.uniform(0, 400, size=(n, 2))  # some light remainders: dead ends
+        tol_da, rows_left = 0.02, int(rng.integers(1, 6))
+        kept = search._beam_keep(f, masses_da, need, tol_da, rows_left, short_sums,
+                                 width, per_mass)  # fmt: skip
+        expected, of_mass = [], {}
+        alive = np.flatnonzero(np.isfinite(f))
+        for c in alive[np.argsort(-f[alive], kind="stable")]:
+            key = int(np.rint(masses_da[c] / search.MASS_KEY_DA))
+            seen = of_mass.get(key, 0)
+            if seen == per_mass or (seen == 0 and len(of_mass) == width):
+                continue
+            if not search._short_completion(need[c], tol_da, rows_left, short_sums):
+                continue
+            of_mass[key] = seen + 1
+            expected.append(c)
+            if len(expected) == min(width * per_mass, len(alive)):
+                break
+        assert kept.tolist() == expected, trial
+
+
 def test_worker_processes_decode_exactly_as_one_process(cfg):
     rng = np.random.default_rng(9)
     peptides = [
