@@ -34,10 +34,10 @@ candidate, taken against the spectrum, reorders them:
                 and the cosine's gap to the spectrum's best (`peptrm.predicted`)
 
 With ms2pip the ranking runs in two stages: the plain reranker (`FEATURES`)
-scores all K candidates, and ms2pip predicts and the ms2pip reranker reads
-only its best few (`SHORTLIST`), which go first; the rest follow in the plain
-reranker's order, with its probabilities. ms2pip is the costliest part of
-scoring, and the right peptide is rarely past the plain reranker's first few.
+scores all K candidates, and ms2pip predicts and the ms2pip reranker scores
+only its best few (`SHORTLIST`); the others keep the plain reranker's
+probability, and all are ordered by probability. ms2pip is the costliest part
+of scoring, and the right peptide is rarely past the plain reranker's first few.
 
 Fragment ions are placed from the precursor less the candidate's own isotope
 error, so a precursor picked at its 13C peak still finds its y ions.
@@ -579,21 +579,13 @@ class Reranker:
 
         ms2pip (with its features) and the booster are called once for all of
         them, not once a spectrum; each spectrum's figures are the same.
-        """
-        return [probability for probability, _ in self._scored(jobs)]
-
-    def _scored(
-        self, jobs: Sequence[tuple[Sequence[Candidate], FragmentEvidence, int]]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per spectrum, (K,) probabilities and whether this reranker gave each.
-
         With ms2pip's features and a `shortlist`, the fallback scores every
         candidate, and ms2pip predicts and this reranker scores the fallback's
         best `shortlist`; the others keep the fallback's probabilities.
         """
         plain = [candidate_features(c, p, z, FEATURES) for c, p, z in jobs]
         if not _reads_predicted(self.features):
-            return [(self._platt(r), np.ones(len(r), bool)) for r in self._raw(plain)]
+            return [self._platt(raw) for raw in self._raw(plain)]
         first = None
         rows = [np.arange(len(table)) for table in plain]
         if self.shortlist and self.fallback is not None:
@@ -616,12 +608,10 @@ class Reranker:
         out = []
         for k, raw in enumerate(self._raw(tables)):
             probability = self._platt(raw)
-            scored = np.zeros(len(plain[k]), bool)
-            scored[rows[k]] = True
             if first is not None:
                 probability, shortlisted = first[k].copy(), probability
                 probability[rows[k]] = shortlisted
-            out.append((probability, scored))
+            out.append(probability)
         return out
 
     def _raw(self, tables: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -661,21 +651,17 @@ class Reranker:
     def rerank_many(
         self, jobs: Sequence[tuple[list[Candidate], FragmentEvidence, int]]
     ) -> list[list[Candidate]]:
-        """`rerank` of several spectra's (candidates, peaks, charge), in one call.
-
-        Those this reranker scored go first (with a `shortlist`, the rest
-        follow in the fallback's order), each by probability.
-        """
+        """`rerank` of several spectra's (candidates, peaks, charge), in one call."""
         every = [(self.head(candidates), peaks, z) for candidates, peaks, z in jobs]
         ranked = [i for i, (head, _, _) in enumerate(every) if head]
         heads = [every[i] for i in ranked]
         out = [candidates for candidates, _, _ in jobs]
-        for i, (head, _, _), (probability, scored) in zip(
-            ranked, heads, self._scored(heads), strict=True
+        for i, (head, _, _), probability in zip(
+            ranked, heads, self.probabilities_many(heads), strict=True
         ):
             for candidate, p in zip(head, probability, strict=True):
                 candidate.score = float(p)
-            order = np.lexsort((-probability, ~scored))  # stable: ties keep order
+            order = np.argsort(-probability, kind="stable")
             out[i] = [head[j] for j in order] + jobs[i][0][self.k :]
         return out
 
