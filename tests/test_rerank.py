@@ -378,6 +378,15 @@ def test_the_ms2pip_reranker_reads_the_plain_rerankers_shortlist(
         for p, r in zip(read, raw.reshape(-1, 4)[: len(jobs)], strict=True)
     ]
     assert np.concatenate(got) == pytest.approx(expected[: 2 * len(jobs)])
+    # a Platt map refitted on other spectra reads them the same way
+    refitted = rerank.refit_platt(fitted, groups, peaks, charges, labels * 4, "x")
+    assert refitted.booster is fitted.booster and refitted.shortlist == 2
+    assert refitted.fallback.booster is fitted.fallback.booster
+    before = fitted.rerank_many([(copy(o), p, z) for o, p, z in jobs])
+    after = refitted.rerank_many([(copy(o), p, z) for o, p, z in jobs])
+    assert [[c.tokens for c in o] for o in after] == [
+        [c.tokens for c in o] for o in before
+    ]  # a new map of the same raw scores: the same order
     # a shortlist as long as the head reads what a reranker without one does
     everyone = [
         rerank.fit(
