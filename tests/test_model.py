@@ -7,7 +7,13 @@ import torch
 
 from peptrm import masses
 from peptrm.config import load_config
-from peptrm.model import KERNEL_WIDTHS_DA, PepTRM, SinusoidalEncoding, attend
+from peptrm.model import (
+    KERNEL_WIDTHS_DA,
+    LookupCache,
+    PepTRM,
+    SinusoidalEncoding,
+    attend,
+)
 
 V = len(masses.VOCAB)
 
@@ -193,6 +199,25 @@ def test_ion_evidence_finds_the_true_ladder_from_either_end():
         assert suffix[0, i, tokens[i], y_ion, 0] > 0.99
     wrong = masses.TOKEN_INDEX["W"]  # W at position 2 has no ions here
     assert prefix[0, 2, wrong, b_ion, 0] < 0.01 and suffix[0, 2, wrong, y_ion, 0] < 0.01
+
+
+def test_the_lookup_cache_never_reads_a_row_of_an_older_lookup():
+    """Position 5 of PEPTLDEK is looked up, then (PEPT: past the draft's end) it
+    repeats position 4, then PEPTLDEK again puts it at the same prefix: it must
+    read what a fresh lookup reads, not the row it had two lookups ago."""
+    model, spectrum, _ = _model_on_a_ladder(argmax_prefix=True)
+    cached = spectrum._replace(
+        lookups=LookupCache(1, 12, torch.device("cpu")), origin=torch.arange(1)
+    )
+    for peptide in ("PEPTLDEK", "PEPT", "PEPTLDEK", "PEPTLDEK"):
+        tokens = torch.as_tensor(masses.encode(list(peptide), 12))
+        probs = torch.nn.functional.one_hot(tokens, V).double().unsqueeze(0)
+        fresh = model.prefix_lookup(probs, spectrum)
+        again = model.prefix_lookup(probs, cached)
+        assert torch.equal(again.found, fresh.found), peptide
+        assert torch.equal(again.row, fresh.row)
+    residues = masses.peptide_mass("PEPTL") - masses.H2O
+    assert cached.lookups.prefix[0, 5].item() == pytest.approx(residues)
 
 
 @pytest.mark.parametrize("argmax_prefix", [False, True])
