@@ -347,15 +347,17 @@ def lookup_chances(peaks: SortedPeaks, nearest: Tensor, kernels: Tensor) -> Tens
     return found.reshape(batch, n, -1)  # (B, M, A * W)
 
 
-def _row_padding(rows: Tensor) -> Tensor:
-    """Copies of the first of `rows` (R, ...) that pad R to a multiple of ROW_MULTIPLE.
+def padded_rows(n: int, multiple: int, device: torch.device | str) -> Tensor:
+    """Indices 0..n-1, then copies of 0 up to a multiple of `multiple`.
 
     Elementwise kernels round a tensor's last few elements apart from the rest
-    (a scalar tail), so every lookup reads a multiple of ROW_MULTIPLE rows: a
-    spectrum then reads the same evidence whatever batch (or part of one) it
-    sits in.
+    (a scalar tail), and a matrix product over a few rows rounds apart from one
+    over many, so the networks read batches (`sequence.BATCH_MULTIPLE`) and
+    every ion lookup reads rows (ROW_MULTIPLE) padded this way: a spectrum then
+    reads the same whatever batch (or part of one) it sits in.
     """
-    return rows[:1].expand((-len(rows)) % ROW_MULTIPLE, *rows.shape[1:])
+    rows = torch.arange(n, device=device)
+    return torch.cat([rows, rows[:1].expand((-n) % multiple)])
 
 
 def _rows_from(
@@ -482,8 +484,8 @@ class LookupCache:
     lookup is a pure function of the spectrum and the prefix mass, so
     `PepTRM._lookup` looks up only the rows whose prefix changed since the
     last lookup of that spectrum and position, and copies the others: the
-    same values as looking every row up (each looked-up set is padded to
-    `ROW_MULTIPLE` rows, as a whole lookup is).
+    same values as looking every row up (each looked-up part is padded to
+    ROW_MULTIPLE rows, as a whole lookup is: `padded_rows`).
     """
 
     def __init__(self, batch: int, length: int, device: torch.device) -> None:
@@ -734,7 +736,7 @@ class PepTRM(nn.Module):
         new = torch.cat([torch.ones_like(repeats[:, :1]), ~repeats], dim=1)  # (B, L)
         row = new.flatten().cumsum(0).view(new.shape) - 1  # (B, L) latest new row
         picked = new.nonzero()  # (R, 2) spectrum and position of each distinct row
-        picked = torch.cat([picked, _row_padding(picked)])  # see `_row_padding`
+        picked = picked[padded_rows(len(picked), ROW_MULTIPLE, picked.device)]
         owner, position = picked.unbind(1)  # (R,) each
         b = b[owner, position]  # (R, V)
         cache = spectrum.lookups
@@ -749,9 +751,11 @@ class PepTRM(nn.Module):
             found = cache.found[kept]
             chances = None if cache.chances is None else cache.chances[kept]
         else:
-            found, chances = self._look_up_rows(
-                b[fresh], owner[fresh], spectrum, padded=True
-            )
+            # padded as a whole lookup is, so each row reads the same in a part
+            part = fresh[padded_rows(len(fresh), ROW_MULTIPLE, fresh.device)]
+            found, chances = self._look_up_rows(b[part], owner[part], spectrum)
+            found = found[: len(fresh)]
+            chances = None if chances is None else chances[: len(fresh)]
             if len(kept):
                 found = _rows_from(found, fresh, cache.found, held, kept)
                 if chances is not None:
@@ -763,19 +767,13 @@ class PepTRM(nn.Module):
         return Lookup(found, chances, row)
 
     def _look_up_rows(
-        self, b: Tensor, owner: Tensor, spectrum: Encoded, padded: bool = False
+        self, b: Tensor, owner: Tensor, spectrum: Encoded
     ) -> tuple[Tensor, Tensor | None]:
         """Ion evidence of rows of cleavages `b` (R, V) of spectra `owner` (R,).
 
-        Returns `Lookup.found` (R, V * I * C) and `Lookup.chances`. `padded`
-        pads the rows as `_lookup` pads a whole lookup, so that each row reads
-        the same in a part as in the whole; the padding's rows are not returned.
+        Returns `Lookup.found` (R, V * I * C) and `Lookup.chances`; the caller
+        pads R to a multiple of ROW_MULTIPLE (`padded_rows`).
         """
-        n = len(b)
-        if padded:
-            extra = len(_row_padding(b))  # copies of row 0
-            b = torch.cat([b, b[:1].expand(extra, -1)])
-            owner = torch.cat([owner, owner[:1].expand(extra)])
         peaks = spectrum.peaks.select(owner)
         precursor = spectrum.precursor_mass.double()[owner]  # (R,)
         ion_mz = candidate_ion_mz(b.unsqueeze(1), precursor).float()  # (R, 1, V, I)
@@ -783,12 +781,12 @@ class PepTRM(nn.Module):
         nearest, kernels = nearest_peaks(peaks, ion_mz.view(rows, -1))
         found = lookup_peaks(peaks, nearest, kernels).view(rows, -1)  # (R, V * I * C)
         if peaks.chance is None:
-            return found[:n], None
+            return found, None
         ladder = slice(0, len(ANNOTATED_IONS))  # the first ION_TYPES are b, y, ...
         nearest = nearest.view(rows, -1, ions)[..., ladder]  # (R, V, A)
         kernels = kernels.view(rows, -1, ions, kernels.shape[-1])[..., ladder, :]
         chances = lookup_chances(peaks, nearest, kernels)  # (R, V, A * W)
-        return found[:n], chances.view(rows, -1)[:n]  # (R, V * A * W)
+        return found, chances.view(rows, -1)  # (R, V * A * W)
 
     def embed_draft(self, y: Tensor, spectrum: Encoded) -> tuple[Tensor, Tensor | None]:
         """Soft embedding of the draft (B, L, D), and what its evidence adds per token.

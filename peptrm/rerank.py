@@ -786,15 +786,13 @@ def with_predicted(
 ) -> np.ndarray:
     """`training_table`'s `rows` (ascending), ms2pip's features added.
 
-    As `Reranker._scored` builds them: each spectrum's plain features over
+    As `Reranker.probabilities_many` builds them: each spectrum's plain features over
     all its candidates, ms2pip's over its rows alone (one ms2pip call).
     """
-    spectra, start = np.unique(group, return_index=True)
-    owner = group[rows]
-    read = []
-    for g, first in zip(spectra.tolist(), start.tolist(), strict=True):
-        options = _rankable(groups[g], k)
-        read.append([options[i] for i in (rows[owner == g] - first).tolist()])
+    candidates = _candidates_at(groups, k, group, rows)
+    spectra, start = np.unique(group[rows], return_index=True)  # rows ascend
+    ends = [*start.tolist()[1:], len(candidates)]
+    read = [candidates[a:b] for a, b in zip(start.tolist(), ends, strict=True)]
     charge = [charges[g] for g in spectra.tolist()]
     intensities = predict_groups(read, charge)
     extra = [
@@ -920,6 +918,26 @@ def _rankable(options: Sequence[Candidate], k: int) -> list[Candidate]:
     return [c for c in options[:k] if c.constrained and c.tokens]
 
 
+def _candidates_at(
+    groups: Sequence[Sequence[Candidate]], k: int, group: np.ndarray, rows: np.ndarray
+) -> list[Candidate]:
+    """The candidates at rows `rows` of `training_table`.
+
+    Row r of the table is candidate r - (its spectrum's first row) of that
+    spectrum's `_rankable` candidates.
+    """
+    spectra, start = np.unique(group, return_index=True)
+    first = dict(zip(spectra.tolist(), start.tolist(), strict=True))
+    kept: dict[int, list[Candidate]] = {}
+    out = []
+    for row in rows.tolist():
+        g = int(group[row])
+        if g not in kept:
+            kept[g] = _rankable(groups[g], k)
+        out.append(kept[g][row - first[g]])
+    return out
+
+
 def _aa_precision(
     groups: Sequence[Sequence[Candidate]],
     labels: Sequence[str],
@@ -927,17 +945,12 @@ def _aa_precision(
     group: np.ndarray,
     first: np.ndarray,
 ) -> float:
-    """AA precision of the candidates at rows `first` of `training_table`.
-
-    Row r of the table is candidate r - (the group's first row) of the group's
-    `_rankable` candidates.
-    """
-    spectra, start = np.unique(group, return_index=True)
-    starts = dict(zip(spectra.tolist(), start.tolist(), strict=True))
-    chosen = []
-    for row in first.tolist():
-        g = int(group[row])
-        chosen.append((_rankable(groups[g], k)[row - starts[g]].tokens, labels[g]))
+    """AA precision of the candidates at rows `first` of `training_table`."""
+    candidates = _candidates_at(groups, k, group, first)
+    chosen = [
+        (c.tokens, labels[g])
+        for c, g in zip(candidates, group[first].tolist(), strict=True)
+    ]
     match = metrics.aa_match_batch(*zip(*chosen, strict=True)) if chosen else None
     return match.aa_precision if match is not None else float("nan")
 
@@ -1014,7 +1027,7 @@ def refit_platt(
     if not _reads_predicted(reranker.features):
         return refitted(reranker, x, y, group)
     fallback, rows = reranker.fallback, np.arange(len(y))
-    if fallback is not None and reranker.shortlist:  # as `Reranker._scored` reads
+    if fallback is not None and reranker.shortlist:  # as sequencing reads them
         raw = fallback.booster.predict(x, raw_score=True)
         rows = shortlisted(raw, group, reranker.shortlist)
     x_read = with_predicted(x, group, rows, groups, peaks, charges, reranker.k)

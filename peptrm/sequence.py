@@ -61,14 +61,16 @@ from peptrm.io import (
     write_csv,
     write_mztab,
 )
-from peptrm.model import PepTRM
+from peptrm.model import PepTRM, padded_rows
 from peptrm.rerank import Reranker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCORING_CHUNK = search.CHUNK  # spectra scored (calibrated, reranked) per worker task
-BATCH_MULTIPLE = 8  # the networks read batches padded to a multiple of this
+# The networks read batches padded to a multiple of this (`model.padded_rows`): a
+# matrix product over 1-2 spectra rounds apart from one over more (on a CPU).
+BATCH_MULTIPLE = 8
 FEEDBACK_STEPS = 2  # supervision steps run on a fed-back peptide per refine round
 MAX_SKIP_MESSAGES = 50  # skipped spectra named one by one in the log; the rest counted
 
@@ -185,22 +187,10 @@ def annotate(model: PepTRM, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """
     if model.cfg.peak_annotator:
         n = len(batch["mz"])
-        padded = {key: batch[key][padded_rows(n, batch["mz"].device)] for key in batch}
+        rows = padded_rows(n, BATCH_MULTIPLE, batch["mz"].device)
+        padded = {key: value[rows] for key, value in batch.items()}
         batch["ion_chances"] = model.annotate_batch(padded)[:n]
     return batch
-
-
-def padded_rows(n: int, device: torch.device | str) -> Tensor:
-    """Rows 0..n-1 of a batch, then copies of row 0 up to a multiple of BATCH_MULTIPLE.
-
-    A matrix product over a few rows rounds apart from one over many (on a CPU,
-    2 spectra read otherwise than 3 or more, and the argmax walk carries that
-    into another draft), so the networks read each batch padded this way: a
-    spectrum then reads the same whatever batch it sits in (a last batch, a
-    `--devices` shard, a feedback round, a fold of `calibrate`).
-    """
-    rows = torch.arange(n, device=device)
-    return torch.cat([rows, rows[:1].expand((-n) % BATCH_MULTIPLE)])
 
 
 @torch.no_grad()
@@ -228,7 +218,7 @@ def refine(
     """
     device = next(model.parameters()).device.type
     n = len(batch["mz"])
-    rows = padded_rows(n, batch["mz"].device)  # the same sums in any batch
+    rows = padded_rows(n, BATCH_MULTIPLE, batch["mz"].device)  # the same sums
     batch = {key: value[rows] for key, value in batch.items()}
     draft = None if draft is None else draft[rows]
     with torch.autocast(device, torch.bfloat16, enabled=precision == "bfloat16"):

@@ -225,6 +225,22 @@ def shuffled(tokens: list[str], rng) -> list[str]:
     return head + [body[0], *rng.permutation(body[1:-1]).tolist(), body[-1]]
 
 
+def decoy_jobs(path, decoys: int, seed: int) -> tuple[list, list[str]]:
+    """Per real spectrum (charges 2-4): its label among `decoys` shuffles of it,
+    in turn at every place, as (candidates, peaks, charge); and the labels."""
+    rng = np.random.default_rng(seed)
+    jobs, labels = [], []
+    for spectrum, tokens, peaks in real_cases(path):
+        order = [masses.format_peptide(shuffled(tokens, rng)) for _ in range(decoys)]
+        order.append(masses.format_peptide(tokens))
+        turn = len(jobs) % (decoys + 1)
+        order = order[turn:] + order[:turn]  # truth anywhere
+        options = [candidate(p, -float(k)) for k, p in enumerate(order)]
+        jobs.append((options, peaks, spectrum.charge))
+        labels.append(masses.format_peptide(tokens))
+    return jobs, labels
+
+
 @needs_ms2pip
 def test_ms2pip_agreement_of_the_true_peptide_beats_a_shuffled_one(small_mgf):
     rng = np.random.default_rng(0)
@@ -285,20 +301,7 @@ def test_an_ms2pip_reranker_ships_with_a_plain_fallback(tmp_path, monkeypatch, c
 def test_reranking_many_spectra_at_once_equals_one_at_a_time(small_mgf, tmp_path):
     # ms2pip is called once per charge for all spectra together and the booster
     # once; every spectrum must get the order and scores it gets alone.
-    rng = np.random.default_rng(2)
-    jobs, labels = [], []
-    for spectrum, tokens, peaks in real_cases(small_mgf):  # charges 2-4
-        decoys = [masses.format_peptide(shuffled(tokens, rng)) for _ in range(2)]
-        order = [*decoys, masses.format_peptide(tokens)]
-        order = order[len(jobs) % 3 :] + order[: len(jobs) % 3]  # truth anywhere
-        jobs.append(
-            (
-                [candidate(p, -float(k)) for k, p in enumerate(order)],
-                peaks,
-                spectrum.charge,
-            )
-        )
-        labels.append(masses.format_peptide(tokens))
+    jobs, labels = decoy_jobs(small_mgf, decoys=2, seed=2)
     assert len({charge for _, _, charge in jobs}) > 1
     fitted, _ = rerank.fit(
         [j[0] for j in jobs] * 4,
@@ -329,15 +332,7 @@ def test_the_ms2pip_reranker_reads_the_plain_rerankers_shortlist(
     # which the ms2pip reranker scores; the other 2 keep the plain one's
     # probabilities, and all go by probability. Fitting builds the rows it
     # learns from as sequencing reads them.
-    rng = np.random.default_rng(3)
-    jobs, labels = [], []
-    for spectrum, tokens, peaks in real_cases(small_mgf):  # charges 2-4
-        decoys = [masses.format_peptide(shuffled(tokens, rng)) for _ in range(3)]
-        order = [*decoys, masses.format_peptide(tokens)]
-        order = order[len(jobs) % 4 :] + order[: len(jobs) % 4]  # truth anywhere
-        options = [candidate(p, -float(k)) for k, p in enumerate(order)]
-        jobs.append((options, peaks, spectrum.charge))
-        labels.append(masses.format_peptide(tokens))
+    jobs, labels = decoy_jobs(small_mgf, decoys=3, seed=3)
     groups, peaks, charges = ([job[i] for job in jobs] * 4 for i in range(3))
     fitted, report = rerank.fit(
         groups, peaks, charges, labels * 4, k=4,
