@@ -158,6 +158,7 @@ class DecodingConfig:
     batch_size: int  # spectra per inference batch
     max_expansions: int  # prefixes the exact search may extend per spectrum
     beam_width: int  # prefixes per position of the beam search run past the budget
+    hard_expansions: int  # the larger searches' budget once the smallest ran out
     evidence_weight: float  # of each cleavage's fragment evidence vs log-probs
     fragment_tol_da: float  # fragment m/z tolerance of the evidence (Da)
     workers: int  # processes that decode (0 = one per CPU core)
@@ -296,6 +297,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "decoding.batch_size": (1, None),
     "decoding.max_expansions": (1, None),
     "decoding.beam_width": (0, None),
+    "decoding.hard_expansions": (0, None),
     "decoding.evidence_weight": (0, None),
     "decoding.fragment_tol_da": (0, None),
     "decoding.workers": (0, None),

@@ -293,7 +293,8 @@ def mass_constrained_lists(
     Each list equals what `mass_constrained` returns at that size (a search
     that runs out of budget can end differently at another size), but the
     bound tables are built once and every prefix is scored once for all of
-    them (`search.search_sizes`).
+    them (`search.search_sizes`). The exception: where the smallest size's
+    search runs out of budget, the larger ones get `cfg.hard_expansions`.
     """
     array = _as_log_probs(log_probs)
     precursor = np.asarray(

@@ -443,14 +443,9 @@ def test_worker_processes_decode_exactly_as_one_process(cfg):
     assert sum(c[0].tokens == p for c, p in zip(one, peptides, strict=True)) >= 60
 
 
-def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
-    """The shared searches give each size what it gets alone, past the budget too.
-
-    The bundled model and its learned cleavage table on the ten test spectra,
-    with a budget small enough that most searches run out of it (their lists
-    differ from an unlimited search's): there each size's own search and the
-    one beam they share must still give what each would alone.
-    """
+def _bundled_search_inputs(small_mgf):
+    """The bundled model's config, refined log-probs, peaks and precursor masses
+    of the ten test spectra, as the pipeline hands them to the search."""
     from peptrm import evidence, preprocess
     from peptrm.io import Spectrum, read_spectra
     from peptrm.sequence import annotate, load_scorers, refine
@@ -465,8 +460,22 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
     peaks = evidence.from_batch(
         annotate(model, batch), config.decoding.fragment_tol_da, table
     )
-    cfg = dataclasses.replace(config.decoding, max_expansions=150, workers=1)
-    precursor = batch["precursor_mass"]
+    return config, log_probs, peaks, batch["precursor_mass"]
+
+
+def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
+    """The shared searches give each size what it gets alone, past the budget too.
+
+    The bundled model and its learned cleavage table on the ten test spectra,
+    with a budget small enough that most searches run out of it (their lists
+    differ from an unlimited search's): there each size's own search and the
+    one beam they share must still give what each would alone (with the larger
+    searches' budget kept when the smallest runs out: `hard_expansions`).
+    """
+    config, log_probs, peaks, precursor = _bundled_search_inputs(small_mgf)
+    cfg = dataclasses.replace(
+        config.decoding, max_expansions=150, hard_expansions=150, workers=1
+    )
     shared = decoding.decode_lists(log_probs, precursor, cfg, (20, 1, 3), peaks)
     for size, lists in zip((20, 1, 3), shared, strict=True):
         alone = decoding.decode(log_probs, precursor, cfg, size, peaks)
@@ -485,6 +494,61 @@ def test_lists_of_several_sizes_equal_one_search_per_size(small_mgf):
         for a, b in zip(top_20, unlimited, strict=True)
     ]
     assert sum(differ) >= len(differ) // 2  # the budget ran out: the beam answered
+
+
+def test_once_the_smallest_search_runs_out_the_beam_answers_for_the_larger(
+    small_mgf, monkeypatch
+):
+    """`hard_expansions`: a spectrum whose top-1 search runs out of budget gets
+    the beam's list for the larger sizes at once (0), its top-1 list untouched;
+    a spectrum whose top-1 search finishes gets what the full budgets give, and
+    without the beam the larger searches keep their whole budget."""
+    config, log_probs, peaks, precursor = _bundled_search_inputs(small_mgf)
+    full = dataclasses.replace(
+        config.decoding, max_expansions=150, hard_expansions=150, workers=1
+    )
+    hard = dataclasses.replace(full, hard_expansions=0)
+    array = log_probs.double().numpy()
+    task = search.ChunkTask(array, precursor.double().numpy(), peaks, hard, (20, 1))
+    sizes, n_hard = (20, 1), 0
+    for spec in search.chunk_spectra(task):
+        # the compiled search for the top 1 then the top 20, and for the top 1 alone
+        ran_out, path_nodes = [], []
+        for searched in ([1, 20], [1]):
+            out = search._best_first(
+                spec.log_probs, spec.stop_suffix, spec.table, spec.targets,
+                spec.tol_da, spec.lo_offset, spec.hi_offset, spec.weight,
+                spec.compiled_evidence, np.array(searched), 150, 0,
+            )  # fmt: skip
+            ran_out.append(out[5])
+            path_nodes.append(len(out[3]))
+        cut, cut_out, _ = search.search_sizes(spec, sizes, hard)
+        kept, kept_out, _ = search.search_sizes(spec, sizes, full)
+        assert cut[1] == kept[1]  # the top-1 search is never cut
+        if ran_out[1][0]:  # the top-1 search ran out of budget
+            n_hard += 1
+            assert ran_out[0][1] and cut_out == 2  # the top-20 search stopped ...
+            # ... once it had expanded the root: it took no child
+            assert path_nodes[0] - path_nodes[1] <= len(search.FIRST_INDICES)
+            assert cut[0] == search._beam(spec, hard.beam_width, 20)
+        else:
+            assert (cut, cut_out) == (kept, kept_out)
+        no_beam = dataclasses.replace(hard, beam_width=0)
+        no_beam_full = dataclasses.replace(full, beam_width=0)
+        without = search.search_sizes(spec, sizes, no_beam)
+        assert without[:2] == search.search_sizes(spec, sizes, no_beam_full)[:2]
+    assert 0 < n_hard < len(array)  # both kinds of spectra were checked
+    calls = []  # what the pipeline's searches ask of the compiled search
+    compiled = search._best_first
+
+    def spy(*args):
+        calls.append((args[9].tolist(), args[10], args[11]))
+        return compiled(*args)
+
+    monkeypatch.setattr(search, "_best_first", spy)
+    search.search_sizes(spec, sizes, hard)
+    search.search_sizes(spec, sizes, no_beam)
+    assert calls == [([1, 20], 150, 0), ([1, 20], 150, 150)]
 
 
 def _cache_folder_in_a_fresh_process(tmp_path, **env) -> str:
