@@ -1,7 +1,5 @@
 """`python -m peptrm` runs the same command line as `peptrm`."""
 
-import sys
+from peptrm.cli import console
 
-from peptrm.cli import main
-
-sys.exit(main())
+console()

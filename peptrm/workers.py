@@ -184,6 +184,14 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return _POOL[1]
 
 
+def stop() -> None:
+    """Shut the decoding workers down, if they were started; they exit now."""
+    global _POOL
+    if _POOL is not None:
+        _POOL[1].shutdown()
+        _POOL = None
+
+
 def _log_at(level: int) -> None:
     """A worker logs as its caller does: peptrm's level, its format, to stderr.
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +227,55 @@ def test_python_dash_m_runs_the_same_command_line():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"peptrm {__version__}")
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Process ids whose environment holds `marker` (Linux: /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_sequence_exits_at_once_with_every_row_and_no_process_left(tmp_path):
+    """`peptrm sequence` ends with `os._exit` (`cli.console`): its output, the
+    accuracy table and its log are all written first, and the decoding workers
+    (started here: 160 spectra are 5 chunks) and their forkserver are gone soon
+    after, not orphaned."""
+    import time
+    import uuid
+
+    big = tmp_path / "big.mgf"
+    demo = (Path(cli.__file__).parent / "resources" / "demo.mgf").read_text()
+    big.write_text(demo * 4)
+    out = tmp_path / "out.mztab"
+    marker = f"PEPTRM_TEST_RUN={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    printed, logged = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with printed.open("w") as stdout, logged.open("w") as stderr:  # not pipes:
+        code = subprocess.run(  # a process left behind would hold them open
+            [sys.executable, "-m", "peptrm", "sequence", str(big), "-o", str(out)]
+            + ["--no-progress"],
+            stdout=stdout,
+            stderr=stderr,
+            timeout=600,
+            check=False,
+            env={**os.environ, name: value},
+        ).returncode
+    assert code == 0, logged.read_text()
+    assert "accuracy against the SEQ= labels in the input:" in printed.read_text()
+    assert "160 spectra, 160 sequenced" in logged.read_text()
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert sum(row[0] == "PSM" for row in rows) == 160
+    deadline = time.monotonic() + 60
+    while _processes_with(marker.encode()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_with(marker.encode()) == []
 
 
 def _error_lines(err: str, command: str) -> list[str]:
