@@ -139,6 +139,57 @@ def nearest_peaks(padded_mz: np.ndarray, ion_mz: np.ndarray, tol_da: float):
 
 
 @numba.njit(cache=True, nogil=True)
+def table_grid(n_cells, mz, state, log_odds, ions, precursor_mass, tol_da, scale,
+               bias):  # fmt: skip
+    """`FragmentEvidence._table_grid`, compiled, to the same bits.
+
+    Each ion type's best per cell is its no-peak log-odds, raised to a peak's
+    log-odds over the cells where that peak matches it (`_raise_cells`); a
+    cell's bound sums the types' bests in type order. Only the cells some match
+    touches (~10 % of a spectrum's ~200,000) are summed one by one; every other
+    cell holds the no-peak sum, added in the same order. `ions` rows as in
+    `exact_scores` (side, charge, offset); `state` (K, I) each peak's state.
+    """
+    n_ions, n_peaks = ions.shape[0], len(mz)
+    nothing = 0.0  # the no-peak sum, in the order the cells are summed
+    for i in range(n_ions):
+        nothing += log_odds[i, 0]
+    first = np.empty((n_ions, n_peaks), np.int64)  # the cells each match touches
+    last = np.empty((n_ions, n_peaks), np.int64)
+    slot = np.full(n_cells, -1, np.int64)  # a touched cell's row in `best`
+    for i in range(n_ions):
+        y, charge, offset = ions[i, 0] == 1, ions[i, 1], ions[i, 2]
+        half = charge * tol_da + EDGE_DA
+        for k in range(n_peaks):
+            centre = (mz[k] - offset) * charge - charge * PROTON
+            if y:
+                centre = precursor_mass - centre
+            first[i, k] = max(np.floor((centre - half) / GRID_DA), 0)
+            last[i, k] = min(np.floor((centre + half) / GRID_DA), n_cells - 1)
+            for cell in range(first[i, k], last[i, k] + 1):
+                slot[cell] = 0
+    touched = np.flatnonzero(slot == 0)
+    slot[touched] = np.arange(len(touched))
+    best = np.empty((len(touched), n_ions))
+    for i in range(n_ions):
+        best[:, i] = log_odds[i, 0]
+        for k in range(n_peaks):
+            value = log_odds[i, state[k, i]]
+            for cell in range(first[i, k], last[i, k] + 1):
+                best[slot[cell], i] = max(best[slot[cell], i], value)
+    total = np.full(n_cells, nothing)
+    for j in range(len(touched)):
+        summed = 0.0
+        for i in range(n_ions):
+            summed += best[j, i]
+        total[touched[j]] = summed
+    out = np.empty(n_cells)
+    for cell in range(n_cells):
+        out[cell] = scale * total[cell] + bias
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def window_maxima(grid: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """max(grid[lo[w] : hi[w] + 1]) of each window w (hi >= lo), compiled.
 
@@ -448,12 +499,9 @@ class FragmentEvidence:
 
     def _table_grid(self, n_cells: int) -> np.ndarray:
         """`grid` for the learned score: a sum over ion types of per-type bests."""
-        total = np.zeros(n_cells)
-        for i, ion in enumerate(TABLE_IONS):
-            best = np.full(n_cells, self.log_odds[i, 0])
-            self._raise_cells(best, ion, self.log_odds[i, self.state[:, i]])
-            total += best
-        return self.scale * total + self.bias
+        log_odds, ions, precursor_mass, tol_da, scale, bias = self._exact[3:]
+        return table_grid(n_cells, self.mz, self.state, log_odds, ions,
+                          precursor_mass, tol_da, scale, bias)  # fmt: skip
 
     def _raise_cells(self, best: np.ndarray, ion: tuple, values: np.ndarray) -> None:
         """Raise `best` to each peak's value over the cells where it matches `ion`.

@@ -4,6 +4,7 @@ import pytest
 from peptrm import masses
 from peptrm.evidence import (
     BIAS,
+    GRID_DA,
     N_STATES,
     SCALE,
     TABLE_IONS,
@@ -99,6 +100,41 @@ def test_learned_window_bounds_never_fall_below_the_exact_score():
     exact = evidence.score(inside.ravel()).reshape(inside.shape).max(axis=1)
     assert np.all(bound >= exact - 1e-12)
     assert (exact > -2.25).mean() > 0.05
+
+
+def _learned_grid_by_numpy(evidence: FragmentEvidence, n_cells: int) -> np.ndarray:
+    """The learned grid the plain way: per ion type, its no-peak log-odds raised
+    over every cell a peak's match touches (`_raise_cells`), summed in order."""
+    total = np.zeros(n_cells)
+    for i, ion in enumerate(TABLE_IONS):
+        best = np.full(n_cells, evidence.log_odds[i, 0])
+        evidence._raise_cells(best, ion, evidence.log_odds[i, evidence.state[:, i]])
+        total += best
+    return evidence.scale * total + evidence.bias
+
+
+def test_compiled_learned_grid_equals_the_plain_sum_to_the_bit(small_mgf):
+    from peptrm.io import Spectrum, read_spectra
+
+    def neutral(spectrum: Spectrum) -> float:
+        return masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
+
+    table = _table()
+    table.log_odds[1, :, 2] = -3.0  # a state below "absent": the max must keep absent
+    rng = np.random.default_rng(2)
+    cases = [
+        FragmentEvidence(s.mz, s.intensity, neutral(s), s.charge, 0.02, table)
+        for s in read_spectra(small_mgf)
+        if isinstance(s, Spectrum)
+    ]
+    # peaks whose matches reach below 0 Da and past the precursor: clipped cells
+    mz = np.sort(np.concatenate([rng.uniform(0.5, 30, 5), rng.uniform(100, 1900, 40)]))
+    cases.append(FragmentEvidence(mz, rng.uniform(0, 1, 45), 1200.0, 3, 0.05, table))
+    for evidence in cases:
+        n_cells = int(np.ceil(evidence.precursor_mass / GRID_DA)) + 2
+        grid = evidence.grid(n_cells)
+        assert np.array_equal(grid, _learned_grid_by_numpy(evidence, n_cells))
+        assert (grid > grid.min()).sum() > 100  # peaks raised some cells
 
 
 def test_fitted_table_favours_matched_b_and_y_and_round_trips(tmp_path, small_mgf):
