@@ -169,8 +169,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     """
     global _POOL
     if _POOL is None or _POOL[0] != workers:
-        if _POOL is not None:
-            _POOL[1].shutdown()
+        stop()
         level = logging.getLogger("peptrm").getEffectiveLevel()
         _POOL = (
             workers,
