@@ -643,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from peptrm import workers
 
         workers.network_threads_sleep()  # before torch loads
+        workers.keep_freed_memory()
         workers.start_forkserver()
     log.info(_versions())
     handlers = {

@@ -65,3 +65,68 @@ def test_the_network_threads_sleep_unless_the_user_said_otherwise(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     workers.network_threads_sleep()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+MAPPED_BYTES = """
+import ctypes, sys
+import numpy as np
+from peptrm import workers
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    workers.keep_freed_memory()
+big = np.ones(5_000_000)  # 40 MB, above glibc's largest mmap threshold
+mapped = libc.mallinfo2().hblkhd
+heap = libc.mallinfo2().arena
+del big
+print(mapped, heap, libc.mallinfo2().arena)
+"""
+
+
+def _malloc_figures(mode: str) -> list[int]:
+    """(mmapped bytes with a 40 MB array alive, heap bytes then, after freeing it)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", MAPPED_BYTES, mode], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_kept_freed_memory_serves_large_arrays_from_the_heap_and_keeps_it():
+    """glibc maps a 40 MB array by itself (and unmaps it when freed); after
+    `keep_freed_memory` it comes from the heap, which keeps it once freed."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        import pytest
+
+        pytest.skip("glibc >= 2.33 only (mallinfo2)")
+    mapped, heap, _ = _malloc_figures("default")
+    assert mapped >= 40_000_000 and heap < 40_000_000
+    mapped, heap, after = _malloc_figures("keep")
+    assert mapped < 40_000_000 and heap >= 40_000_000 and after >= 40_000_000
+
+
+def test_each_worker_keeps_freed_memory_as_it_starts():
+    """The pool's initializer calls `keep_freed_memory` (in a process of its own:
+    the initializer also sets up logging)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from peptrm import workers; "
+        "workers.keep_freed_memory = lambda: print('kept'); "
+        "workers._start_worker(20)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["kept"], out.stderr
