@@ -1020,18 +1020,21 @@ def refit_platt(
     where = f"{reranker.fitted_on}; Platt map: {fitted_on}"
 
     def refitted(model: Reranker, x: np.ndarray, y: np.ndarray, group: np.ndarray):
-        raw = model.booster.predict(x, raw_score=True)
+        return refitted_on(model, model.booster.predict(x, raw_score=True), y, group)
+
+    def refitted_on(model: Reranker, raw: np.ndarray, y: np.ndarray, group: np.ndarray):
         platt = _first_platt(raw, y, _first_candidates(raw, group))
         return dataclasses.replace(model, platt=platt, fitted_on=where)
 
     if not _reads_predicted(reranker.features):
         return refitted(reranker, x, y, group)
-    fallback, rows = reranker.fallback, np.arange(len(y))
-    if fallback is not None and reranker.shortlist:  # as sequencing reads them
-        raw = fallback.booster.predict(x, raw_score=True)
-        rows = shortlisted(raw, group, reranker.shortlist)
+    fallback, rows, plain_raw = reranker.fallback, np.arange(len(y)), None
+    if fallback is not None:
+        plain_raw = fallback.booster.predict(x, raw_score=True)
+        if reranker.shortlist:  # as sequencing reads them
+            rows = shortlisted(plain_raw, group, reranker.shortlist)
     x_read = with_predicted(x, group, rows, groups, peaks, charges, reranker.k)
     out = refitted(reranker, x_read, y[rows], group[rows])
-    if fallback is not None:
-        out.fallback = refitted(fallback, x, y, group)
+    if fallback is not None:  # its raw scores are the ones the shortlist read
+        out.fallback = refitted_on(fallback, plain_raw, y, group)
     return out

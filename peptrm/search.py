@@ -277,6 +277,12 @@ _MASS_KEY = types.UniTuple(types.int64, 2)  # (length, mass in MASS_KEY_DA units
 
 
 @numba.njit(cache=True, nogil=True)
+def _mass_key(mass: float) -> np.int64:
+    """A prefix mass in MASS_KEY_DA units: prefixes of one key weigh the same."""
+    return np.int64(np.rint(mass / MASS_KEY_DA))
+
+
+@numba.njit(cache=True, nogil=True)
 def _extend(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_offset,
             weight, evidence, position, mass, g):  # fmt: skip
     """Score every one-token extension of one prefix.
@@ -315,7 +321,7 @@ def _extend(log_probs, stop_suffix, table, targets, tol_da, lo_offset, hi_offset
     order = np.argsort(-bounds, kind="mergesort")  # stable: ties in token order
     keys = np.empty(n, np.int64)
     for j in range(n):
-        keys[j] = np.int64(np.rint(child_mass[order[j]] / MASS_KEY_DA))
+        keys[j] = _mass_key(child_mass[order[j]])
     return (
         end_scores[:n_ends], end_tokens[:n_ends], tokens[order], child_mass[order],
         scores[order], bounds[order], -bounds[order], keys, count,
@@ -673,13 +679,13 @@ def _beam_keep(f, child_mass, remaining, tol_da, rows_left, short_sums, width,
             if n_masses == width:  # only a mass already kept can take more
                 wanted = np.zeros(len(rest), np.bool_)
                 for j in range(len(rest)):
-                    key = np.int64(np.rint(child_mass[rest[j]] / MASS_KEY_DA))
+                    key = _mass_key(child_mass[rest[j]])
                     wanted[j] = of_mass.get(key, 0) > 0
                 rest = rest[wanted]
             rows = rest
         rows = rows[np.argsort(-f[rows], kind="mergesort")]  # stable
         for c in rows:  # best first: the `width` best masses, `per_mass` of each
-            key = np.int64(np.rint(child_mass[c] / MASS_KEY_DA))
+            key = _mass_key(child_mass[c])
             seen = of_mass.get(key, 0)
             if seen == per_mass or (seen == 0 and n_masses == width):
                 continue
