@@ -135,6 +135,58 @@ def test_refine_returns_one_history_entry_per_step_run(tiny, small_mgf):
     assert torch.equal(halted, one_step)  # a halted spectrum keeps its draft
 
 
+def test_network_parts_hold_similar_peak_counts_in_aligned_widths():
+    """Rows sort by the columns they use (to the last nonzero m/z or intensity)
+    and split into parts of about the size asked; each width is 16k - 1 columns
+    (16k with the precursor token) around its widest row, at most the batch's."""
+    used = torch.tensor([3, 150, 15, 16, 0, 40, 149, 31, 32, 7])
+    mz = (torch.arange(150) < used.unsqueeze(1)) * 500.0  # (10, 150)
+    intensity = (mz > 0).float()
+    intensity[2, 14] = 0.0  # a zero-intensity peak inside still counts by its m/z
+    parts = sequence.peak_parts(mz, intensity, size=3)
+    rows = [part.tolist() for part, _ in parts]
+    assert rows == [[4, 0, 9], [2, 3, 7], [8, 5], [6, 1]]  # counts 0 3 7 | 15 16 31
+    assert [width for _, width in parts] == [15, 31, 47, 150]
+    assert sequence.peak_parts(mz, intensity, size=64)[0][1] == 150
+
+
+def test_the_network_reads_a_batch_in_parts_as_it_reads_it_whole(
+    small_mgf, monkeypatch
+):
+    """`network_pass` runs the bundled network on parts of similar peak counts,
+    each cut to 16k - 1 peak columns: every spectrum gets, to the bit, the
+    log-probabilities, steps and peak chances of the whole batch at full width."""
+    model, cfg = load_model()
+    prepare = preprocess.pipeline(cfg.preprocess)
+    spectra = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    widths = []
+    encode = PepTRM.encode
+
+    def spy(self, mz, *args, **kwargs):
+        widths.append(mz.shape[1])
+        return encode(self, mz, *args, **kwargs)
+
+    monkeypatch.setattr(PepTRM, "encode", spy)
+    monkeypatch.setattr(sequence, "PART_SPECTRA", 3)
+    summary = sequence.RunSummary()
+    parted = sequence.network_pass(model, spectra, cfg, "cpu", summary)
+    assert widths == [47, 63, 95, 127]  # 13 21 34 | 35 48 60 | 87 90 | 109 123 peaks
+    whole = sequence.annotate(model, _batch(cfg, small_mgf))
+    log_probs, steps, _ = sequence.refine(
+        model,
+        whole,
+        cfg.inference_steps,
+        cfg.decoding.halt_threshold,
+        halt_unchanged=cfg.decoding.halt_unchanged,
+    )
+    assert widths[-1] == cfg.preprocess.n_peaks  # the whole batch at full width
+    assert torch.equal(parted.log_probs, log_probs)
+    assert torch.equal(parted.steps, steps)
+    peaks = whole["mz"] > 0
+    assert torch.equal(parted.batch["ion_chances"][peaks], whole["ion_chances"][peaks])
+    assert parted.batch["ion_chances"].shape == whole["ion_chances"].shape
+
+
 def test_halted_spectra_are_not_computed_again(small_mgf, monkeypatch):
     """Spectra 0 and 3 halt after the first step: the next steps run on the
     other 8 alone, which end as they do when nothing halts (bit for bit), and
