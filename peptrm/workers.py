@@ -105,17 +105,28 @@ WORKER_PRELOAD = ["peptrm.sequence", "ms2pip.core"]  # an ImportError is skipped
 # took 0.87x the wall-clock of the default (dev, whole process, 2 pairs in turn,
 # with a training run on one core), the same rows; on a quiet machine 1.02x.
 OMP_WAIT_POLICY = "PASSIVE"
+# But a thread that sleeps at once after each parallel region must be woken for
+# the next, a few microseconds of Python later: the network alone on 2 threads
+# took 1.4-1.6x the wall-clock of the spinning default. libgomp's threads spin
+# this many rounds first (~0.1-0.5 ms, by the CPU's pause), then sleep: the
+# network alone as fast as spinning, and dev, whole process, 0.949x the
+# wall-clock of PASSIVE alone (5 pairs in turn, 0.912-0.998; 0.959x in 3 more),
+# system time 1.52 -> 1.16 s, the same rows. 3,000 / 30,000 / 100,000 rounds
+# gave 1.015x / 0.994x / 1.014x (3 pairs each).
+GOMP_SPINCOUNT = "10000"
 
 
 def network_threads_sleep() -> None:
-    """Let the network's OpenMP threads sleep between parallel regions.
+    """Let the network's OpenMP threads sleep soon after each parallel region.
 
     By default libgomp's threads spin for a while after each one, on cores the
-    decoding processes are waiting for; `peptrm sequence` calls this before
-    torch loads (libgomp reads it once, when it loads). A value the user set
-    stands.
+    decoding processes are waiting for; here they spin `GOMP_SPINCOUNT` rounds,
+    long enough to catch the network's next operation, and then sleep.
+    `peptrm sequence` calls this before torch loads (libgomp reads both once,
+    when it loads). A value the user set stands.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
 
 
 # glibc's mallopt parameters (malloc.h)

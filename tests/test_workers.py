@@ -60,11 +60,15 @@ def test_the_network_gets_a_quarter_of_the_cores_beside_the_workers(monkeypatch)
 
 def test_the_network_threads_sleep_unless_the_user_said_otherwise(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     workers.network_threads_sleep()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"  # after a short spin
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
     workers.network_threads_sleep()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "300000"
 
 
 MAPPED_BYTES = """
