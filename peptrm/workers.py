@@ -108,7 +108,7 @@ OMP_WAIT_POLICY = "PASSIVE"
 # But a thread that sleeps at once after each parallel region must be woken for
 # the next, a few microseconds of Python later: the network alone on 2 threads
 # took 1.4-1.6x the wall-clock of the spinning default. libgomp's threads spin
-# this many rounds first (~0.1-0.5 ms, by the CPU's pause), then sleep: the
+# this many rounds first (~0.03-0.5 ms, by the CPU's pause), then sleep: the
 # network alone as fast as spinning, and dev, whole process, 0.949x the
 # wall-clock of PASSIVE alone (5 pairs in turn, 0.912-0.998; 0.959x in 3 more),
 # system time 1.52 -> 1.16 s, the same rows. 3,000 / 30,000 / 100,000 rounds
