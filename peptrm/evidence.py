@@ -139,6 +139,22 @@ def nearest_peaks(padded_mz: np.ndarray, ion_mz: np.ndarray, tol_da: float):
 
 
 @numba.njit(cache=True, nogil=True)
+def match_cells(mz, y, charge, offset, precursor_mass, tol_da):
+    """First and last grid cells of the cleavage masses whose ion matches `mz`.
+
+    Peak m/z mz matches the ion of a cleavage mass m when |ion m/z - mz| <= tol:
+    an interval of m around the mass that puts the ion exactly on the peak
+    (m = z (mz - offset) - z p for b; M minus that for y), z tol wide each way.
+    `mz` a peak's m/z or an array of them; the cells are not clipped to a grid.
+    """
+    centre = (mz - offset) * charge - charge * PROTON
+    if y:
+        centre = precursor_mass - centre
+    half = charge * tol_da + EDGE_DA
+    return np.floor((centre - half) / GRID_DA), np.floor((centre + half) / GRID_DA)
+
+
+@numba.njit(cache=True, nogil=True)
 def table_grid(n_cells, mz, state, log_odds, ions, precursor_mass, tol_da, scale,
                bias):  # fmt: skip
     """`FragmentEvidence._table_grid`, compiled, to the same bits.
@@ -159,13 +175,10 @@ def table_grid(n_cells, mz, state, log_odds, ions, precursor_mass, tol_da, scale
     slot = np.full(n_cells, -1, np.int64)  # a touched cell's row in `best`
     for i in range(n_ions):
         y, charge, offset = ions[i, 0] == 1, ions[i, 1], ions[i, 2]
-        half = charge * tol_da + EDGE_DA
         for k in range(n_peaks):
-            centre = (mz[k] - offset) * charge - charge * PROTON
-            if y:
-                centre = precursor_mass - centre
-            first[i, k] = max(np.floor((centre - half) / GRID_DA), 0)
-            last[i, k] = min(np.floor((centre + half) / GRID_DA), n_cells - 1)
+            lo, hi = match_cells(mz[k], y, charge, offset, precursor_mass, tol_da)
+            first[i, k] = max(lo, 0)
+            last[i, k] = min(hi, n_cells - 1)
             for cell in range(first[i, k], last[i, k] + 1):
                 slot[cell] = 0
     touched = np.flatnonzero(slot == 0)
@@ -506,17 +519,14 @@ class FragmentEvidence:
     def _raise_cells(self, best: np.ndarray, ion: tuple, values: np.ndarray) -> None:
         """Raise `best` to each peak's value over the cells where it matches `ion`.
 
-        Peak k matches the ion of a cleavage mass m when |ion m/z - mz_k| <= tol:
-        an interval of m around the mass that puts the ion exactly on the peak
-        (m = z (mz - offset) - z p for b; M minus that for y), z tol wide each way.
+        The cells are `match_cells`' (the learned grid reads the same).
         """
         _, side, z, offset = ion
-        centre = (self.mz - offset) * z - z * masses.PROTON
-        if side == "y":
-            centre = self.precursor_mass - centre
-        half = z * self.tol_da + EDGE_DA
-        lo = np.floor((centre - half) / GRID_DA).astype(np.int64)
-        hi = np.floor((centre + half) / GRID_DA).astype(np.int64)
+        lo, hi = match_cells(
+            self.mz, side == "y", float(z), float(offset), self.precursor_mass,
+            self.tol_da,
+        )  # fmt: skip
+        lo, hi = lo.astype(np.int64), hi.astype(np.int64)
         span = int((hi - lo).max(initial=0)) + 1
         cells = lo[:, None] + np.arange(span)[None, :]  # (K, span)
         valid = (cells <= hi[:, None]) & (cells >= 0) & (cells < len(best))
