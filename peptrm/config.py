@@ -142,6 +142,9 @@ class SimulationConfig:
     # b/y intensities: "builtin" (`simulate.ladder_intensities`) or "ms2pip"
     # (ms2pip 4.1.2's HCD2019 predictions; needs the `ms2pip` extra)
     intensity_model: str = "builtin"
+    # At precursor charge 3+, between these shares of the peptide's length a b/y
+    # fragment's 1+ ion fades into its 2+ ion ([] = off: 1+ at every length)
+    high_charge_fade: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,12 @@ def _check_ranges(config: Config, source: str) -> None:
             f"{source}: simulation.intensity_model = "
             f"{config.simulation.intensity_model!r}: give one of "
             + ", ".join(INTENSITY_MODELS)
+        )
+    fade = config.simulation.high_charge_fade
+    if fade and not (len(fade) == 2 and 0 <= fade[0] < fade[1] <= 1):
+        raise ConfigError(
+            f"{source}: simulation.high_charge_fade = {fade!r}: give [] or two "
+            "shares of the peptide's length, [start, end] with 0 <= start < end <= 1"
         )
     if config.decoding.precision not in PRECISIONS:
         raise ConfigError(

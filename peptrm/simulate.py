@@ -238,6 +238,7 @@ def _b_y_ions(
     dropout: float,
     rng: np.random.Generator,
     expected: tuple[np.ndarray, np.ndarray] | None = None,
+    fade: Sequence[float] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw the b/y peaks that survive dropout: 1+ always, 2+ from charge 2 up.
 
@@ -247,20 +248,30 @@ def _b_y_ions(
     Returns their m/z, intensity and charge, and every b 1+ intensity before
     dropout (a-ions derive from b ions whether or not the b ion is seen). 2+ ions
     take a share of their 1+ ion that grows with the fragment's length, and only
-    `DOUBLY_KEEP` of the 1+ survival rate of them is seen.
+    `DOUBLY_KEEP` of the 1+ survival rate of them is seen. With `fade` (start,
+    end; `cfg.high_charge_fade`) at precursor charge 3+, a fragment's 1+ ion
+    also hands its intensity to its 2+ ion, none of it at `start` of the
+    peptide's length and all of it from `end` on (`faded_share`).
     """
     n = len(residues)
     b_mz, y_mz = masses.fragment_mz(tokens, charge=1)
     b_expected, y_expected = expected or ladder_intensities(residues)
     ladder_mz = np.concatenate([b_mz, y_mz])
     ladder = np.concatenate([b_expected, y_expected]) * _lognormal(2 * (n - 1), rng)
-    keep = _rank_dropout(ladder, dropout, rng)
-    mz, intensity = [ladder_mz[keep]], [ladder[keep]]
+    length = np.concatenate([np.arange(1, n), np.arange(1, n)]) / n  # of the peptide
+    moved = faded_share(length, charge, fade)
+    single = ladder if moved is None else ladder * (1 - moved)
+    keep = _rank_dropout(single, dropout, rng)
+    if moved is not None:
+        keep &= single > 0  # wholly 2+
+    mz, intensity = [ladder_mz[keep]], [single[keep]]
     ion_charge = [np.ones(keep.sum())]
     if charge >= 2:
-        length = np.concatenate([np.arange(1, n), np.arange(1, n)]) / n
         ratio = DOUBLY_CHARGED[min(charge, 3)]
-        doubly = ladder * ratio * length * _lognormal(ladder.size, rng)
+        spread = _lognormal(ladder.size, rng)
+        doubly = ladder * ratio * length * spread
+        if moved is not None:
+            doubly = doubly + ladder * moved * spread
         seen = DOUBLY_KEEP[min(charge, 3)] * (1 - dropout)
         keep2 = _rank_dropout(doubly, 1 - seen, rng)
         mz.append((ladder_mz[keep2] + masses.PROTON) / 2)
@@ -270,8 +281,25 @@ def _b_y_ions(
         np.concatenate(mz),
         np.concatenate(intensity),
         np.concatenate(ion_charge),
-        ladder[: n - 1],
+        single[: n - 1],
     )
+
+
+def faded_share(
+    length: np.ndarray, charge: int, fade: Sequence[float]
+) -> np.ndarray | None:
+    """Share of each fragment's 1+ intensity that goes to its 2+ ion, or None.
+
+    `length`: each fragment's share of the peptide's residues. At precursor
+    charge 3+ with `fade` = (start, end), the share rises linearly from 0 at
+    `start` to 1 at `end`: the extra protons sit on the longer fragments, as
+    the training files' real charge-3 spectra show (few long 1+ fragments).
+    None (nothing moves) below charge 3 or without `fade`.
+    """
+    if charge < 3 or not fade:
+        return None
+    start, end = fade
+    return np.clip((length - start) / (end - start), 0.0, 1.0)
 
 
 def _noise(
@@ -315,7 +343,7 @@ def simulate_spectrum(
     b_mz, _ = masses.fragment_mz(tokens, charge=1)
     dropout = CLEAN_DROPOUT + (cfg.dropout - CLEAN_DROPOUT) * difficulty
     by_mz, by_intensity, by_charge, b_intensity = _b_y_ions(
-        tokens, residues, charge, dropout, rng, expected
+        tokens, residues, charge, dropout, rng, expected, cfg.high_charge_fade
     )
     mz_parts, intensity_parts = [by_mz], [by_intensity]
     if difficulty > 0 and by_mz.size:

@@ -304,6 +304,85 @@ def test_real_spectra_statistics_resemble_simulation(cfg):
     assert real_stats["proline_effect"] > 2 and simulated_stats["proline_effect"] > 2
 
 
+FADE = [0.5, 0.7]  # simulation.high_charge_fade of argmax_nsup8_fade.yaml
+
+
+def test_high_charge_fade_moves_long_fragments_from_1_to_2_plus(cfg):
+    tokens = masses.parse("TITLEVEPSDTIENVKAK")  # 18 residues
+    n = len(tokens)
+    b1, y1 = masses.fragment_mz(tokens, 1)  # b1.., y1..
+    b2, y2 = masses.fragment_mz(tokens, 2)
+    share = np.concatenate([np.arange(1, n), np.arange(1, n)]) / n
+    single, double = np.concatenate([b1, y1]), np.concatenate([b2, y2])
+
+    def seen(spectra, ions):  # (spectra, ions): a peak within 0.005 Th
+        return np.array(
+            [
+                (np.abs(s.mz[None, :] - ions[:, None]) < 0.005).any(axis=1)
+                for s in spectra
+            ]
+        )
+
+    faded = replace(cfg, high_charge_fade=FADE)
+    draws = {}
+    for name, settings in (("off", cfg), ("fade", faded)):
+        rng = np.random.default_rng(11)
+        draws[name] = [
+            simulate_spectrum(tokens, 3, rng, settings, 0.0) for _ in range(60)
+        ]
+    long, short = share >= FADE[1], share <= FADE[0]
+    assert seen(draws["off"], single[long]).mean() > 0.3  # kept 1+ before
+    assert not seen(draws["fade"], single[long]).any()  # wholly 2+ now
+    doubly = [seen(draws[name], double[long]).mean() for name in ("off", "fade")]
+    assert doubly[1] > doubly[0] + 0.1  # 0.31 -> 0.45: the 2+ ions gain what 1+ lost
+    assert seen(draws["fade"], single[short]).mean() > 0.8  # short ones stay 1+
+    rng_off, rng_fade = np.random.default_rng(12), np.random.default_rng(12)
+    for _ in range(5):  # below charge 3 nothing moves, to the bit
+        a = simulate_spectrum(tokens, 2, rng_off, cfg, 1.0)
+        b = simulate_spectrum(tokens, 2, rng_fade, faded, 1.0)
+        np.testing.assert_array_equal(a.mz, b.mz)
+        np.testing.assert_array_equal(a.intensity, b.intensity)
+
+
+@pytest.mark.parametrize("fade", [[0.7, 0.5], [0.5], [0.5, 1.5]])
+def test_a_high_charge_fade_out_of_order_or_range_is_refused(fade):
+    from peptrm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="high_charge_fade"):
+        load_config(overrides={"simulation": {"high_charge_fade": fade}})
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data")
+def test_the_fade_brings_charge_3_long_fragments_near_real_ones(cfg):
+    """Real charge-3 spectra (ProteomeTools) show few long 1+ fragments, as the fade."""
+    path = DATA / "train" / "proteometools_kuester_cluster.mgf"
+    real = [
+        Spectrum(
+            SpectrumRef(str(path), index),
+            entry["m/z array"],
+            entry["intensity array"].astype(np.float32),
+            float(entry["params"]["pepmass"][0]),
+            int(entry["params"]["charge"][0]),
+            entry["params"]["seq"],
+        )
+        for index, entry in enumerate(mgf.read(str(path), use_index=False))
+        if int(entry["params"]["charge"][0]) == 3
+    ]
+
+    def long_present(settings):
+        rng = np.random.default_rng(13)
+        spectra = [
+            simulate_spectrum(masses.parse(s.peptide), 3, rng, settings, 1.0)
+            for s in real
+        ]
+        return fragment_statistics(spectra, 0.02)["long_present"]
+
+    observed = fragment_statistics(real, 0.02)["long_present"]
+    assert len(real) > 50 and observed < 0.2
+    off, faded = long_present(cfg), long_present(replace(cfg, high_charge_fade=FADE))
+    assert abs(faded - observed) < 0.1 < abs(off - observed)
+
+
 def _tokens(peptide):
     return masses.encode(peptide, 32)
 
