@@ -25,6 +25,9 @@ position K sit on true ions; a network that reads them extends the right run.
 Its rows also count the given tokens, so compare them across models, not with
 the blank start's.
 
+`--by-charge` adds the "halted" rows of each precursor charge (2, 3, 4 and up)
+and of peptides of up to 12 residues and longer, to see where a model is lost.
+
 `--fold-runs R0 R1 R2` reads out-of-fold instead: the training part (1,710
 spectra, 9 times the held-out split), each spectrum by the run of MODEL_DIR's
 recipe that left its fold out (`peptrm train --left-out-fold k`), with that
@@ -34,7 +37,7 @@ has chosen none.
 
     python benchmarks/bench_refine.py MODEL_DIR [MODEL_DIR ...]
         [--rounds 2] [--scorers peptrm/resources] [--dev] [--steps N] [--given K]
-        [--fold-runs R0 R1 R2]
+        [--fold-runs R0 R1 R2] [--by-charge]
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def score_model(
     steps: int | None = None,
     given: int = 0,
     fold_runs: list[Path] | None = None,
+    by_charge: bool = False,
 ) -> dict[str, list[tuple[float, float]]]:
     """(peptide recall, AA precision) per step and per round, for each decoder.
 
@@ -106,8 +110,30 @@ def score_model(
         for index in range(len(read[0][key])):
             match = metrics([r[key][index] for r in read], truth)
             out[key].append((match.peptide_recall, match.aa_precision))
+    if by_charge:
+        for name, members in subsets(spectra).items():
+            for key in ("default halted", "alone halted"):
+                found = [read[i][key][0] for i in members]
+                match = metrics(found, [truth[i] for i in members])
+                label = f"{key} {name} ({len(members)})"
+                out[label] = [(match.peptide_recall, match.aa_precision)]
     out["spectra"] = len(spectra)
     return out
+
+
+def subsets(spectra) -> dict[str, list[int]]:
+    """Indices of the spectra by precursor charge and by peptide length."""
+    lengths = [
+        len(masses.strip_modifications(masses.parse(s.peptide))) for s in spectra
+    ]
+    groups = {
+        "z2": [i for i, s in enumerate(spectra) if s.charge <= 2],
+        "z3": [i for i, s in enumerate(spectra) if s.charge == 3],
+        "z4+": [i for i, s in enumerate(spectra) if s.charge >= 4],
+        "len<=12": [i for i, n in enumerate(lengths) if n <= 12],
+        "len>12": [i for i, n in enumerate(lengths) if n > 12],
+    }
+    return {name: members for name, members in groups.items() if members}
 
 
 def read_spectra(model, cfg, spectra, table, rounds: int, n_sup: int, given: int):
@@ -174,6 +200,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="supervision steps (model's N_sup)")
     parser.add_argument("--given", type=int, default=0, help="start from K true tokens")
     parser.add_argument(
+        "--by-charge", action="store_true", help="halted rows by charge and length"
+    )
+    parser.add_argument(
         "--fold-runs",
         nargs="+",
         type=Path,
@@ -190,6 +219,7 @@ def main() -> None:
             args.steps,
             args.given,
             args.fold_runs,
+            args.by_charge,
         )
         split = (
             "training part, out-of-fold"
@@ -199,11 +229,12 @@ def main() -> None:
             else "held-out split of the training files"
         )
         print(f"\n{folder}: {split}, {result.pop('spectra')} spectra")
-        print(f"{'':<16} {'index':>5} {'pep recall':>10} {'AA precision':>12}")
+        width = max(16, *(len(key) for key in result))
+        print(f"{'':<{width}} {'index':>5} {'pep recall':>10} {'AA precision':>12}")
         for key, rows in result.items():
             for i, (recall, precision) in enumerate(rows):
                 index = i + 1 if key.endswith("step") else i
-                print(f"{key:<16} {index:>5} {recall:>10.4f} {precision:>12.4f}")
+                print(f"{key:<{width}} {index:>5} {recall:>10.4f} {precision:>12.4f}")
 
 
 if __name__ == "__main__":
