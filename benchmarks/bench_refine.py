@@ -28,6 +28,11 @@ the blank start's.
 `--by-charge` adds the "halted" rows of each precursor charge (2, 3, 4 and up)
 and of peptides of up to 12 residues and longer, to see where a model is lost.
 
+`--simulated N --charge Z` reads N realistic simulated spectra of precursor
+charge Z instead, of tryptic peptides of the contaminants FASTA (which no run
+trains on), with the simulation settings of `-c YAML` over the shipped ones
+(e.g. `configs/experiments/argmax_nsup8_fade.yaml`); the seed is fixed.
+
 `--fold-runs R0 R1 R2` reads out-of-fold instead: the training part (1,710
 spectra, 9 times the held-out split), each spectrum by the run of MODEL_DIR's
 recipe that left its fold out (`peptrm train --left-out-fold k`), with that
@@ -37,7 +42,7 @@ has chosen none.
 
     python benchmarks/bench_refine.py MODEL_DIR [MODEL_DIR ...]
         [--rounds 2] [--scorers peptrm/resources] [--dev] [--steps N] [--given K]
-        [--fold-runs R0 R1 R2] [--by-charge]
+        [--fold-runs R0 R1 R2] [--by-charge] [--simulated N --charge Z [-c YAML]]
 """
 
 from __future__ import annotations
@@ -49,9 +54,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_dev import load, metrics, scores
-from common import DEV, TRAIN_FILES, load_model_one_process, print_provenance
+from common import DEV, SHARED, TRAIN_FILES, load_model_one_process, print_provenance
 
-from peptrm import decoding, evidence, masses, preprocess, train
+from peptrm import decoding, evidence, masses, preprocess, simulate, train
+from peptrm.config import load_config
+from peptrm.io import Skipped
 from peptrm.sequence import (
     FEEDBACK_STEPS,
     annotate,
@@ -80,6 +87,7 @@ def score_model(
     given: int = 0,
     fold_runs: list[Path] | None = None,
     by_charge: bool = False,
+    simulated: tuple[int, int, str | None] | None = None,
 ) -> dict[str, list[tuple[float, float]]]:
     """(peptide recall, AA precision) per step and per round, for each decoder.
 
@@ -94,6 +102,8 @@ def score_model(
         models = load_cross_fit(ANNOTATOR_FOLDS, model, fold_runs)
     elif dev:
         spectra = load(sorted(DEV.glob("*.mgf")), cfg)
+    elif simulated:
+        spectra = simulated_spectra(cfg, *simulated)
     else:
         spectra = train.held_out_split(TRAIN_FILES, cfg)
     table = evidence.load_table(scorers)
@@ -119,6 +129,22 @@ def score_model(
                 out[label] = [(match.peptide_recall, match.aa_precision)]
     out["spectra"] = len(spectra)
     return out
+
+
+SIMULATED_FASTA = SHARED / "fasta" / "crap_2015-01-30.fasta"  # in no training run
+
+
+def simulated_spectra(cfg, n: int, charge: int, settings: str | None) -> list:
+    """`n` realistic simulated spectra of charge `charge`, preprocessed as real ones."""
+    simulation = load_config(settings).simulation
+    weights = [1.0 if z == charge else 0.0 for z in range(1, charge + 1)]
+    simulation = dataclasses.replace(simulation, charge_weights=weights)
+    peptides = simulate.digest_fasta(SIMULATED_FASTA, simulation)
+    rng = np.random.default_rng(100 + charge)
+    prepare = preprocess.pipeline(cfg.preprocess)
+    drawn = simulate.simulate_batch(peptides, n, rng, simulation, 1.0)
+    spectra = [prepare(s) for s in drawn]
+    return [s for s in spectra if not isinstance(s, Skipped)]
 
 
 def subsets(spectra) -> dict[str, list[int]]:
@@ -202,6 +228,9 @@ def main() -> None:
     parser.add_argument(
         "--by-charge", action="store_true", help="halted rows by charge and length"
     )
+    parser.add_argument("--simulated", type=int, help="N simulated spectra instead")
+    parser.add_argument("--charge", type=int, default=2, help="their precursor charge")
+    parser.add_argument("-c", "--config", help="simulation settings overlaid")
     parser.add_argument(
         "--fold-runs",
         nargs="+",
@@ -220,9 +249,12 @@ def main() -> None:
             args.given,
             args.fold_runs,
             args.by_charge,
+            (args.simulated, args.charge, args.config) if args.simulated else None,
         )
         split = (
-            "training part, out-of-fold"
+            f"simulated, charge {args.charge}, settings {args.config or 'shipped'}"
+            if args.simulated
+            else "training part, out-of-fold"
             if args.fold_runs
             else "dev"
             if args.dev
