@@ -137,7 +137,10 @@ SIMULATED_FASTA = SHARED / "fasta" / "crap_2015-01-30.fasta"  # in no training r
 def simulated_spectra(cfg, n: int, charge: int, settings: str | None) -> list:
     """`n` realistic simulated spectra of charge `charge`, preprocessed as real ones."""
     simulation = load_config(settings).simulation
-    weights = [1.0 if z == charge else 0.0 for z in range(1, charge + 1)]
+    # A peptide that cannot carry `charge` gets the nearest plausible one
+    # (`simulate.sample_charge`), as in training.
+    top = max(charge, len(simulation.charge_weights))
+    weights = [1.0 if z == charge else 0.0 for z in range(1, top + 1)]
     simulation = dataclasses.replace(simulation, charge_weights=weights)
     peptides = simulate.digest_fasta(SIMULATED_FASTA, simulation)
     rng = np.random.default_rng(100 + charge)
