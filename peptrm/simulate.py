@@ -246,7 +246,8 @@ def _b_y_ions(
     `ladder_intensities` gives them); the built-in model's when None.
 
     Returns their m/z, intensity and charge, and every b 1+ intensity before
-    dropout (a-ions derive from b ions whether or not the b ion is seen). 2+ ions
+    dropout, after any fade (a-ions derive from b ions whether or not the b ion
+    is seen). 2+ ions
     take a share of their 1+ ion that grows with the fragment's length, and only
     `DOUBLY_KEEP` of the 1+ survival rate of them is seen. With `fade` (start,
     end; `cfg.high_charge_fade`) at precursor charge 3+, a fragment's 1+ ion
