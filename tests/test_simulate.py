@@ -1,4 +1,5 @@
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -274,23 +275,26 @@ def test_fragment_statistics_of_hand_made_spectrum():
     assert stats["y_share"] == pytest.approx(0.5)
 
 
+def _real_spectra(name: str, limit: int | None = None) -> list[Spectrum]:
+    """The first `limit` (all) labelled spectra of a shared training MGF."""
+    path = DATA / "train" / name
+    with mgf.read(str(path), use_index=False) as reader:
+        return [
+            Spectrum(
+                SpectrumRef(str(path), index),
+                entry["m/z array"],
+                entry["intensity array"].astype(np.float32),
+                float(entry["params"]["pepmass"][0]),
+                int(entry["params"]["charge"][0]),
+                entry["params"]["seq"],
+            )
+            for index, entry in enumerate(islice(reader, limit))
+        ]
+
+
 @pytest.mark.skipif(not (DATA / "train").is_dir(), reason="shared data absent")
 def test_real_spectra_statistics_resemble_simulation(cfg):
-    path = DATA / "train" / "pepnet_nist_synthetic_example.mgf"
-    real = []
-    with mgf.read(str(path), use_index=False) as reader:
-        for index, entry in zip(range(200), reader, strict=False):
-            params = entry["params"]
-            real.append(
-                Spectrum(
-                    SpectrumRef(str(path), index),
-                    entry["m/z array"],
-                    entry["intensity array"].astype(np.float32),
-                    float(params["pepmass"][0]),
-                    int(params["charge"][0]),
-                    params["seq"],
-                )
-            )
+    real = _real_spectra("pepnet_nist_synthetic_example.mgf", limit=200)
     rng = np.random.default_rng(10)
     simulated = [
         simulate_spectrum(masses.parse(s.peptide), s.charge, rng, cfg, 1.0)
@@ -352,21 +356,11 @@ def test_a_high_charge_fade_out_of_order_or_range_is_refused(fade):
         load_config(overrides={"simulation": {"high_charge_fade": fade}})
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data")
+@pytest.mark.skipif(not (DATA / "train").is_dir(), reason="shared data absent")
 def test_the_fade_brings_charge_3_long_fragments_near_real_ones(cfg):
     """Real charge-3 spectra (ProteomeTools) show few long 1+ fragments, as the fade."""
-    path = DATA / "train" / "proteometools_kuester_cluster.mgf"
     real = [
-        Spectrum(
-            SpectrumRef(str(path), index),
-            entry["m/z array"],
-            entry["intensity array"].astype(np.float32),
-            float(entry["params"]["pepmass"][0]),
-            int(entry["params"]["charge"][0]),
-            entry["params"]["seq"],
-        )
-        for index, entry in enumerate(mgf.read(str(path), use_index=False))
-        if int(entry["params"]["charge"][0]) == 3
+        s for s in _real_spectra("proteometools_kuester_cluster.mgf") if s.charge == 3
     ]
 
     def long_present(settings):
