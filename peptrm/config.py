@@ -61,6 +61,8 @@ class ModelConfig:
     annotator_layers: int  # Transformer layers of that encoder
     chance_evidence: bool  # the core also reads the annotator's chances at the ions
     argmax_prefix: bool  # ion lookups walk the draft's likeliest tokens, not its mean
+    # the per-token scorers also read the precursor charge and the cleavage's place
+    charge_context: bool = False  # (a default: model.yaml files saved before it load)
 
 
 @dataclass(frozen=True)

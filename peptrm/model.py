@@ -254,6 +254,9 @@ ABSENT_MZ = 1e6  # m/z given to padding peaks so a spectrum's peaks stay sorted
 KERNEL_FLOOR = -80.0  # kernel exponents below this give 0 (exp(-80) ~ 2e-35)
 ROW_MULTIPLE = 32  # distinct lookup rows are padded to a multiple of this
 EVIDENCE_HIDDEN = 32  # width of the per-token evidence scorer (`evidence_logits`)
+# A candidate's context for the per-token scorers (`model.charge_context`):
+# charge 3, charge 4+, the b fragment's share s of the residue mass, s at 3, s at 4+.
+CONTEXT_FEATURES = 5
 
 
 class SortedPeaks(NamedTuple):
@@ -278,6 +281,7 @@ class Lookup(NamedTuple):
     found: Tensor  # (R, V * I * C) kernel channels at every ion type
     chances: Tensor | None  # (R, V * CHANCE_CHANNELS) the annotator's, if any
     row: Tensor  # (B, L) index into the R rows
+    context: Tensor | None = None  # (R, V, CONTEXT_FEATURES) with charge_context
 
     def expand(self) -> tuple[Tensor, Tensor | None]:
         """`found` (B, L, V * I * C) and `chances` (B, L, ...) per position."""
@@ -384,6 +388,45 @@ def token_scorer(features: int) -> nn.Sequential:
     return scorer
 
 
+def token_logits(
+    scorer: nn.Sequential,
+    features: Tensor,
+    context_weights: nn.Linear | None = None,
+    context: Tensor | None = None,
+) -> Tensor:
+    """`scorer` (`token_scorer`) of every token's `features` (..., F): logits (...).
+
+    With `context_weights`, the candidate's `context` (..., CONTEXT_FEATURES)
+    joins the features in the scorer's hidden layer.
+    """
+    hidden = scorer[0](features)
+    if context_weights is not None:
+        hidden = hidden + context_weights(context.to(hidden.dtype))
+    return scorer[2](scorer[1](hidden)).squeeze(-1)
+
+
+def context_weights() -> nn.Linear:
+    """Weights from a candidate's context into a scorer's hidden layer, at zero."""
+    weights = nn.Linear(CONTEXT_FEATURES, EVIDENCE_HIDDEN, bias=False)
+    nn.init.zeros_(weights.weight)
+    return weights
+
+
+def candidate_context(b: Tensor, precursor_mass: Tensor, charge: Tensor) -> Tensor:
+    """Each candidate cleavage's context (R, V, CONTEXT_FEATURES).
+
+    `b` (R, V) is the cleavages' b-fragment residue masses in spectra of
+    neutral precursor mass (R,) and charge (R,). At charge 3 and above the
+    long fragments of a peptide are seen as 2+ ions more than as 1+, so how
+    much a candidate's 2+ and 1+ ions say depends on both.
+    """
+    residues = (precursor_mass.double() - masses.H2O).unsqueeze(1)  # (R, 1)
+    share = (b / residues).clamp(0, 1).float()  # (R, V)
+    three = (charge == 3).float().unsqueeze(1).expand_as(share)  # (R, V)
+    more = (charge >= 4).float().unsqueeze(1).expand_as(share)  # (R, V)
+    return torch.stack([three, more, share, share * three, share * more], dim=-1)
+
+
 def candidate_ion_mz(b: Tensor, precursor_mass: Tensor) -> Tensor:
     """m/z of every ion type of cleavages whose b fragments weigh `b` (B, L, V).
 
@@ -459,6 +502,7 @@ class Encoded(NamedTuple):
     # selection of the batch, and which spectrum of the batch each row is.
     lookups: LookupCache | None = None
     origin: Tensor | None = None  # (B,) index into the batch `remember` saw
+    charge: Tensor | None = None  # (B,) precursor charge, for `charge_context`
 
     def select(self, index: Tensor) -> Encoded:
         """The spectra at `index` (R,) of the batch, everything they carry with them."""
@@ -474,6 +518,7 @@ class Encoded(NamedTuple):
             memory_kv,
             self.lookups,
             None if self.origin is None else self.origin[index],
+            None if self.charge is None else self.charge[index],
         )
 
 
@@ -536,6 +581,8 @@ class PepTRM(nn.Module):
         if cfg.ion_evidence and cfg.evidence_logits:
             # each candidate token's I x C ion features -> one logit
             self.evidence_scorer = token_scorer(len(ION_TYPES) * EVIDENCE_CHANNELS)
+            if cfg.charge_context:
+                self.evidence_context = context_weights()
         if cfg.chance_evidence:
             if not (cfg.ion_evidence and cfg.peak_annotator):
                 raise ValueError(
@@ -549,6 +596,13 @@ class PepTRM(nn.Module):
             nn.init.zeros_(self.chance_projection.weight)
             nn.init.zeros_(self.chance_projection.bias)
             self.chance_scorer = token_scorer(CHANCE_CHANNELS)
+            if cfg.charge_context:
+                self.chance_context = context_weights()
+        if cfg.charge_context and not (cfg.evidence_logits or cfg.chance_evidence):
+            raise ValueError(
+                "model.charge_context needs a per-token scorer: "
+                "model.evidence_logits or model.chance_evidence"
+            )
         self.z_init = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         # With T >= 2 the first cycles run without gradients, so no gradient ever
         # reaches the start state: it stays the fixed random state it starts as
@@ -582,7 +636,7 @@ class PepTRM(nn.Module):
             raise ValueError("model.chance_evidence needs the peaks' ion chances")
         chance = chance if self.cfg.chance_evidence else None
         peaks = sort_peaks(mz, intensity, chance) if self.cfg.ion_evidence else None
-        return Encoded(x, padding, precursor_mass, peaks)
+        return Encoded(x, padding, precursor_mass, peaks, charge=charge)
 
     def encode_batch(self, batch: Mapping[str, Tensor]) -> Encoded:
         """Embed a batch as `preprocess.collate` builds it (keys mz, intensity, ...).
@@ -739,9 +793,14 @@ class PepTRM(nn.Module):
         picked = picked[padded_rows(len(picked), ROW_MULTIPLE, picked.device)]
         owner, position = picked.unbind(1)  # (R,) each
         b = b[owner, position]  # (R, V)
+        context = None
+        if self.cfg.charge_context:
+            context = candidate_context(
+                b, spectrum.precursor_mass[owner], spectrum.charge[owner]
+            )
         cache = spectrum.lookups
         if cache is None or prefix is None:
-            return Lookup(*self._look_up_rows(b, owner, spectrum), row)
+            return Lookup(*self._look_up_rows(b, owner, spectrum), row, context)
         key = prefix[owner, position]  # (R,) float64
         origin = spectrum.origin[owner]  # (R,) in the batch the cache follows
         held = cache.prefix[origin, position] == key  # (R,) nan never equals
@@ -764,7 +823,7 @@ class PepTRM(nn.Module):
         cache.prefix[origin, position] = key
         cache.row[origin, position] = torch.arange(len(picked), device=b.device)
         cache.found, cache.chances = found, chances
-        return Lookup(found, chances, row)
+        return Lookup(found, chances, row, context)
 
     def _look_up_rows(
         self, b: Tensor, owner: Tensor, spectrum: Encoded
@@ -804,17 +863,21 @@ class PepTRM(nn.Module):
         if self.cfg.draft_mass_encoding:
             h = h + self.ladder(probs, spectrum.precursor_mass).to(h.dtype)
         if self.cfg.ion_evidence:
-            found, chances, row = self.prefix_lookup(probs.detach(), spectrum)
+            found, chances, row, context = self.prefix_lookup(probs.detach(), spectrum)
             found = found.to(h.dtype)
             h = h + self.evidence_projection(found)[row]  # (B, L, D)
             if self.cfg.evidence_logits:
                 per_row = found.view(len(found), self.vocab_size, -1)  # (R, V, I*C)
-                per_token.append(self.evidence_scorer(per_row).squeeze(-1)[row])
+                weights = getattr(self, "evidence_context", None)
+                scores = token_logits(self.evidence_scorer, per_row, weights, context)
+                per_token.append(scores[row])  # (B, L, V)
             if chances is not None:
                 chances = chances.to(h.dtype)
                 h = h + self.chance_projection(chances)[row]  # (B, L, D)
                 per_row = chances.view(len(chances), self.vocab_size, -1)
-                per_token.append(self.chance_scorer(per_row).squeeze(-1)[row])
+                weights = getattr(self, "chance_context", None)
+                scores = token_logits(self.chance_scorer, per_row, weights, context)
+                per_token.append(scores[row])  # (B, L, V)
         if self.cfg.ion_evidence and self.cfg.suffix_evidence:
             suffix = self.suffix_lookup(probs.detach(), spectrum)
             projected = self.suffix_evidence_projection(suffix.found.to(h.dtype))

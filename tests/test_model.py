@@ -390,6 +390,75 @@ def test_chance_evidence_starts_as_the_model_without_it_and_learns():
     assert reading.chance_projection.weight.grad.abs().sum() > 0
 
 
+def test_candidate_context_marks_charge_3_and_4_and_the_cleavage_share():
+    """PEPTLDEK (909.45 Da of residues): a cleavage after PEP (b 323.15 Da)
+    sits at a share of 0.355 of it, after the whole peptide at 1."""
+    from peptrm.model import candidate_context
+
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    mass = masses.peptide_mass(peptide)
+    b_pep = sum(masses.VOCAB_MASSES[masses.TOKEN_INDEX[t]] for t in peptide[:3])
+    b = torch.tensor([[0.0, b_pep, mass - masses.H2O]] * 3, dtype=torch.float64)
+    context = candidate_context(
+        b, torch.tensor([mass] * 3, dtype=torch.float64), torch.tensor([2, 3, 5])
+    )
+    share = float(b_pep / (mass - masses.H2O))
+    assert share == pytest.approx(0.3553, abs=1e-4)
+    torch.testing.assert_close(context[0, 1], torch.tensor([0.0, 0, share, 0, 0]))
+    torch.testing.assert_close(context[1, 1], torch.tensor([1.0, 0, share, share, 0]))
+    torch.testing.assert_close(context[2, 2], torch.tensor([0.0, 1, 1, 0, 1]))
+    assert context[:, 0, 2:].abs().sum() == 0  # the first cleavage: share 0
+
+
+def test_charge_context_starts_as_the_model_without_it_and_reads_the_charge():
+    """Its weights start at zero (the bundled model fine-tuned with it starts
+    unchanged) and gradients reach them; given weights, the same spectrum read
+    at charge 3 drafts differently from charge 2, and the lookup cache of
+    inference reads the context as a fresh lookup does."""
+    overrides = {
+        "model": {"dim": 32, "n_heads": 4, "max_length": 12, "peak_annotator": True,
+                  "annotator_layers": 1, "chance_evidence": True,
+                  "charge_context": True},
+        "recursion": {"n_latent_steps": 1, "n_cycles": 1, "n_supervision": 1},
+    }  # fmt: skip
+    cfg = load_config(overrides=overrides)
+    torch.manual_seed(0)
+    reading = PepTRM(cfg.model, cfg.recursion, V)
+    plain_cfg = dataclasses.replace(cfg.model, charge_context=False)
+    plain = PepTRM(plain_cfg, cfg.recursion, V)
+    missing, unexpected = plain.load_state_dict(reading.state_dict(), strict=False)
+    assert not missing and unexpected == ["chance_context.weight"]
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    mz, intensity, mass, n_b = _ladder_spectrum(peptide)
+    chance = torch.zeros(1, mz.shape[1], 4)
+    chance[0, :n_b, 2] = 0.9  # the b peaks named b++ ions
+
+    def draft(model, charge, steps=1, remember=False):
+        spectrum = model.encode(mz, intensity, mass, torch.tensor([charge]), chance)
+        spectrum = model.remember(spectrum) if remember else spectrum
+        y, z = model.initial_state(spectrum)
+        for step in range(steps):
+            y, z, _ = model(spectrum, y, z, step)
+        return y
+
+    with torch.no_grad():  # a trained scorer's last layer, in both
+        reading.chance_scorer[-1].weight.normal_(0, 1.0)
+        plain.chance_scorer[-1].weight.copy_(reading.chance_scorer[-1].weight)
+    torch.testing.assert_close(draft(reading, 3), draft(plain, 3))
+    tokens = torch.as_tensor(masses.encode(peptide, 12)).unsqueeze(0)
+    loss = torch.nn.functional.cross_entropy(draft(reading, 3).transpose(1, 2), tokens)
+    loss.backward()
+    assert reading.chance_context.weight.grad.abs().sum() > 0
+    reading.eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        reading.chance_context.weight.normal_(0, 1.0)
+        assert (draft(reading, 3) - draft(reading, 2)).abs().max() > 1e-3
+        torch.testing.assert_close(
+            draft(reading, 3, steps=3, remember=True), draft(reading, 3, steps=3)
+        )
+
+
 def test_nearest_peaks_kernels_are_the_gaussian_near_a_peak_and_zero_far_from_one():
     from peptrm.model import KERNEL_FLOOR, nearest_peaks, sort_peaks
 
