@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -511,13 +510,19 @@ def test_the_readme_shows_what_the_demo_prints(tmp_path, monkeypatch, capsys):
     assert list(shown) == list(table), stale
     for name, cells in shown.items():
         assert cells[0] == table[name][0], stale  # spectra
-        # Metrics within one spectrum of 40: the same code on another CPU rounds
-        # floats differently (AA precision 0.478 on one machine, 0.470 on another).
-        assert np.allclose(
-            [float(c) for c in cells[1:]],
-            [float(c) for c in table[name][1:]],
-            atol=0.03,
-        ), stale
+        # Another CPU rounds the network's floats differently (its kernels sum in
+        # another order), and over 8 argmax-walk steps a near tie can read a
+        # spectrum or two differently: the README's 0.300 / 0.555 / 0.554 / AUPCC
+        # 0.554 (Intel Xeon) were 0.275 / 0.552 / 0.549 / 0.519 on a 2-core AMD
+        # EPYC, one spectrum of 40. So: peptide figures within 2 spectra, AA
+        # figures within 0.03, and AUPCC, which one confident spectrum moves
+        # most, within 0.06.
+        n = int(cells[0])
+        tolerance = [2 / n] * 3 + [0.03, 0.03, 0.06]
+        for shown_cell, readme_cell, atol in zip(
+            cells[1:], table[name][1:], tolerance, strict=True
+        ):
+            assert abs(float(shown_cell) - float(readme_cell)) <= atol + 1e-9, stale
 
 
 def test_sigterm_leaves_no_output_and_exits_143(tmp_path):
