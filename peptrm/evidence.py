@@ -79,6 +79,12 @@ BIAS = -0.5
 PROTON = masses.PROTON  # read by the compiled exact score
 RANDOM_PER_TRUE = 4  # random cleavage masses drawn per true one when fitting
 MAX_TOKENS = 256  # longer than any peptide a labelled spectrum carries
+# A labelled spectrum's fragments count as measured coarser than the table's
+# tolerance when, of its label's b and y ions with a peak within COARSE_WINDOW_DA,
+# fewer than COARSE_SHARE have one within the tolerance (an ion-trap spectrum
+# read at an Orbitrap tolerance); such spectra do not fit the table.
+COARSE_WINDOW_DA = 0.5
+COARSE_SHARE = 0.5
 
 
 @numba.njit(cache=True, nogil=True)
@@ -573,6 +579,26 @@ def from_batch(
     ]
 
 
+def measured_coarser(
+    mz: np.ndarray, prefix: np.ndarray, precursor_mass: float, tol_da: float
+) -> bool:
+    """Whether a labelled spectrum's fragments were measured coarser than `tol_da`.
+
+    `prefix` holds its label's cleavages (b-fragment residue masses) and
+    `mz` its peaks. Of the b and y (1+) ions with a peak within
+    COARSE_WINDOW_DA, fewer than COARSE_SHARE have one within `tol_da`; a
+    spectrum with fewer than 3 such ions gives no verdict (False).
+    """
+    ions = np.concatenate([prefix, precursor_mass - prefix]) + PROTON
+    peaks = np.concatenate([[-1e9], np.sort(np.asarray(mz, np.float64)), [1e9]])
+    right = np.searchsorted(peaks, ions)  # peaks[right - 1] < ion <= peaks[right]
+    distance = np.minimum(peaks[right] - ions, ions - peaks[right - 1])
+    near = distance <= COARSE_WINDOW_DA
+    if near.sum() < 3:
+        return False
+    return bool(np.mean(distance[near] <= tol_da + EDGE_DA) < COARSE_SHARE)
+
+
 def fit_table(
     spectra: Sequence,
     tol_da: float,
@@ -588,7 +614,12 @@ def fit_table(
     between 50 Da and the precursor less 50 Da. Counts start at one (Laplace).
     `peaks` (one per spectrum, as the search will see them, e.g. with the peak
     annotator's states) replaces the peaks read from the spectra; their
-    states are what the table learns (`peak_states`).
+    states are what the table learns (`peak_states`). Every charge is counted
+    together (see the comment below). Spectra measured coarser
+    than `tol_da` (`measured_coarser`) are left out: at this tolerance their
+    true cleavages look like random ones, and they would teach the table that
+    ions say nothing (the training files' ion-trap library holds most of their
+    charge-3+ spectra).
     """
     states_of = peaks[0].peak_states if peaks else "rank"
     rng = np.random.default_rng(seed)
@@ -603,6 +634,8 @@ def fit_table(
         precursor = masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
         if len(prefix) == 0 or precursor < 150:
             continue
+        if measured_coarser(spectrum.mz, prefix, precursor, tol_da):
+            continue
         seen = (
             FragmentEvidence(
                 spectrum.mz, spectrum.intensity, precursor, spectrum.charge, tol_da
@@ -611,11 +644,18 @@ def fit_table(
             else peaks[n]
         )
         random = rng.uniform(50, precursor - 50, RANDOM_PER_TRUE * len(prefix))
-        c = int(spectrum.charge >= 3)
         for counts, masses_at in ((true_counts, prefix), (random_counts, random)):
             states = seen.states(masses_at)  # (I, C)
             for i in range(len(TABLE_IONS)):
-                counts[c, i] += np.bincount(states[i], minlength=shape[2])
+                counts[0, i] += np.bincount(states[i], minlength=shape[2])
+    # Every charge is counted together and both charge classes of the table get
+    # the same log-odds (a table keeps two, and tables fitted before read each
+    # charge by its own). Fitted apart, the charge-3+ class rested on the ~70
+    # high-resolution charge-3+ spectra of the training files (about 10
+    # peptides); pooled, the bundled network's top-1 search read simulated
+    # charge-3 spectra at AA precision 0.701 against 0.609, charge 2 at 0.657
+    # against 0.615, and the held-out split and out-of-fold set alike.
+    true_counts[1], random_counts[1] = true_counts[0], random_counts[0]
     true_p = true_counts / true_counts.sum(axis=2, keepdims=True)
     random_p = random_counts / random_counts.sum(axis=2, keepdims=True)
     return CleavageTable(

@@ -12,6 +12,7 @@ from peptrm.evidence import (
     FragmentEvidence,
     fit_table,
     load_table,
+    measured_coarser,
 )
 
 PEPTIDE = ["P", "E", "P", "T", "L", "D", "E", "K"]
@@ -150,11 +151,68 @@ def test_fitted_table_favours_matched_b_and_y_and_round_trips(tmp_path, small_mg
         for charge_class in (0, 1):
             odds = table.log_odds[charge_class, ion]
             assert odds[0] < 0 < odds[1]  # no peak counts against; a top peak for
+    # every charge is counted together: both classes hold the same log-odds
+    np.testing.assert_array_equal(table.log_odds[0], table.log_odds[1])
     table.save(tmp_path)
     loaded = load_table(tmp_path)
     np.testing.assert_allclose(loaded.log_odds, table.log_odds, atol=1e-5)
     assert (loaded.scale, loaded.bias, loaded.fitted_on) == (SCALE, BIAS, "small.mgf")
     assert load_table(tmp_path / "nowhere") is None
+
+
+def _label_prefix(peptide):
+    """The b-fragment residue masses of a label's cleavages, as fit_table has them."""
+    indices = masses.encode(peptide, 256)
+    indices = indices[indices != masses.STOP_INDEX]
+    prefix = np.cumsum(masses.VOCAB_MASSES[indices])[:-1]
+    return prefix[1:] if indices[0] in masses.N_TERMINAL_INDICES else prefix
+
+
+def test_a_spectrum_measured_coarser_than_the_tolerance_is_told_apart(small_mgf):
+    """PEPTLDEK's ladder at Orbitrap accuracy (a few mDa off) is fine at 0.01 Da;
+    the same ladder at ion-trap accuracy (0.1-0.3 Da off) is coarser; too few
+    ions near any peak give no verdict. small.mgf's HCD spectra are all fine."""
+    from peptrm.io import Spectrum, read_spectra
+
+    mass = masses.peptide_mass(PEPTIDE)
+    prefix = _label_prefix(PEPTIDE)
+    b, y = masses.fragment_mz(PEPTIDE, 1)
+    ladder = np.concatenate([b, y])
+    rng = np.random.default_rng(0)
+    orbitrap = ladder + rng.uniform(-0.004, 0.004, len(ladder))
+    ion_trap = ladder + rng.choice([-1, 1], len(ladder)) * rng.uniform(
+        0.1, 0.3, len(ladder)
+    )
+    assert not measured_coarser(orbitrap, prefix, mass, 0.01)
+    assert measured_coarser(ion_trap, prefix, mass, 0.01)
+    assert not measured_coarser(ion_trap, prefix, mass, 0.5)  # fine at its own
+    assert not measured_coarser(ion_trap[:2], prefix, mass, 0.01)  # 2 ions: no verdict
+    assert not measured_coarser(np.zeros(0), prefix, mass, 0.01)
+    spectra = [s for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    for s in spectra:
+        precursor = masses.mz_to_mass(s.precursor_mz, s.charge)
+        assert not measured_coarser(s.mz, _label_prefix(s.peptide), precursor, 0.01)
+
+
+def test_the_table_does_not_learn_from_spectra_measured_coarser(small_mgf):
+    """Copies of small.mgf's spectra with every peak moved 0.2 Da change nothing:
+    the table fitted with them is the table fitted without."""
+    import dataclasses
+
+    from peptrm import preprocess
+    from peptrm.config import load_config
+    from peptrm.io import Spectrum, read_spectra
+
+    prepare = preprocess.pipeline(load_config().preprocess)
+    spectra = [prepare(s) for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
+    coarse = [dataclasses.replace(s, mz=s.mz + 0.2) for s in spectra]
+    alone = fit_table(spectra, 0.01)
+    np.testing.assert_array_equal(
+        fit_table(spectra + coarse, 0.01).log_odds, alone.log_odds
+    )
+    # at a tolerance that takes them in they count: the table changes
+    wide = fit_table(spectra + coarse, 0.3)
+    assert not np.array_equal(wide.log_odds, fit_table(spectra, 0.3).log_odds)
 
 
 @pytest.mark.parametrize("learned", [False, True])
