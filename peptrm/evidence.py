@@ -260,7 +260,9 @@ def exact_scores(
 class CleavageTable:
     """Log-odds of each fragment ion type's state at a true vs a random cleavage.
 
-    `log_odds[c, i, s]`: charge class c (0: precursor charge <= 2, 1: >= 3), ion
+    `log_odds[c, i, s]`: charge class c (0: precursor charge <= 2, 1: >= 3;
+    `fit_table` now gives both classes the same log-odds, fitted on every
+    charge together), ion
     type i of `TABLE_IONS`, state s (0: no peak within tolerance, 1.. the
     matched peak's intensity-rank bin, `RANK_EDGES`; with `peak_states`
     "annotation", the bin of the peak annotator's chance that the peak is that
