@@ -46,6 +46,7 @@ cleavage mass in a window could have, for a grid of windows at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ BIAS = -0.5
 PROTON = masses.PROTON  # read by the compiled exact score
 RANDOM_PER_TRUE = 4  # random cleavage masses drawn per true one when fitting
 MAX_TOKENS = 256  # longer than any peptide a labelled spectrum carries
+log = logging.getLogger(__name__)
 # A labelled spectrum's fragments count as measured coarser than the table's
 # tolerance when, of its label's b and y ions with a peak within COARSE_WINDOW_DA,
 # fewer than COARSE_SHARE have one within the tolerance (an ion-trap spectrum
@@ -627,6 +629,7 @@ def fit_table(
     rng = np.random.default_rng(seed)
     shape = (2, len(TABLE_IONS), len(STATE_EDGES[states_of]) + 2)
     true_counts, random_counts = np.ones(shape), np.ones(shape)
+    fitted, coarse = 0, 0
     for n, spectrum in enumerate(spectra):
         indices = masses.encode(spectrum.peptide, MAX_TOKENS)
         indices = indices[indices != masses.STOP_INDEX]
@@ -637,7 +640,9 @@ def fit_table(
         if len(prefix) == 0 or precursor < 150:
             continue
         if measured_coarser(spectrum.mz, prefix, precursor, tol_da):
+            coarse += 1
             continue
+        fitted += 1
         seen = (
             FragmentEvidence(
                 spectrum.mz, spectrum.intensity, precursor, spectrum.charge, tol_da
@@ -650,6 +655,18 @@ def fit_table(
             states = seen.states(masses_at)  # (I, C)
             for i in range(len(TABLE_IONS)):
                 counts[0, i] += np.bincount(states[i], minlength=shape[2])
+    if coarse and not fitted:
+        raise ValueError(
+            f"all {coarse} labelled spectra were measured coarser than the fragment "
+            f"tolerance of {tol_da} Da (their label's ions mostly sit further from "
+            "the peaks): for ion-trap spectra set decoding.fragment_tol_da to ~0.5"
+        )
+    if coarse:
+        log.info(
+            "cleavage table: %d labelled spectra left out, measured coarser than "
+            "%s Da; fitted on %d",
+            coarse, tol_da, fitted,
+        )  # fmt: skip
     # Every charge is counted together and both charge classes of the table get
     # the same log-odds (a table keeps two, and tables fitted before read each
     # charge by its own). Fitted apart, the charge-3+ class rested on the ~70

@@ -210,6 +210,8 @@ def test_the_table_does_not_learn_from_spectra_measured_coarser(small_mgf):
     np.testing.assert_array_equal(
         fit_table(spectra + coarse, 0.01).log_odds, alone.log_odds
     )
+    with pytest.raises(ValueError, match="decoding.fragment_tol_da to ~0.5"):
+        fit_table(coarse, 0.01)  # nothing left to fit on: say why
     # at a tolerance that takes them in they count: the table changes
     wide = fit_table(spectra + coarse, 0.3)
     assert not np.array_equal(wide.log_odds, fit_table(spectra, 0.3).log_odds)
