@@ -672,8 +672,9 @@ def fit_table(
     # charge by its own). Fitted apart, the charge-3+ class rested on the ~70
     # high-resolution charge-3+ spectra of the training files (about 10
     # peptides); pooled, the bundled network's top-1 search read simulated
-    # charge-3 spectra at AA precision 0.701 against 0.609, charge 2 at 0.657
-    # against 0.615, and the held-out split and out-of-fold set alike.
+    # charge-3 spectra at AA precision 0.706 against 0.609, charge 2 at 0.672
+    # against 0.615, and the held-out split and out-of-fold set alike
+    # (checkpoints/pooled_table/).
     true_counts[1], random_counts[1] = true_counts[0], random_counts[0]
     true_p = true_counts / true_counts.sum(axis=2, keepdims=True)
     random_p = random_counts / random_counts.sum(axis=2, keepdims=True)
