@@ -262,20 +262,28 @@ def test_draft_logits_put_a_confident_draft_only_where_given(tiny):
     assert torch.count_nonzero(y[0, 3:]) == 0 and torch.count_nonzero(y[1]) == 0
 
 
+def _with_and_without(setting, **model_settings):
+    """A small one-step model with `setting` on, and the same model with it off
+    holding the first's weights: (with, without, the weights only the first has)."""
+    overrides = {
+        "model": {"dim": 32, "n_heads": 4, "max_length": 12, setting: True,
+                  **model_settings},
+        "recursion": {"n_latent_steps": 1, "n_cycles": 1, "n_supervision": 1},
+    }  # fmt: skip
+    cfg = load_config(overrides=overrides)
+    torch.manual_seed(0)
+    added = PepTRM(cfg.model, cfg.recursion, V)
+    plain = PepTRM(dataclasses.replace(cfg.model, **{setting: False}), cfg.recursion, V)
+    missing, unexpected = plain.load_state_dict(added.state_dict(), strict=False)
+    assert not missing
+    return added, plain, unexpected
+
+
 def test_evidence_logits_start_as_the_model_without_them_and_learn():
     """The per-token evidence scorer starts at zero (a fine-tuned model starts
     unchanged) and a gradient reaches it through the revision."""
-    overrides = {
-        "model": {"dim": 32, "n_heads": 4, "max_length": 12, "evidence_logits": True},
-        "recursion": {"n_latent_steps": 1, "n_cycles": 1, "n_supervision": 1},
-    }
-    cfg = load_config(overrides=overrides)
-    torch.manual_seed(0)
-    with_logits = PepTRM(cfg.model, cfg.recursion, V)
-    plain_cfg = dataclasses.replace(cfg.model, evidence_logits=False)
-    plain = PepTRM(plain_cfg, cfg.recursion, V)
-    missing, unexpected = plain.load_state_dict(with_logits.state_dict(), strict=False)
-    assert not missing and all(k.startswith("evidence_scorer") for k in unexpected)
+    with_logits, plain, unexpected = _with_and_without("evidence_logits")
+    assert all(k.startswith("evidence_scorer") for k in unexpected)
     peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
     mz, intensity, mass, _ = _ladder_spectrum(peptide)
     outputs = []
@@ -360,18 +368,10 @@ def test_chance_evidence_reads_the_annotators_word_at_each_candidates_ions():
 def test_chance_evidence_starts_as_the_model_without_it_and_learns():
     """Its projection and per-token scorer start at zero (the bundled model
     fine-tuned with them starts unchanged); gradients reach both."""
-    overrides = {
-        "model": {"dim": 32, "n_heads": 4, "max_length": 12, "peak_annotator": True,
-                  "annotator_layers": 1, "chance_evidence": True},
-        "recursion": {"n_latent_steps": 1, "n_cycles": 1, "n_supervision": 1},
-    }  # fmt: skip
-    cfg = load_config(overrides=overrides)
-    torch.manual_seed(0)
-    reading = PepTRM(cfg.model, cfg.recursion, V)
-    plain_cfg = dataclasses.replace(cfg.model, chance_evidence=False)
-    plain = PepTRM(plain_cfg, cfg.recursion, V)
-    missing, unexpected = plain.load_state_dict(reading.state_dict(), strict=False)
-    assert not missing and unexpected
+    reading, plain, unexpected = _with_and_without(
+        "chance_evidence", peak_annotator=True, annotator_layers=1
+    )
+    assert unexpected
     assert all(k.startswith(("chance_projection", "chance_scorer")) for k in unexpected)
     peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
     mz, intensity, mass, _ = _ladder_spectrum(peptide)
@@ -415,19 +415,10 @@ def test_charge_context_starts_as_the_model_without_it_and_reads_the_charge():
     unchanged) and gradients reach them; given weights, the same spectrum read
     at charge 3 drafts differently from charge 2, and the lookup cache of
     inference reads the context as a fresh lookup does."""
-    overrides = {
-        "model": {"dim": 32, "n_heads": 4, "max_length": 12, "peak_annotator": True,
-                  "annotator_layers": 1, "chance_evidence": True,
-                  "charge_context": True},
-        "recursion": {"n_latent_steps": 1, "n_cycles": 1, "n_supervision": 1},
-    }  # fmt: skip
-    cfg = load_config(overrides=overrides)
-    torch.manual_seed(0)
-    reading = PepTRM(cfg.model, cfg.recursion, V)
-    plain_cfg = dataclasses.replace(cfg.model, charge_context=False)
-    plain = PepTRM(plain_cfg, cfg.recursion, V)
-    missing, unexpected = plain.load_state_dict(reading.state_dict(), strict=False)
-    assert not missing and unexpected == ["chance_context.weight"]
+    reading, plain, unexpected = _with_and_without(
+        "charge_context", peak_annotator=True, annotator_layers=1, chance_evidence=True
+    )
+    assert unexpected == ["chance_context.weight"]
     peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
     mz, intensity, mass, n_b = _ladder_spectrum(peptide)
     chance = torch.zeros(1, mz.shape[1], 4)
