@@ -583,12 +583,24 @@ def from_batch(
     ]
 
 
+def label_cleavages(peptide) -> np.ndarray:
+    """The b-fragment residue masses of a label's residue boundaries.
+
+    Not the boundary after an N-terminal modification, which no fragment
+    separates from its residue.
+    """
+    indices = masses.encode(peptide, MAX_TOKENS)
+    indices = indices[indices != masses.STOP_INDEX]
+    prefix = np.cumsum(masses.VOCAB_MASSES[indices])[:-1]
+    return prefix[1:] if int(indices[0]) in masses.N_TERMINAL_INDICES else prefix
+
+
 def measured_coarser(
     mz: np.ndarray, prefix: np.ndarray, precursor_mass: float, tol_da: float
 ) -> bool:
     """Whether a labelled spectrum's fragments were measured coarser than `tol_da`.
 
-    `prefix` holds its label's cleavages (b-fragment residue masses) and
+    `prefix` holds its label's cleavages (`label_cleavages`) and
     `mz` its peaks. Of the b and y (1+) ions with a peak within
     COARSE_WINDOW_DA, fewer than COARSE_SHARE have one within `tol_da`; a
     spectrum with fewer than 3 such ions gives no verdict (False).
@@ -631,11 +643,7 @@ def fit_table(
     true_counts, random_counts = np.ones(shape), np.ones(shape)
     fitted, coarse = 0, 0
     for n, spectrum in enumerate(spectra):
-        indices = masses.encode(spectrum.peptide, MAX_TOKENS)
-        indices = indices[indices != masses.STOP_INDEX]
-        prefix = np.cumsum(masses.VOCAB_MASSES[indices])[:-1]
-        if int(indices[0]) in masses.N_TERMINAL_INDICES:
-            prefix = prefix[1:]
+        prefix = label_cleavages(spectrum.peptide)
         precursor = masses.mz_to_mass(spectrum.precursor_mz, spectrum.charge)
         if len(prefix) == 0 or precursor < 150:
             continue

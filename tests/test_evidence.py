@@ -11,6 +11,7 @@ from peptrm.evidence import (
     CleavageTable,
     FragmentEvidence,
     fit_table,
+    label_cleavages,
     load_table,
     measured_coarser,
 )
@@ -160,14 +161,6 @@ def test_fitted_table_favours_matched_b_and_y_and_round_trips(tmp_path, small_mg
     assert load_table(tmp_path / "nowhere") is None
 
 
-def _label_prefix(peptide):
-    """The b-fragment residue masses of a label's cleavages, as fit_table has them."""
-    indices = masses.encode(peptide, 256)
-    indices = indices[indices != masses.STOP_INDEX]
-    prefix = np.cumsum(masses.VOCAB_MASSES[indices])[:-1]
-    return prefix[1:] if indices[0] in masses.N_TERMINAL_INDICES else prefix
-
-
 def test_a_spectrum_measured_coarser_than_the_tolerance_is_told_apart(small_mgf):
     """PEPTLDEK's ladder at Orbitrap accuracy (a few mDa off) is fine at 0.01 Da;
     the same ladder at ion-trap accuracy (0.1-0.3 Da off) is coarser; too few
@@ -175,7 +168,7 @@ def test_a_spectrum_measured_coarser_than_the_tolerance_is_told_apart(small_mgf)
     from peptrm.io import Spectrum, read_spectra
 
     mass = masses.peptide_mass(PEPTIDE)
-    prefix = _label_prefix(PEPTIDE)
+    prefix = label_cleavages(PEPTIDE)
     b, y = masses.fragment_mz(PEPTIDE, 1)
     ladder = np.concatenate([b, y])
     rng = np.random.default_rng(0)
@@ -191,7 +184,7 @@ def test_a_spectrum_measured_coarser_than_the_tolerance_is_told_apart(small_mgf)
     spectra = [s for s in read_spectra(small_mgf) if isinstance(s, Spectrum)]
     for s in spectra:
         precursor = masses.mz_to_mass(s.precursor_mz, s.charge)
-        assert not measured_coarser(s.mz, _label_prefix(s.peptide), precursor, 0.01)
+        assert not measured_coarser(s.mz, label_cleavages(s.peptide), precursor, 0.01)
 
 
 def test_the_table_does_not_learn_from_spectra_measured_coarser(small_mgf):
