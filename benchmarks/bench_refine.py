@@ -188,6 +188,7 @@ def read_spectra(model, cfg, spectra, table, rounds: int, n_sup: int, given: int
             halted, _, _ = refine(  # as `peptrm sequence` stops each spectrum
                 model, batch, n_sup, cfg.decoding.halt_threshold, draft,
                 halt_unchanged=cfg.decoding.halt_unchanged,
+                starts=0 if given else cfg.decoding.first_residue_starts,
             )  # fmt: skip
         for name, (settings, cleavage) in decoders.items():
             peaks = evidence.from_batch(batch, settings.fragment_tol_da, cleavage)

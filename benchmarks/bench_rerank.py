@@ -123,7 +123,11 @@ def decode_top(model, cfg, spectra, k, table=None):
     for start in range(0, len(spectra), 256):
         batch = preprocess.collate(spectra[start : start + 256], cfg.preprocess.n_peaks)
         log_probs, _, _ = refine(
-            model, batch, cfg.inference_steps, cfg.decoding.halt_threshold
+            model,
+            batch,
+            cfg.inference_steps,
+            cfg.decoding.halt_threshold,
+            starts=cfg.decoding.first_residue_starts,
         )
         peaks = evidence.from_batch(
             annotate(model, batch), cfg.decoding.fragment_tol_da, table

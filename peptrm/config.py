@@ -170,6 +170,7 @@ class DecodingConfig:
     network_threads: int = 0  # torch threads beside the workers (0: cores / 4, >= 2)
     precision: str = "float32"  # the network's arithmetic at inference (PRECISIONS)
     supervision_steps: int = 0  # steps run at inference (0: the model's N_sup)
+    first_residue_starts: int = 0  # runs from the likeliest first residues (0: one)
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "recursion.n_cycles": (1, None),
     "recursion.n_supervision": (1, None),
     "decoding.supervision_steps": (0, None),
+    "decoding.first_residue_starts": (0, None),
     "training.batch_size": (1, None),
     "training.max_steps": (1, None),
     "training.learning_rate": (0, None),

@@ -212,6 +212,7 @@ def refine(
     draft: Tensor | None = None,
     precision: str = "float32",
     halt_unchanged: int = 0,
+    starts: int = 0,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Run up to `n_steps` supervision steps, freezing spectra once they halt.
 
@@ -225,6 +226,8 @@ def refine(
     refinement curve). `draft` (B, L, V logits) replaces the blank first draft.
     `precision` "bfloat16" runs the network under autocast
     (`decoding.precision`); the log-probabilities come back in float32.
+    `starts` K > 0 (`decoding.first_residue_starts`, blank drafts only) runs
+    the recursion once per likeliest first residue (`_refine_from_starts`).
     """
     device = next(model.parameters()).device.type
     n = len(batch["mz"])
@@ -232,9 +235,14 @@ def refine(
     batch = {key: value[rows] for key, value in batch.items()}
     draft = None if draft is None else draft[rows]
     with torch.autocast(device, torch.bfloat16, enabled=precision == "bfloat16"):
-        y, steps, history = _refine(
-            model, batch, n_steps, halt_threshold, draft, halt_unchanged
-        )
+        if starts and draft is None:
+            y, steps, history = _refine_from_starts(
+                model, batch, n_steps, halt_threshold, halt_unchanged, starts
+            )
+        else:
+            y, steps, history = _refine(
+                model, batch, n_steps, halt_threshold, draft, halt_unchanged
+            )
     return y[:n].float(), steps[:n], [step[:n].float() for step in history]
 
 
@@ -274,6 +282,52 @@ def _refine(
         if not active.any():
             break
     return y.log_softmax(dim=-1), steps, history
+
+
+def _refine_from_starts(
+    model: PepTRM,
+    batch: dict[str, Tensor],
+    n_steps: int,
+    halt_threshold: float,
+    halt_unchanged: int,
+    starts: int,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """`_refine` from each of the first step's `starts` likeliest first residues.
+
+    The argmax walk reads every position's ions after the draft's likeliest
+    residues before it, so a wrong first residue puts every later lookup off
+    by its mass; b1 is seldom seen, and at charge 3+ the long y ions that
+    would place it are mostly 2+. After one step from the blank draft, each
+    spectrum's K likeliest first residues (STOP excluded) each start a
+    recursion of their own, that residue given and the rest blank, and the
+    run whose draft is likeliest under its own log-probabilities (the sum of
+    each position's best) is kept: the network's own reading chooses. Returns
+    what `_refine` returns for the kept runs, with the steps of all K runs
+    and the first.
+    """
+    first, _, _ = _refine(model, batch, 1, 1.1, None, 0)  # (B, L, V)
+    residue = first[:, 0].clone()
+    residue[:, masses.STOP_INDEX] = -math.inf
+    top = residue.topk(starts, dim=-1).indices  # (B, K)
+    n, length = first.shape[:2]
+    runs = torch.arange(n, device=first.device).repeat(starts)  # run-major rows
+    tokens = first.new_zeros(starts * n, length, dtype=torch.long)
+    tokens[:, 0] = top.T.reshape(-1)
+    given = torch.zeros_like(tokens, dtype=torch.bool)
+    given[:, 0] = True
+    many = {key: value[runs] for key, value in batch.items()}
+    y, steps, history = _refine(
+        model,
+        many,
+        n_steps,
+        halt_threshold,
+        model.draft_logits(tokens, given).to(first.dtype),
+        halt_unchanged,
+    )
+    likeliest = y.max(dim=-1).values.sum(dim=-1).view(starts, n)  # (K, B)
+    kept = likeliest.argmax(dim=0) * n + torch.arange(n, device=y.device)  # (B,)
+    steps = steps.view(starts, n).sum(dim=0) + 1
+    return y[kept], steps, [step[kept] for step in history]
 
 
 @dataclass
@@ -416,6 +470,7 @@ def network_pass(
             cfg.decoding.halt_threshold,
             precision=cfg.decoding.precision,
             halt_unchanged=cfg.decoding.halt_unchanged,
+            starts=cfg.decoding.first_residue_starts,
         )
         if "ion_chances" in part:  # padding columns stay 0: nothing reads them
             found = part["ion_chances"]

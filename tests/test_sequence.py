@@ -320,6 +320,50 @@ def test_a_bfloat16_network_reads_the_demo_as_the_float32_one_does(small_mgf):
     assert agree > 0.85  # 0.92 here with the bundled ion-evidence network
 
 
+def test_first_residue_starts_keep_the_run_its_own_reading_likes_best():
+    model, cfg = load_model()
+    batch = sequence.annotate(
+        model, preprocess.collate(_demo_spectra(cfg), cfg.preprocess.n_peaks)
+    )
+    n, length, starts = len(batch["mz"]), cfg.model.max_length, 3
+    kept, steps, history = sequence.refine(
+        model, batch, 8, 0.9, halt_unchanged=2, starts=starts
+    )
+    # by hand: the first step's likeliest first residues (never STOP), each a
+    # recursion of its own from a draft that gives it alone
+    _, _, (first,) = sequence.refine(model, batch, 1, 1.1)
+    residue = first[:, 0].clone()
+    residue[:, masses.STOP_INDEX] = -math.inf
+    top = residue.topk(starts, dim=-1).indices  # (B, K)
+    runs, run_steps = [], []
+    for k in range(starts):
+        tokens = torch.zeros(n, length, dtype=torch.long)
+        tokens[:, 0] = top[:, k]
+        given = torch.zeros(n, length, dtype=torch.bool)
+        given[:, 0] = True
+        draft = model.draft_logits(tokens, given)
+        log_probs, used, _ = sequence.refine(
+            model, batch, 8, 0.9, draft, halt_unchanged=2
+        )
+        runs.append(log_probs)
+        run_steps.append(used)
+    runs = torch.stack(runs)  # (K, B, L, V)
+    liked = runs.max(dim=-1).values.sum(dim=-1)  # (K, B)
+    best = liked.argmax(dim=0)
+    assert torch.allclose(kept, runs[best, torch.arange(n)], atol=1e-4)
+    assert torch.equal(steps, torch.stack(run_steps).sum(dim=0) + 1)
+    assert len(history) == int(torch.stack(run_steps).max())
+    assert torch.allclose(history[-1], runs[best, torch.arange(n)], atol=1e-4)
+    assert len(set(best.tolist())) > 1  # not always the likeliest residue's run
+    # the kept draft's first residue is one of the starts, not STOP
+    first_kept = kept[:, 0].argmax(dim=-1)
+    assert (first_kept[:, None] == top).any(dim=1).float().mean() > 0.9
+    # a draft given from outside (feedback rounds) runs once, as before
+    draft = model.draft_logits(kept.argmax(dim=-1))
+    fed, _, _ = sequence.refine(model, batch, 2, 1.0, draft, starts=starts)
+    assert torch.equal(fed, sequence.refine(model, batch, 2, 1.0, draft)[0])
+
+
 def test_ok_rows_fit_the_precursor_within_tolerance(tiny, broken_mgf, small_mgf):
     model, cfg = tiny
     rows = _run(model, cfg, [broken_mgf, small_mgf], top_k=3)
