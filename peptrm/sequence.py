@@ -306,6 +306,7 @@ def _refine_from_starts(
     and the first.
     """
     first, _, _ = _refine(model, batch, 1, 1.1, None, 0)  # (B, L, V)
+    starts = min(starts, first.shape[-1] - 1)  # at most every token but STOP
     residue = first[:, 0].clone()
     residue[:, masses.STOP_INDEX] = -math.inf
     top = residue.topk(starts, dim=-1).indices  # (B, K)

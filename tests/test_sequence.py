@@ -362,6 +362,9 @@ def test_first_residue_starts_keep_the_run_its_own_reading_likes_best():
     draft = model.draft_logits(kept.argmax(dim=-1))
     fed, _, _ = sequence.refine(model, batch, 2, 1.0, draft, starts=starts)
     assert torch.equal(fed, sequence.refine(model, batch, 2, 1.0, draft)[0])
+    # more starts than tokens: each token but STOP starts once (1 + 28 steps)
+    _, every, _ = sequence.refine(model, batch, 1, 1.1, starts=100)
+    assert every.tolist() == [len(masses.VOCAB)] * n
 
 
 def test_ok_rows_fit_the_precursor_within_tolerance(tiny, broken_mgf, small_mgf):
