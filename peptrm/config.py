@@ -63,6 +63,8 @@ class ModelConfig:
     argmax_prefix: bool  # ion lookups walk the draft's likeliest tokens, not its mean
     # the per-token scorers also read the precursor charge and the cleavage's place
     charge_context: bool = False  # (a default: model.yaml files saved before it load)
+    # each position also reads its candidates' next cleavage, under the next draft token
+    lookahead_evidence: bool = False  # (a default, as charge_context)
 
 
 @dataclass(frozen=True)

@@ -578,6 +578,11 @@ class PepTRM(nn.Module):
             self.evidence_projection = nn.Linear(features, cfg.dim)
         if cfg.ion_evidence and cfg.suffix_evidence:
             self.suffix_evidence_projection = nn.Linear(features, cfg.dim)
+        if cfg.ion_evidence and cfg.lookahead_evidence:
+            # starts at zero, so a model fine-tuned with it starts unchanged
+            self.lookahead_projection = nn.Linear(features, cfg.dim)
+            nn.init.zeros_(self.lookahead_projection.weight)
+            nn.init.zeros_(self.lookahead_projection.bias)
         if cfg.ion_evidence and cfg.evidence_logits:
             # each candidate token's I x C ion features -> one logit
             self.evidence_scorer = token_scorer(len(ION_TYPES) * EVIDENCE_CHANNELS)
@@ -765,6 +770,22 @@ class PepTRM(nn.Module):
         return self.suffix_lookup(probs, spectrum).expand()[0]  # (B, L, V * I * C)
 
     @torch.no_grad()
+    def lookahead_lookup(self, probs: Tensor, spectrum: Encoded) -> Lookup:
+        """The ions of each candidate's next cleavage, under the draft's next token.
+
+        Position i's candidate v with the draft's likeliest token at i + 1 (its
+        mass, `draft_masses`; nothing past the end): for the first position the
+        b2 and y(n-2) ions that would confirm v with the second residue. A
+        position's own lookups (`prefix_lookup`) read only the cleavage after
+        it, so the first position's never change with the draft.
+        """
+        token = self.draft_masses(probs)  # (B, L)
+        prefix_before = torch.cumsum(token, dim=1) - token
+        following = torch.cat([token[:, 1:], token[:, :1] * 0], dim=1)  # (B, L)
+        b = (prefix_before + following).unsqueeze(-1) + self.token_masses
+        return self._lookup(b, spectrum)
+
+    @torch.no_grad()
     def suffix_lookup(self, probs: Tensor, spectrum: Encoded) -> Lookup:
         """`suffix_ion_evidence` as distinct rows (`Lookup`), before expanding."""
         token = self.draft_masses(probs)  # (B, L)
@@ -882,6 +903,10 @@ class PepTRM(nn.Module):
             suffix = self.suffix_lookup(probs.detach(), spectrum)
             projected = self.suffix_evidence_projection(suffix.found.to(h.dtype))
             h = h + projected[suffix.row]  # (B, L, D)
+        if self.cfg.ion_evidence and self.cfg.lookahead_evidence:
+            ahead = self.lookahead_lookup(probs.detach(), spectrum)
+            projected = self.lookahead_projection(ahead.found.to(h.dtype))
+            h = h + projected[ahead.row]  # (B, L, D)
         return h, sum(per_token) if per_token else None
 
     def think(

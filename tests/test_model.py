@@ -298,6 +298,37 @@ def test_evidence_logits_start_as_the_model_without_them_and_learn():
     assert with_logits.evidence_scorer[-1].weight.grad.abs().sum() > 0
 
 
+def test_lookahead_reads_the_next_cleavage_and_starts_as_the_model_without_it():
+    """Position 0's candidate P under the draft's E at position 1 reads the ions
+    of PE (b2), as position 1's candidate E does after P; the projection starts
+    at zero and a gradient reaches it."""
+    ahead, plain, unexpected = _with_and_without("lookahead_evidence")
+    assert all(k.startswith("lookahead_projection") for k in unexpected)
+    peptide = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    mz, intensity, mass, _ = _ladder_spectrum(peptide)
+    spectrum = ahead.encode(mz, intensity, mass, torch.tensor([2]))
+    tokens = torch.as_tensor(masses.encode(peptide, 12)).unsqueeze(0)
+    probs = ahead.draft_logits(tokens).softmax(-1)
+    found_ahead, _, row_ahead, _ = ahead.lookahead_lookup(probs, spectrum)
+    found_next, _, row_next, _ = ahead.prefix_lookup(probs, spectrum)
+    p, e = masses.VOCAB.index("P"), masses.VOCAB.index("E")
+    first = found_ahead[row_ahead[0, 0]].view(V, -1)[p]
+    torch.testing.assert_close(first, found_next[row_next[0, 1]].view(V, -1)[e])
+    assert first.abs().sum() > 0  # b2 of PE is a peak
+    own = found_next[row_next[0, 0]].view(V, -1)[p]  # its own lookup: b1 of P
+    assert not torch.equal(first, own)
+    outputs = []
+    for model in (ahead, plain):
+        spectrum = model.encode(mz, intensity, mass, torch.tensor([2]))
+        y0, z0 = model.initial_state(spectrum)
+        y1, z1, _ = model(spectrum, y0, z0)
+        outputs.append(model(spectrum, y1.detach(), z1.detach())[0])
+    torch.testing.assert_close(outputs[0], outputs[1])
+    loss = torch.nn.functional.cross_entropy(outputs[0].transpose(1, 2), tokens)
+    loss.backward()
+    assert ahead.lookahead_projection.weight.grad.abs().sum() > 0
+
+
 def test_peak_annotator_gives_each_peak_a_chance_per_ion_type():
     from peptrm.model import ANNOTATED_IONS
 
