@@ -7,7 +7,10 @@ For the bundled network: the true first residue among the first step's likeliest
 `configs/experiments/argmax_nsup8_fade.yaml`, and charge 3 without it). From the
 repository root:
 
-    OMP_NUM_THREADS=2 python checkpoints/first_residue_starts/probe_first_residue.py
+    OMP_NUM_THREADS=2 python \
+        checkpoints/first_residue_starts/probe_first_residue.py [DIR]
+
+(DIR: another model folder; the bundled model by default).
 """
 
 import sys
@@ -30,7 +33,7 @@ FADE = str(ROOT / "configs" / "experiments" / "argmax_nsup8_fade.yaml")
 def main() -> None:
     """Print the first residue's accuracy after step 1 and after the halted run."""
     torch.set_num_threads(2)
-    model, cfg = load_model_one_process(None)
+    model, cfg = load_model_one_process(sys.argv[1] if len(sys.argv) > 1 else None)
     length = cfg.model.max_length
     sets = {
         "held-out": train.held_out_split(TRAIN_FILES, cfg),
