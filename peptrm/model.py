@@ -781,7 +781,7 @@ class PepTRM(nn.Module):
         """
         token = self.draft_masses(probs)  # (B, L)
         prefix_before = torch.cumsum(token, dim=1) - token
-        following = torch.cat([token[:, 1:], token[:, :1] * 0], dim=1)  # (B, L)
+        following = torch.cat([token[:, 1:], torch.zeros_like(token[:, :1])], dim=1)
         b = (prefix_before + following).unsqueeze(-1) + self.token_masses
         return self._lookup(b, spectrum)
 
