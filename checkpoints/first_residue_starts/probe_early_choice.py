@@ -1,29 +1,28 @@
 """Probe (session 26, not part of PepTRM): choose the first-residue start early.
 
-As `probe_starts_select.py`, K starts (default 3) each run the whole recursion,
-but each spectrum's run is chosen by its draft's likeliness after s steps (1, 2,
-3, 4, 8) and that run's final draft decoded: could the other starts stop after s
-steps and save their later steps? From the repository root:
+As `probe_starts_select.py` (whose loading and start drafts it reuses), K starts
+(default 3) each run the whole recursion, but each spectrum's run is chosen by its
+draft's likeliness after s steps (1, 2, 3, 4, 8) and that run's final draft
+decoded: could the other starts stop after s steps and save their later steps?
+From the repository root:
 
     OMP_NUM_THREADS=1 python checkpoints/first_residue_starts/probe_early_choice.py \
         [--simulated 300 --charge 3 -c configs/experiments/argmax_nsup8_fade.yaml]
 """
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dev import metrics, scores  # noqa: E402
-from bench_refine import simulated_spectra  # noqa: E402
-from common import TRAIN_FILES, load_model_one_process  # noqa: E402
+from probe_starts_select import first_residues, setup, start_draft  # noqa: E402
 
-from peptrm import decoding, evidence, preprocess, train  # noqa: E402
+from peptrm import decoding, evidence, preprocess  # noqa: E402
 from peptrm.sequence import annotate, refine  # noqa: E402
 
 
@@ -35,37 +34,23 @@ def main() -> None:
     parser.add_argument("--charge", type=int, default=3)
     parser.add_argument("-c", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    model, cfg = load_model_one_process(None)
-    if args.simulated:
-        spectra = simulated_spectra(cfg, args.simulated, args.charge, args.c)
-    else:
-        spectra = train.held_out_split(TRAIN_FILES, cfg)
-    alone = dataclasses.replace(cfg.decoding, evidence_weight=0.0)
-    table = evidence.load_table(ROOT / "peptrm" / "resources")
-    n_sup, length, k = cfg.recursion.n_supervision, cfg.model.max_length, args.k
+    model, cfg, spectra, alone, table = setup(args)
+    n_sup, k = cfg.recursion.n_supervision, args.k
     rows = {}
     for start in range(0, len(spectra), 256):
         part = spectra[start : start + 256]
         n = len(part)
         batch = annotate(model, preprocess.collate(part, cfg.preprocess.n_peaks))
         mass = batch["precursor_mass"]
-        _, _, (first,) = refine(model, batch, 1, 1.1)
-        first = first[:, 0].clone()
-        first[:, 0] = -np.inf
-        top = first.topk(k, dim=-1).indices
+        top, _ = first_residues(model, batch, k)
         finals, histories = [], []
         for j in range(k):
-            tokens = torch.zeros(n, length, dtype=torch.long)
-            tokens[:, 0] = top[:, j]
-            given = torch.zeros(n, length, dtype=torch.bool)
-            given[:, 0] = True
             final, _, history = refine(
                 model,
                 batch,
                 n_sup,
                 cfg.decoding.halt_threshold,
-                model.draft_logits(tokens, given),
+                start_draft(model, cfg, top[:, j]),
                 halt_unchanged=cfg.decoding.halt_unchanged,
             )
             finals.append(final)  # halted spectra keep their last draft

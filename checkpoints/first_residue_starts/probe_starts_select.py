@@ -34,25 +34,55 @@ from peptrm import decoding, evidence, preprocess, train  # noqa: E402
 from peptrm.sequence import annotate, refine  # noqa: E402
 
 
-def start_runs(model, cfg, batch, k):
-    """The plain run's log-probs, then each of the k starts' (k + 1, B, L, V)."""
-    n, length = len(batch["mz"]), cfg.model.max_length
-    halting = dict(halt_unchanged=cfg.decoding.halt_unchanged)
-    steps, threshold = cfg.recursion.n_supervision, cfg.decoding.halt_threshold
-    base, _, _ = refine(model, batch, steps, threshold, **halting)
+def first_residues(model, batch, k):
+    """The first step's k likeliest first residues (B, k), and the top one's chance.
+
+    STOP is excluded; the chance (B,) is the likeliest residue's probability.
+    """
     _, _, (first,) = refine(model, batch, 1, 1.1)
     first = first[:, 0].clone()
     first[:, 0] = -np.inf  # STOP is no first residue
-    top = first.topk(k, dim=-1).indices
+    return first.topk(k, dim=-1).indices, first.softmax(-1).max(-1).values
+
+
+def start_draft(model, cfg, residue):
+    """The draft (B, L, V) that gives each spectrum its first residue (B,) alone."""
+    n, length = len(residue), cfg.model.max_length
+    tokens = torch.zeros(n, length, dtype=torch.long)
+    tokens[:, 0] = residue
+    given = torch.zeros(n, length, dtype=torch.bool)
+    given[:, 0] = True
+    return model.draft_logits(tokens, given)
+
+
+def start_runs(model, cfg, batch, k):
+    """The plain run's log-probs, then each of the k starts' (k + 1, B, L, V)."""
+    halting = dict(halt_unchanged=cfg.decoding.halt_unchanged)
+    steps, threshold = cfg.recursion.n_supervision, cfg.decoding.halt_threshold
+    base, _, _ = refine(model, batch, steps, threshold, **halting)
+    top, confidence = first_residues(model, batch, k)
     runs = [base]
     for j in range(k):
-        tokens = torch.zeros(n, length, dtype=torch.long)
-        tokens[:, 0] = top[:, j]
-        given = torch.zeros(n, length, dtype=torch.bool)
-        given[:, 0] = True
-        draft = model.draft_logits(tokens, given)
+        draft = start_draft(model, cfg, top[:, j])
         runs.append(refine(model, batch, steps, threshold, draft, **halting)[0])
-    return torch.stack(runs), first.softmax(-1).max(-1).values
+    return torch.stack(runs), confidence
+
+
+def setup(args):
+    """The bundled model and config, the spectra, and the two decoders' settings.
+
+    The spectra are `args`' (simulated or the held-out split); the network-alone
+    decoding settings and the bundled cleavage table complete them.
+    """
+    torch.set_num_threads(1)
+    model, cfg = load_model_one_process(None)
+    if args.simulated:
+        spectra = simulated_spectra(cfg, args.simulated, args.charge, args.c)
+    else:
+        spectra = train.held_out_split(TRAIN_FILES, cfg)
+    alone = dataclasses.replace(cfg.decoding, evidence_weight=0.0)
+    table = evidence.load_table(ROOT / "peptrm" / "resources")
+    return model, cfg, spectra, alone, table
 
 
 def main() -> None:
@@ -63,14 +93,7 @@ def main() -> None:
     parser.add_argument("--charge", type=int, default=3)
     parser.add_argument("-c", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    model, cfg = load_model_one_process(None)
-    if args.simulated:
-        spectra = simulated_spectra(cfg, args.simulated, args.charge, args.c)
-    else:
-        spectra = train.held_out_split(TRAIN_FILES, cfg)
-    alone = dataclasses.replace(cfg.decoding, evidence_weight=0.0)
-    table = evidence.load_table(ROOT / "peptrm" / "resources")
+    model, cfg, spectra, alone, table = setup(args)
     rows, sure = {}, []
     for start in range(0, len(spectra), 256):
         part = spectra[start : start + 256]
