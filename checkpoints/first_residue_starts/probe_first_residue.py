@@ -25,7 +25,7 @@ from bench_refine import simulated_spectra  # noqa: E402
 from common import TRAIN_FILES, load_model_one_process  # noqa: E402
 
 from peptrm import masses, preprocess, train  # noqa: E402
-from peptrm.sequence import annotate, refine  # noqa: E402
+from peptrm.sequence import RunSummary, annotate, network_pass, refine  # noqa: E402
 
 FADE = str(ROOT / "configs" / "experiments" / "argmax_nsup8_fade.yaml")
 
@@ -55,13 +55,7 @@ def main() -> None:
             top = first.topk(3, dim=-1).indices
             top1 += (top[:, 0] == truth).tolist()
             top3 += (top == truth[:, None]).any(dim=1).tolist()
-            last, _, _ = refine(
-                model,
-                batch,
-                cfg.inference_steps,
-                cfg.decoding.halt_threshold,
-                halt_unchanged=cfg.decoding.halt_unchanged,
-            )
+            last = network_pass(model, part, cfg, "cpu", RunSummary()).log_probs
             halted += (last[:, 0].argmax(dim=-1) == truth).tolist()
         print(  # noqa: T201
             f"{name:28s} {len(spectra):4d} spectra; first residue after step 1: "
