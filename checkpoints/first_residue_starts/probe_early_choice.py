@@ -10,7 +10,6 @@ From the repository root:
         [--simulated 300 --charge 3 -c configs/experiments/argmax_nsup8_fade.yaml]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dev import metrics, scores  # noqa: E402
-from probe_starts_select import first_residues, setup, start_draft  # noqa: E402
+from probe_starts_select import arguments, first_residues, setup, start_draft  # noqa: E402
 
 from peptrm import decoding, evidence, preprocess  # noqa: E402
 from peptrm.sequence import annotate, refine  # noqa: E402
@@ -28,12 +27,7 @@ from peptrm.sequence import annotate, refine  # noqa: E402
 
 def main() -> None:
     """Print peptide recall and AA precision for each choosing step."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--simulated", type=int, default=0)
-    parser.add_argument("--charge", type=int, default=3)
-    parser.add_argument("-c", default=None)
-    args = parser.parse_args()
+    args = arguments(3)
     model, cfg, spectra, alone, table = setup(args)
     n_sup, k = cfg.recursion.n_supervision, args.k
     rows = {}

@@ -68,6 +68,16 @@ def start_runs(model, cfg, batch, k):
     return torch.stack(runs), confidence
 
 
+def arguments(k: int) -> argparse.Namespace:
+    """Both probes' command line: `--k`, `--simulated N --charge Z -c YAML`."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--k", type=int, default=k)
+    parser.add_argument("--simulated", type=int, default=0)
+    parser.add_argument("--charge", type=int, default=3)
+    parser.add_argument("-c", default=None)
+    return parser.parse_args()
+
+
 def setup(args):
     """The bundled model and config, the spectra, and the two decoders' settings.
 
@@ -87,12 +97,7 @@ def setup(args):
 
 def main() -> None:
     """Print peptide recall and AA precision of each way of choosing."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--simulated", type=int, default=0)
-    parser.add_argument("--charge", type=int, default=3)
-    parser.add_argument("-c", default=None)
-    args = parser.parse_args()
+    args = arguments(5)
     model, cfg, spectra, alone, table = setup(args)
     rows, sure = {}, []
     for start in range(0, len(spectra), 256):
