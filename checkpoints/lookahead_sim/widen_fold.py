@@ -20,7 +20,7 @@ from peptrm import masses, weights
 from peptrm.model import PepTRM
 
 src, dst = sys.argv[1], sys.argv[2]
-_, cfg = weights.load_model(src)
+cfg = weights.model_config(src)
 shape = dataclasses.replace(cfg.model, lookahead_evidence=True)
 cfg = dataclasses.replace(cfg, model=shape)
 model = PepTRM(cfg.model, cfg.recursion, len(masses.VOCAB))
